@@ -1,0 +1,38 @@
+# Fresh Debian machine as root: `make test` and `make demo` are all it takes.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+
+.PHONY: venv install install-test zookeeper check test bench-store clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(VENV)/bin/activate
+
+install: venv
+	$(PIP) install -q -e .
+
+install-test: venv
+	$(PIP) install -q -e '.[test]'
+
+# Only the `zookeeper` package: `zookeeperd` would start a daemon on 2181 and 8080.
+zookeeper:
+	@if [ ! -f /usr/share/java/zookeeper.jar ]; then \
+		echo "installing Debian's zookeeper package"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q zookeeper; \
+	fi
+
+check: install-test
+	PATH=$(VENV)/bin:$$PATH scripts/check
+
+test: install-test zookeeper check
+	$(VENV)/bin/pytest
+
+bench-store: install-test zookeeper
+	$(PY) benchmarks/store_propagation.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

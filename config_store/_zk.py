@@ -1,0 +1,682 @@
+"""The ZooKeeper backend, and the only module of the project that imports kazoo.
+
+Threads: kazoo's connection thread runs ``_on_state`` (which only sets flags and wakes the worker),
+kazoo's watch thread runs the watch functions (which only mark a key dirty). One worker thread of
+ours does every read that feeds listeners, pipelined and applied in the order issued (ZooKeeper
+answers one session in order), re-creates registrations after a session loss, and reconciles every
+watched key periodically, so a missed watch event is repaired. Writes run on the caller's thread
+and wait (bounded) for a connection while ZooKeeper is unreachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _envelope
+from ._base import (
+    BaseRegistration,
+    ConfigStore,
+    Key,
+    StoreState,
+    check_cas as _check_cas,
+    parse_instance,
+)
+from ._errors import (
+    ConfigStoreError,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    StoreClosed,
+    StoreUnavailable,
+)
+from ._keys import (
+    config_group_path,
+    config_path,
+    history_node,
+    history_path,
+    instances_path,
+    parse_history_node,
+)
+from ._types import ConfigItem, Instance, utc_from_timestamp
+from ._url import StoreUrl
+
+try:
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import (
+        AuthFailedError,
+        BadVersionError,
+        ConnectionClosedError,
+        ConnectionLoss,
+        KazooException,
+        NoAuthError,
+        NodeExistsError,
+        NoNodeError,
+        OperationTimeoutError,
+        SessionExpiredError,
+    )
+    from kazoo.handlers.threading import KazooTimeoutError
+    from kazoo.protocol.connection import _CONNECTION_DROP
+    from kazoo.protocol.states import KazooState
+    from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("the zk:// backend needs kazoo: pip install 'autoai[zk]'") from exc
+
+__all__ = ["ZkStore", "drop_connection", "expire_session"]
+
+log = logging.getLogger("config_store.zk")
+
+_UNREACHABLE = (
+    ConnectionLoss,
+    SessionExpiredError,
+    ConnectionClosedError,
+    OperationTimeoutError,
+    KazooTimeoutError,
+)
+_ERRORS: dict[type[BaseException], type[ConfigStoreError]] = {
+    NoNodeError: NotFound,
+    BadVersionError: Conflict,
+    NodeExistsError: Conflict,
+    NoAuthError: PermissionDenied,
+    AuthFailedError: PermissionDenied,
+    **dict.fromkeys(_UNREACHABLE, StoreUnavailable),
+}
+_PUBLISH_ATTEMPTS = 20
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Convert kazoo errors once, here: ``raise Ours(...) from exc``."""
+    try:
+        yield
+    except ConfigStoreError:
+        raise
+    except (KazooException, KazooTimeoutError) as exc:
+        ours = next((o for k, o in _ERRORS.items() if isinstance(exc, k)), ConfigStoreError)
+        raise ours(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+class _Ephemeral(BaseRegistration):
+    def __init__(self, store: ZkStore, instance: Instance, document: bytes):
+        super().__init__(instance, document)
+        self._store = store
+        self.path = f"{instances_path(instance.service)}/{instance.id}"
+
+    def _release(self) -> None:
+        self._store._deregister(self)
+
+
+class ZkStore(ConfigStore):
+    """ZooKeeper backend; see the module docstring."""
+
+    def __init__(self, url: StoreUrl, **kwargs: Any):
+        identity = "zk_" + "_".join(f"{h}_{p}" for h, p in url.hosts) + url.chroot.replace("/", "_")
+        super().__init__(url, identity=identity, **kwargs)
+        self.session_timeout = url.option_float("session_timeout", 10.0)
+        self.connect_timeout = url.option_float("connect_timeout", 5.0)
+        self.write_timeout = url.option_float("write_timeout", 5.0)
+        self.op_timeout = max(self.session_timeout, 5.0)
+        self.reconcile_interval = 60.0
+        self._acl = _acl_for(url)
+        auth = [("digest", f"{url.username}:{url.password}")] if url.username else None
+        retry = {"max_tries": -1, "delay": 0.05, "backoff": 2, "max_jitter": 0.2, "max_delay": 1.0}
+        self._zk = KazooClient(
+            hosts=url.connect_string,
+            timeout=self.session_timeout,
+            connection_retry=retry,
+            command_retry={**retry, "max_tries": 3},
+            auth_data=auth,
+            default_acl=self._acl,
+        )
+        self._connected = threading.Event()
+        self._suspended = False
+        self._reconnected = False
+        self._wake = threading.Event()
+        self._dirty_keys: set[Key] = set()
+        self._dirty_services: set[str] = set()
+        self._dirty_regs: set[str] = set()
+        self._confirm_empty: set[str] = set()
+        self._key_watch: dict[Key, Callable[[Any], None]] = {}
+        self._svc_watch: dict[str, Callable[[Any], None]] = {}
+        self._regs: dict[str, _Ephemeral] = {}
+        self._ensured: set[str] = set()
+        self._mutex = threading.Lock()
+        self._zk.add_listener(self._on_state)
+        self._worker = threading.Thread(target=self._run, name="config-store-zk", daemon=True)
+        self._worker.start()
+        self._zk.start_async()
+        if not self._connected.wait(self.connect_timeout):
+            log.warning(
+                "ZooKeeper %s unreachable after %.1fs; serving the local snapshot until it returns",
+                self.url,
+                self.connect_timeout,
+            )
+
+    # ------------------------------------------------------------------- connection state
+
+    def _on_state(self, state: str) -> None:
+        """kazoo connection thread: never block, never call ZooKeeper here."""
+        if state == KazooState.CONNECTED:
+            self._suspended = False
+            self._reconnected = True
+            self._connected.set()
+        else:
+            self._connected.clear()
+            self._suspended = state == KazooState.SUSPENDED
+            if state == KazooState.LOST:
+                log.info("ZooKeeper session lost; registrations are re-created on reconnect")
+        self._wake.set()
+
+    @property
+    def state(self) -> StoreState:
+        if self.closed:
+            return "closed"
+        if self._connected.is_set():
+            return "connected"
+        return "suspended" if self._suspended else "connecting"
+
+    @property
+    def session_id(self) -> int | None:
+        """The ZooKeeper session id (for tests and diagnostics)."""
+        cid = self._zk.client_id
+        return None if cid is None else int(cid[0])
+
+    def _backend_wait_connected(self, timeout: float | None) -> bool:
+        return self._connected.wait(timeout)
+
+    def _require_connection(self, what: str) -> None:
+        if self.closed:
+            raise StoreClosed(f"store {self.url} is closed")
+        if not self._connected.wait(self.write_timeout):
+            raise StoreUnavailable(
+                f"{what}: ZooKeeper {self.url} unreachable for "
+                f"{self.write_timeout:.1f}s; nothing written"
+            )
+
+    # ------------------------------------------------------------------------ small helpers
+
+    def _get(self, path: str, watch: Callable[[Any], None] | None = None) -> tuple[bytes, Any]:
+        return self._zk.get_async(path, watch=watch).get(timeout=self.op_timeout)  # type: ignore[no-any-return]
+
+    def _children(self, path: str, watch: Callable[[Any], None] | None = None) -> list[str]:
+        return list(self._zk.get_children_async(path, watch=watch).get(timeout=self.op_timeout))
+
+    def _ensure(self, path: str) -> None:
+        if path in self._ensured:
+            return
+        self._zk.ensure_path_async(path, acl=self._acl).get(timeout=self.op_timeout)
+        self._ensured.add(path)
+
+    def _decode(self, key: Key, data: bytes) -> ConfigItem:
+        try:
+            env = _envelope.decode(data)
+        except ValueError as exc:
+            raise ConfigStoreError(f"{key[0]}/{key[1]} holds unreadable content: {exc}") from exc
+        return ConfigItem(
+            key[1], key[0], env.content, env.revision, env.md5, utc_from_timestamp(env.modified)
+        )
+
+    def _read_revision(self, key: Key) -> tuple[int | None, Any]:
+        try:
+            data, stat = self._get(config_path(*key))
+        except NoNodeError:
+            return None, None
+        return self._decode(key, data).revision, stat
+
+    def _history_revisions(self, key: Key) -> list[int]:
+        try:
+            names = self._children(history_path(*key))
+        except NoNodeError:
+            return []
+        return sorted(r for n in names if (r := parse_history_node(n)) is not None)
+
+    # ------------------------------------------------------------------------------ config
+
+    def _backend_read(self, key: Key) -> ConfigItem | None:
+        if not self._connected.is_set():
+            raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
+        with _errors(f"cannot read {key[0]}/{key[1]}"):
+            try:
+                data, _ = self._get(config_path(*key))
+            except NoNodeError:
+                return None
+            return self._decode(key, data)
+
+    def _await_connection(self, deadline: float, what: str) -> None:
+        if self.closed:
+            raise StoreClosed(f"store {self.url} is closed")
+        if not self._connected.wait(max(0.0, deadline - time.monotonic())):
+            raise StoreUnavailable(
+                f"{what}: ZooKeeper {self.url} unreachable for "
+                f"{self.write_timeout:.1f}s; nothing written"
+            )
+
+    def _backend_publish(self, key: Key, content: bytes, md5: str, expected: int | None) -> int:
+        what = f"cannot publish {key[0]}/{key[1]}"
+        deadline = time.monotonic() + self.write_timeout
+        for _ in range(_PUBLISH_ATTEMPTS):
+            self._await_connection(deadline, what)
+            try:
+                with _errors(what):
+                    tx, revision = self._publish_tx(key, content, md5, expected)
+            except StoreUnavailable:
+                continue  # lost the connection before committing: wait for it and retry
+            try:
+                results = tx.commit_async().get(timeout=self.op_timeout)
+            except _UNREACHABLE:
+                # The commit may or may not have been applied: look before retrying.
+                if self._applied(key, revision, md5, deadline):
+                    return revision
+                continue
+            if not any(isinstance(r, Exception) for r in results):
+                return revision
+            if expected is not None:  # another writer moved the key: report it against expected
+                with _errors(what):
+                    _check_cas(key, expected, self._read_revision(key)[0])
+            log.debug("publish of %s/%s raced another writer; retrying", *key)
+        raise StoreUnavailable(f"{what}: no success after {_PUBLISH_ATTEMPTS} attempts")
+
+    def _publish_tx(
+        self, key: Key, content: bytes, md5: str, expected: int | None
+    ) -> tuple[Any, int]:
+        """One multi-op: new content (CAS on the node version), the history entry, pruning."""
+        self._ensure(config_group_path(key[0]))
+        self._ensure(history_path(*key))
+        current, stat = self._read_revision(key)
+        _check_cas(key, expected, current)
+        revisions = self._history_revisions(key)
+        revision = max(current or 0, revisions[-1] if revisions else 0) + 1
+        doc = _envelope.encode(revision, md5, time.time(), content)
+        tx = self._zk.transaction()
+        if stat is None:
+            tx.create(config_path(*key), doc, acl=self._acl)
+        else:
+            tx.set_data(config_path(*key), doc, version=stat.version)
+        tx.create(f"{history_path(*key)}/{history_node(revision)}", doc, acl=self._acl)
+        for old in revisions[: max(0, len(revisions) + 1 - self.history_keep)]:
+            tx.delete(f"{history_path(*key)}/{history_node(old)}")
+        return tx, revision
+
+    def _applied(self, key: Key, revision: int, md5: str, deadline: float) -> bool:
+        """Whether a commit whose answer was lost took effect (its history entry is there).
+
+        Raises:
+            StoreUnavailable: ZooKeeper did not come back in time; the outcome is unknown.
+        """
+        what = f"publish of {key[0]}/{key[1]} has an unknown outcome"
+        for _ in range(_PUBLISH_ATTEMPTS):
+            self._await_connection(max(deadline, time.monotonic() + self.write_timeout), what)
+            try:
+                with _errors(what):
+                    data, _ = self._get(f"{history_path(*key)}/{history_node(revision)}")
+            except NotFound:
+                return False
+            except StoreUnavailable:
+                continue
+            return self._decode(key, data).md5 == md5
+        raise StoreUnavailable(what)
+
+    def _backend_remove(self, key: Key, expected: int | None) -> None:
+        what = f"cannot remove {key[0]}/{key[1]}"
+        self._require_connection(what)
+        with _errors(what):
+            current, stat = self._read_revision(key)
+            if current is None:
+                raise NotFound(f"{key[0]}/{key[1]} does not exist")
+            _check_cas(key, expected, current)
+            try:
+                self._zk.delete_async(config_path(*key), version=stat.version).get(
+                    timeout=self.op_timeout
+                )
+            except _UNREACHABLE:
+                self._require_connection(what)
+                if self._read_revision(key)[0] is not None:
+                    raise
+            except BadVersionError:
+                _check_cas(key, expected, self._read_revision(key)[0])
+                raise
+
+    def _backend_history(self, key: Key, limit: int) -> list[ConfigItem]:
+        with _errors(f"cannot read history of {key[0]}/{key[1]}"):
+            if not self._connected.is_set():
+                raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
+            revisions = self._history_revisions(key)[::-1][:limit]
+            pending = [
+                self._zk.get_async(f"{history_path(*key)}/{history_node(r)}") for r in revisions
+            ]
+            items = []
+            for result in pending:
+                try:
+                    data, _ = result.get(timeout=self.op_timeout)
+                except NoNodeError:
+                    continue  # pruned meanwhile
+                items.append(self._decode(key, data))
+            return items
+
+    def _backend_keys(self, group: str) -> list[str]:
+        with _errors(f"cannot list group {group}"):
+            if not self._connected.is_set():
+                raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
+            try:
+                return self._children(config_group_path(group))
+            except NoNodeError:
+                return []
+
+    def _backend_watch_key(self, key: Key) -> None:
+        with self._mutex:
+            self._key_watch[key] = functools.partial(self._on_watch, self._dirty_keys, key)
+        self._mark(self._dirty_keys, key)
+
+    def _backend_unwatch_key(self, key: Key) -> None:
+        with self._mutex:
+            self._key_watch.pop(key, None)
+
+    # ---------------------------------------------------------------------------- instances
+
+    def _read_instances(
+        self, service: str, watch: Callable[[Any], None] | None
+    ) -> list[Instance] | None:
+        """Children and their data, pipelined; None when the parent does not exist."""
+        path = instances_path(service)
+        try:
+            names = self._children(path, watch)
+        except NoNodeError:
+            if watch is not None and self._zk.exists_async(path, watch=watch).get(
+                timeout=self.op_timeout
+            ):
+                return self._read_instances(service, watch)
+            return None
+        pending = [(n, self._zk.get_async(f"{path}/{n}")) for n in names]
+        found = []
+        for name, result in pending:
+            try:
+                data, _ = result.get(timeout=self.op_timeout)
+                found.append(parse_instance(service, name, data))
+            except NoNodeError:
+                continue
+            except ConfigStoreError as exc:
+                log.warning("%s", exc)
+        return found
+
+    def _backend_instances(self, service: str) -> list[Instance]:
+        if not self._connected.is_set():
+            raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
+        with _errors(f"cannot list instances of {service}"):
+            return sorted(self._read_instances(service, None) or [], key=lambda i: i.id)
+
+    def _backend_watch_service(self, service: str) -> None:
+        with self._mutex:
+            self._svc_watch[service] = functools.partial(
+                self._on_watch, self._dirty_services, service
+            )
+        self._mark(self._dirty_services, service)
+
+    def _backend_unwatch_service(self, service: str) -> None:
+        with self._mutex:
+            self._svc_watch.pop(service, None)
+
+    def _backend_register(self, instance: Instance, document: bytes) -> BaseRegistration:
+        reg = _Ephemeral(self, instance, document)
+        with self._mutex:
+            self._regs[reg.path] = reg
+        if self._connected.is_set():
+            try:
+                with _errors(f"cannot register {instance.service}/{instance.id}"):
+                    self._ensure_ephemeral(reg)
+            except (PermissionDenied, Conflict):
+                with self._mutex:
+                    self._regs.pop(reg.path, None)
+                raise
+            except StoreUnavailable as exc:
+                log.warning("%s; retrying when ZooKeeper is back", exc)
+                self._mark(self._dirty_regs, reg.path)
+        else:
+            log.warning(
+                "ZooKeeper unreachable; %s/%s registers when it returns",
+                instance.service,
+                instance.id,
+            )
+            self._mark(self._dirty_regs, reg.path)
+        return reg
+
+    def _ensure_ephemeral(self, reg: _Ephemeral) -> None:
+        """Create our node, or take it over from a previous session (Curator's delete + create)."""
+        self._ensure(instances_path(reg.instance.service))
+        for _ in range(5):
+            if reg.closed:
+                return
+            try:
+                self._zk.create_async(reg.path, reg.document, acl=self._acl, ephemeral=True).get(
+                    timeout=self.op_timeout
+                )
+            except NodeExistsError:
+                try:
+                    data, stat = self._get(reg.path)
+                except NoNodeError:
+                    continue
+                if stat.ephemeralOwner == self.session_id:
+                    if data != reg.document:
+                        self._zk.set_async(reg.path, reg.document, version=stat.version).get(
+                            timeout=self.op_timeout
+                        )
+                else:
+                    with contextlib.suppress(NoNodeError, BadVersionError):
+                        self._zk.delete_async(reg.path, version=stat.version).get(
+                            timeout=self.op_timeout
+                        )
+                    continue
+            watch = functools.partial(self._on_watch, self._dirty_regs, reg.path)
+            if self._zk.exists_async(reg.path, watch=watch).get(timeout=self.op_timeout) is None:
+                continue  # deleted between create and watch: go round again
+            return
+        raise Conflict(f"{reg.path} keeps being taken by another session")
+
+    def _deregister(self, reg: _Ephemeral) -> None:
+        with self._mutex:
+            self._regs.pop(reg.path, None)
+        if self.closed or not self._connected.is_set():
+            return  # closing the session removes it; otherwise it dies with the session
+        try:
+            with _errors(f"cannot deregister {reg.path}"):
+                _, stat = self._get(reg.path)
+                if stat.ephemeralOwner == self.session_id:
+                    self._zk.delete_async(reg.path, version=stat.version).get(
+                        timeout=self.op_timeout
+                    )
+        except NotFound:
+            pass
+        except ConfigStoreError as exc:
+            log.warning("%s", exc)
+
+    # ------------------------------------------------------------------------------- worker
+
+    def _mark(self, dirty: set[Any], item: Any) -> None:
+        """Called from kazoo's watch thread: record and wake, nothing else."""
+        with self._mutex:
+            dirty.add(item)
+        self._wake.set()
+
+    def _on_watch(self, dirty: set[Any], item: Any, event: Any) -> None:
+        """kazoo's watch thread: the watched node changed; re-read it on the worker."""
+        self._mark(dirty, item)
+
+    def _take(self, dirty: set[Any]) -> list[Any]:
+        with self._mutex:
+            items = list(dirty)
+            dirty.clear()
+            return items
+
+    def _run(self) -> None:
+        next_reconcile = time.monotonic() + self.reconcile_interval
+        while not self.closed:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self.closed:
+                return
+            if not self._connected.is_set():
+                continue
+            now = time.monotonic()
+            if self._reconnected or now >= next_reconcile:
+                self._reconnected = False
+                next_reconcile = now + self.reconcile_interval
+                with self._mutex:
+                    self._dirty_keys.update(self._key_watch)
+                    self._dirty_services.update(self._svc_watch)
+                    self._dirty_regs.update(self._regs)
+            try:
+                self._refresh_registrations(self._take(self._dirty_regs))
+                self._refresh_keys(self._take(self._dirty_keys))
+                self._refresh_services(self._take(self._dirty_services))
+            except Exception:
+                log.exception("config store worker failed; retrying")
+                time.sleep(0.2)
+                self._wake.set()
+
+    def _retry_later(self, dirty: set[Any], items: list[Any]) -> None:
+        with self._mutex:
+            dirty.update(items)
+        if self._connected.is_set():
+            time.sleep(0.05)
+            self._wake.set()
+
+    def _refresh_keys(self, keys: list[Key]) -> None:
+        with self._mutex:
+            watched = [(k, self._key_watch[k]) for k in keys if k in self._key_watch]
+        pending = [(k, w, self._zk.get_async(config_path(*k), watch=w)) for k, w in watched]
+        failed: list[Key] = []
+        for key, watch, result in pending:
+            try:
+                data, _ = result.get(timeout=self.op_timeout)
+                item: ConfigItem | None = self._decode(key, data)
+            except NoNodeError:
+                try:
+                    if self._zk.exists_async(config_path(*key), watch=watch).get(
+                        timeout=self.op_timeout
+                    ):
+                        failed.append(key)  # created in between: read it again
+                        continue
+                except _UNREACHABLE:
+                    failed.append(key)
+                    continue
+                item = None
+            except _UNREACHABLE:
+                failed.append(key)
+                continue
+            except ConfigStoreError as exc:
+                log.error("%s", exc)
+                continue
+            self._apply_config(key, item)
+        if failed:
+            self._retry_later(self._dirty_keys, failed)
+
+    def _refresh_services(self, services: list[str]) -> None:
+        failed: list[str] = []
+        for service in services:
+            with self._mutex:
+                watch = self._svc_watch.get(service)
+            if watch is None:
+                continue
+            try:
+                found = self._read_instances(service, watch) or []
+            except _UNREACHABLE:
+                failed.append(service)
+                continue
+            before = self._service_instances(service)
+            if not found and before and service not in self._confirm_empty:
+                self._confirm_empty.add(service)  # empty-list protection: confirm with a re-read
+                failed.append(service)
+                continue
+            self._confirm_empty.discard(service)
+            self._apply_instances(service, found)
+        if failed:
+            self._retry_later(self._dirty_services, failed)
+
+    def _refresh_registrations(self, paths: list[str]) -> None:
+        failed: list[str] = []
+        for path in paths:
+            with self._mutex:
+                reg = self._regs.get(path)
+            if reg is None or reg.closed:
+                continue
+            try:
+                with _errors(f"cannot re-register {path}"):
+                    self._ensure_ephemeral(reg)
+            except StoreUnavailable:
+                failed.append(path)
+            except ConfigStoreError as exc:
+                log.error("%s", exc)
+                failed.append(path)
+        if failed:
+            self._retry_later(self._dirty_regs, failed)
+
+    def _backend_close(self) -> None:
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            self._zk.stop()
+        with contextlib.suppress(Exception):
+            self._zk.close()
+        self._worker.join(timeout=5)
+
+
+def _acl_for(url: StoreUrl) -> list[Any]:
+    if not url.username:
+        return list(OPEN_ACL_UNSAFE)
+    acl = [make_digest_acl(url.username, url.password or "", all=True)]
+    reader = url.options.get("reader")
+    if reader:
+        user, _, password = reader.partition(":")
+        acl.append(make_digest_acl(user, password, read=True))
+    else:
+        acl.append(make_acl("world", "anyone", read=True))
+    return acl
+
+
+# ------------------------------------------------------------------ fault injection for tests
+
+
+def expire_session(store: ZkStore, timeout: float = 15.0) -> None:
+    """Expire the store's session for real: a second client takes over the session id and closes it,
+    so the server deletes the ephemerals, and the store goes SUSPENDED -> LOST -> CONNECTED."""
+    client_id = store._zk.client_id
+    lost = threading.Event()
+
+    def watch(state: str) -> bool:
+        if state == KazooState.LOST:
+            lost.set()
+            return True
+        return False
+
+    store._zk.add_listener(watch)
+    thief = KazooClient(
+        hosts=store._url.connect_string, client_id=client_id, timeout=store.session_timeout
+    )
+    thief.start(timeout=timeout)
+    thief.stop()
+    thief.close()
+    if not lost.wait(timeout):
+        raise TimeoutError("the store did not notice its session expiry")
+    if not store.wait_connected(timeout):
+        raise TimeoutError("the store did not reconnect after its session expired")
+
+
+def drop_connection(store: ZkStore, timeout: float = 15.0) -> None:
+    """Drop the store's TCP connection; the session survives (SUSPENDED -> CONNECTED)."""
+    suspended = threading.Event()
+
+    def watch(state: str) -> bool:
+        if state == KazooState.SUSPENDED:
+            suspended.set()
+            return True
+        return False
+
+    store._zk.add_listener(watch)
+    store._zk._call(_CONNECTION_DROP, None)
+    if not suspended.wait(timeout):
+        raise TimeoutError("the store's connection did not drop")
+    if not store.wait_connected(timeout):
+        raise TimeoutError("the store did not reconnect")
