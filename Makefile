@@ -29,7 +29,7 @@ check: install-test
 	PATH=$(VENV)/bin:$$PATH scripts/check
 
 test: install-test zookeeper check
-	$(VENV)/bin/pytest
+	AUTOAI_REQUIRE_ZK=1 $(VENV)/bin/pytest
 
 bench-store: install-test zookeeper
 	$(PY) benchmarks/store_propagation.py

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--timeout", type=float, help="exit after this many seconds")
     rm = key_cmd("remove", "delete a key (its history stays)")
     rm.add_argument("--expected-revision", type=int)
-    ls = sub.add_parser("list", help="list the data ids of a group")
+    ls = sub.add_parser("keys", help="list the data ids of a group")
     ls.add_argument("--group", default="models")
     inst = sub.add_parser("instances", help="list the live instances of a service")
     inst.add_argument("service")
@@ -147,7 +147,7 @@ def _run(store: ConfigStore, args: argparse.Namespace) -> int:
         return _listen(store, args)
     elif cmd == "remove":
         store.remove(args.data_id, group=args.group, expected_revision=args.expected_revision)
-    elif cmd == "list":
+    elif cmd == "keys":
         _print(store.keys(args.group))
     elif cmd == "instances":
         if not args.watch:

@@ -29,16 +29,20 @@ class _Pool:
         self._max = max_workers
         self._workers = 0
         self._idle = 0
+        self._pending = 0
         self._lock = threading.Lock()
 
     def submit(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
+        # A new thread whenever queued tasks outnumber idle threads, so a task never waits behind
+        # a blocked callback while the pool has room.
         with self._lock:
-            if self._idle == 0 and self._workers < self._max:
+            self._pending += 1
+            spawn = self._pending > self._idle and self._workers < self._max
+            if spawn:
                 self._workers += 1
-                threading.Thread(
-                    target=self._run, name="config-store-callback", daemon=True
-                ).start()
+        self._tasks.put(task)
+        if spawn:
+            threading.Thread(target=self._run, name="config-store-callback", daemon=True).start()
 
     def _run(self) -> None:
         while True:
@@ -47,6 +51,7 @@ class _Pool:
             task = self._tasks.get()
             with self._lock:
                 self._idle -= 1
+                self._pending -= 1
             try:
                 task()
             except Exception:  # a task never raises (mailboxes catch); belt and braces

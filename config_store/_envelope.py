@@ -30,6 +30,8 @@ class Envelope:
     md5: str
     modified: float
     content: bytes
+    ref: bool = False
+    """True when the content is not here but in the revision's history entry (large content)."""
 
 
 def content_md5(content: bytes) -> str:
@@ -54,11 +56,13 @@ def check_content(content: object) -> bytes:
     return data
 
 
-def encode(revision: int, md5: str, modified: float, content: bytes) -> bytes:
-    header = json.dumps(
-        {"revision": revision, "md5": md5, "modified": modified}, separators=(",", ":")
-    )
-    return MAGIC + header.encode("ascii") + b"\n" + content
+def encode(revision: int, md5: str, modified: float, content: bytes, *, ref: bool = False) -> bytes:
+    """``ref=True`` writes the header only: the content lives in the history entry."""
+    fields: dict[str, object] = {"revision": revision, "md5": md5, "modified": modified}
+    if ref:
+        fields["ref"] = True
+    header = json.dumps(fields, separators=(",", ":"))
+    return MAGIC + header.encode("ascii") + b"\n" + (b"" if ref else content)
 
 
 def decode(data: bytes) -> Envelope:
@@ -74,14 +78,16 @@ def decode(data: bytes) -> Envelope:
         raise ValueError("envelope header is not terminated")
     try:
         header = json.loads(data[len(MAGIC) : end])
-        revision, md5, modified = (
-            int(header["revision"]),
-            str(header["md5"]),
-            float(header["modified"]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        revision = int(header["revision"])
+        md5 = str(header["md5"])
+        modified = float(header["modified"])
+        ref = bool(header.get("ref", False))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"bad envelope header: {exc}") from exc
     content = data[end + 1 :]
-    if content_md5(content) != md5:
+    if ref:
+        if content:
+            raise ValueError("reference envelope carries content")
+    elif content_md5(content) != md5:
         raise ValueError("envelope content does not match its md5")
-    return Envelope(revision, md5, modified, content)
+    return Envelope(revision, md5, modified, content, ref)

@@ -58,6 +58,8 @@ try:
         NodeExistsError,
         NoNodeError,
         OperationTimeoutError,
+        RolledBackError,
+        RuntimeInconsistency,
         SessionExpiredError,
     )
     from kazoo.handlers.threading import KazooTimeoutError
@@ -87,6 +89,10 @@ _ERRORS: dict[type[BaseException], type[ConfigStoreError]] = {
     **dict.fromkeys(_UNREACHABLE, StoreUnavailable),
 }
 _PUBLISH_ATTEMPTS = 20
+# A publish writes the content twice in one multi-op (current + history); the whole request must
+# stay under ZooKeeper's jute.maxbuffer (1 MiB less a little). Larger content is written once, in
+# the history entry, and the current node refers to it.
+_INLINE_LIMIT = 256 * 1024
 
 
 @contextlib.contextmanager
@@ -213,8 +219,16 @@ class ZkStore(ConfigStore):
         self._ensured.add(path)
 
     def _decode(self, key: Key, data: bytes) -> ConfigItem:
+        """Decode a node; a reference is resolved by reading its history entry.
+
+        Raises:
+            ConfigStoreError: unreadable content; NoNodeError when a referenced entry vanished.
+        """
         try:
             env = _envelope.decode(data)
+            if env.ref:
+                ref_data, _ = self._get(f"{history_path(*key)}/{history_node(env.revision)}")
+                env = _envelope.decode(ref_data)
         except ValueError as exc:
             raise ConfigStoreError(f"{key[0]}/{key[1]} holds unreadable content: {exc}") from exc
         return ConfigItem(
@@ -226,7 +240,10 @@ class ZkStore(ConfigStore):
             data, stat = self._get(config_path(*key))
         except NoNodeError:
             return None, None
-        return self._decode(key, data).revision, stat
+        try:
+            return _envelope.decode(data).revision, stat
+        except ValueError as exc:
+            raise ConfigStoreError(f"{key[0]}/{key[1]} holds unreadable content: {exc}") from exc
 
     def _history_revisions(self, key: Key) -> list[int]:
         try:
@@ -241,11 +258,16 @@ class ZkStore(ConfigStore):
         if not self._connected.is_set():
             raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
         with _errors(f"cannot read {key[0]}/{key[1]}"):
-            try:
-                data, _ = self._get(config_path(*key))
-            except NoNodeError:
-                return None
-            return self._decode(key, data)
+            for _ in range(3):
+                try:
+                    data, _ = self._get(config_path(*key))
+                except NoNodeError:
+                    return None
+                try:
+                    return self._decode(key, data)
+                except NoNodeError:
+                    continue  # the referenced history entry was pruned: a newer one exists
+            raise StoreUnavailable(f"{key[0]}/{key[1]} changes too fast to be read")
 
     def _await_connection(self, deadline: float, what: str) -> None:
         if self.closed:
@@ -273,8 +295,12 @@ class ZkStore(ConfigStore):
                 if self._applied(key, revision, md5, deadline):
                     return revision
                 continue
-            if not any(isinstance(r, Exception) for r in results):
+            failure = _first_failure(results)
+            if failure is None:
                 return revision
+            if not isinstance(failure, BadVersionError | NodeExistsError | NoNodeError):
+                with _errors(what):
+                    raise failure  # NoAuth and the like: the multi-op was refused, not raced
             if expected is not None:  # another writer moved the key: report it against expected
                 with _errors(what):
                     _check_cas(key, expected, self._read_revision(key)[0])
@@ -291,12 +317,16 @@ class ZkStore(ConfigStore):
         _check_cas(key, expected, current)
         revisions = self._history_revisions(key)
         revision = max(current or 0, revisions[-1] if revisions else 0) + 1
-        doc = _envelope.encode(revision, md5, time.time(), content)
+        now = time.time()
+        doc = _envelope.encode(revision, md5, now, content)
+        current_doc = doc
+        if len(content) > _INLINE_LIMIT:
+            current_doc = _envelope.encode(revision, md5, now, content, ref=True)
         tx = self._zk.transaction()
         if stat is None:
-            tx.create(config_path(*key), doc, acl=self._acl)
+            tx.create(config_path(*key), current_doc, acl=self._acl)
         else:
-            tx.set_data(config_path(*key), doc, version=stat.version)
+            tx.set_data(config_path(*key), current_doc, version=stat.version)
         tx.create(f"{history_path(*key)}/{history_node(revision)}", doc, acl=self._acl)
         for old in revisions[: max(0, len(revisions) + 1 - self.history_keep)]:
             tx.delete(f"{history_path(*key)}/{history_node(old)}")
@@ -634,6 +664,14 @@ def _acl_for(url: StoreUrl) -> list[Any]:
     else:
         acl.append(make_acl("world", "anyone", read=True))
     return acl
+
+
+def _first_failure(results: list[Any]) -> Exception | None:
+    """The error that failed a multi-op (kazoo returns errors in the result list, with
+    RolledBackError for the operations undone because of it)."""
+    errors = [r for r in results if isinstance(r, Exception)]
+    causes = [e for e in errors if not isinstance(e, RolledBackError | RuntimeInconsistency)]
+    return (causes or errors)[0] if errors else None
 
 
 # ------------------------------------------------------------------ fault injection for tests
