@@ -1,3 +1,40 @@
-"""eas-server: one model version behind the Open Inference Protocol, with dynamic batching."""
+"""eas-server: one model version behind the Open Inference Protocol, with dynamic batching.
 
-__all__: list[str] = []
+Run it with ``eas-server --model model.onnx --name NAME`` (see ``eas-server --help``).
+"""
+
+from ._errors import (
+    EasServerError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    PayloadTooLarge,
+    ProcessorError,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+    Unauthorized,
+    Unavailable,
+)
+from .batching import DynamicBatcher, Padding
+from .processors import Processor, TensorSpec, create_processor, register_processor
+
+__all__ = [
+    "DynamicBatcher",
+    "EasServerError",
+    "InvalidInput",
+    "ModelLoadError",
+    "ModelNotFound",
+    "Padding",
+    "PayloadTooLarge",
+    "Processor",
+    "ProcessorError",
+    "QueueFull",
+    "QueueTimeout",
+    "ShuttingDown",
+    "TensorSpec",
+    "Unauthorized",
+    "Unavailable",
+    "create_processor",
+    "register_processor",
+]

@@ -1,0 +1,435 @@
+"""The dynamic batcher: Triton's semantics, made work-conserving.
+
+- Batches count rows, not requests; a request larger than ``max_batch_size`` is split into chunks
+  that run as their own batches and its answer is reassembled.
+- Requests whose non-batch dims differ (e.g. sequence length) never share a batch, unless the
+  processor declares padding safe.
+- A batch is formed only when a worker is free. It fires at once when it is full; otherwise it
+  waits for more rows, but never longer than ``max_delay`` counted from the *oldest* queued request,
+  and never when no more rows are expected: the batcher tracks the demand it saw at the last
+  launch (rows queued and running), so a lone client is served without delay while 32 clients
+  get batches of 32.
+- A bounded queue (``QueueFull``), per-request queue timeouts (``QueueTimeout``), priority levels
+  (1 is highest), monotonic clocks. Runtime calls go to a dedicated thread pool, one thread per
+  worker, never to the event loop. A failing batch is retried in halves so that only the
+  requests that fail on their own get the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .._errors import (
+    EasServerError,
+    InvalidInput,
+    ProcessorError,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+)
+from ._merge import Padding, group_key, merge, rows_of, split_outputs, split_rows
+
+__all__ = ["BatchObserver", "BatchResult", "DynamicBatcher", "RunFn"]
+
+log = logging.getLogger("eas_server.batching")
+
+RunFn = Callable[[dict[str, np.ndarray], int], Mapping[str, np.ndarray]]
+"""``run(inputs, worker_index) -> outputs``, called on a worker thread."""
+
+
+class BatchObserver(Protocol):
+    """Receives what the batcher does (metrics and statistics)."""
+
+    def on_queue_depth(self, depth: int) -> None: ...
+
+    def on_batch(self, rows: int, trigger: str, compute_s: float, ok: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A request's outputs and where its time went."""
+
+    outputs: dict[str, np.ndarray]
+    queue_s: float
+    compute_s: float
+    batch_rows: int
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    group: object
+    future: asyncio.Future[BatchResult]
+    enqueued: float
+    deadline: float | None
+    level: int
+    chunk: bool = False
+    queued: bool = field(default=True)
+
+
+class DynamicBatcher:
+    """Queue requests and run them in batches on ``workers`` threads.
+
+    Args:
+        run: the processor's run function.
+        max_batch_size: most rows per batch; 1 disables batching.
+        max_delay_s: longest wait for a batch to fill, from the oldest queued request.
+        max_queue_size: most queued requests (chunks of a split request count each).
+        workers: runtime threads (each with its own session in the processor).
+        batchable: False for models without a batch dim: every request runs alone, unsplit.
+        priority_levels: number of levels; requests say 1 (highest) .. levels, 0 = default.
+        default_priority: level of requests that give none.
+        padding: where the processor declares padding safe.
+        observer: metrics sink.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int = 32,
+        max_delay_s: float = 0.005,
+        max_queue_size: int = 256,
+        workers: int = 1,
+        batchable: bool = True,
+        priority_levels: int = 2,
+        default_priority: int | None = None,
+        padding: Padding | None = None,
+        observer: BatchObserver | None = None,
+    ):
+        if max_batch_size < 1 or workers < 1 or max_queue_size < 1 or priority_levels < 1:
+            raise ValueError(
+                "max_batch_size, workers, max_queue_size and priority_levels must be >= 1"
+            )
+        self._run = run
+        self.max_batch_size = max_batch_size if batchable else 1
+        self.max_delay_s = max(0.0, max_delay_s)
+        self.max_queue_size = max_queue_size
+        self.workers = workers
+        self.batchable = batchable
+        self.priority_levels = priority_levels
+        self.default_priority = default_priority or priority_levels
+        self._padding = padding
+        self._observer = observer
+        self._levels: list[deque[_Entry]] = [deque() for _ in range(priority_levels)]
+        self._queued = 0
+        self._queued_rows = 0
+        self._with_deadline = 0
+        self._free = workers
+        self._inflight_rows = 0
+        self._demand = 1
+        self._closing = False
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker_ids = itertools.count()
+        self._local = threading.local()
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="eas-worker", initializer=self._init_worker
+        )
+
+    # ------------------------------------------------------------------------------ public
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    @property
+    def busy(self) -> bool:
+        """Requests queued or running."""
+        return self._queued > 0 or self._free < self.workers
+
+    def start(self) -> None:
+        """Start dispatching on the running event loop (queues are created inside it)."""
+        if self._dispatcher is None:
+            self._wake = asyncio.Event()
+            self._idle = asyncio.Event()
+            self._idle.set()
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_s: float | None = None
+    ) -> BatchResult:
+        """Queue one request and wait for its outputs.
+
+        Args:
+            inputs: validated arrays; all share the batch dim when ``batchable``.
+            priority: 1 (highest) .. ``priority_levels``; 0 means the default level.
+            timeout_s: longest time in the queue.
+
+        Raises:
+            QueueFull, QueueTimeout, ShuttingDown: 503 conditions.
+            InvalidInput: bad priority; or the runtime rejected this request's values.
+            ProcessorError: the runtime failed on this request.
+        """
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        self.start()
+        if not 0 <= priority <= self.priority_levels:
+            raise InvalidInput(f"priority {priority} is outside 0..{self.priority_levels}")
+        level = (priority or self.default_priority) - 1
+        now = time.monotonic()
+        deadline = None if timeout_s is None else now + max(0.0, timeout_s)
+        rows = rows_of(inputs) if self.batchable else 1
+        parts = [inputs] if rows <= self.max_batch_size else split_rows(inputs, self.max_batch_size)
+        if self._queued + len(parts) > self.max_queue_size:
+            raise QueueFull(f"queue full ({self._queued} of {self.max_queue_size} requests queued)")
+        loop = asyncio.get_running_loop()
+        entries = []
+        for part in parts:
+            part_rows = rows_of(part) if self.batchable else 1
+            group = group_key(part, self._padding) if self.batchable else object()
+            entry = _Entry(
+                part, part_rows, group, loop.create_future(), now, deadline, level, len(parts) > 1
+            )
+            entries.append(entry)
+            self._enqueue(entry)
+        try:
+            if len(entries) == 1:
+                return await entries[0].future
+            return self._reassemble(await asyncio.gather(*(e.future for e in entries)))
+        finally:
+            for entry in entries:
+                if entry.queued:  # the caller went away (cancelled) or a sibling chunk failed
+                    self._remove(entry)
+                    entry.future.cancel()
+                elif not entry.future.done():  # running: nobody will read its outcome
+                    entry.future.add_done_callback(_consume)
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until nothing is queued or running; returns False on timeout."""
+        if self._idle is None:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Refuse new requests, fail queued ones with ShuttingDown, stop the workers."""
+        self._closing = True
+        for level in self._levels:
+            while level:
+                entry = level[0]
+                self._remove(entry)
+                if not entry.future.done():
+                    entry.future.set_exception(ShuttingDown("the server is shutting down"))
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------------------- queueing
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._levels[entry.level].append(entry)
+        self._queued += 1
+        self._queued_rows += entry.rows
+        self._with_deadline += entry.deadline is not None
+        assert self._wake is not None and self._idle is not None
+        self._idle.clear()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.on_queue_depth(self._queued)
+
+    def _remove(self, entry: _Entry) -> None:
+        self._levels[entry.level].remove(entry)
+        entry.queued = False
+        self._queued -= 1
+        self._queued_rows -= entry.rows
+        self._with_deadline -= entry.deadline is not None
+        if self._observer is not None:
+            self._observer.on_queue_depth(self._queued)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self._idle is not None and self._queued == 0 and self._free == self.workers:
+            self._idle.set()
+
+    def _expire(self, now: float) -> float | None:
+        """Fail timed-out entries; return the nearest remaining deadline."""
+        if not self._with_deadline:
+            return None
+        nearest: float | None = None
+        for level in self._levels:
+            for entry in list(level):
+                if entry.deadline is None:
+                    continue
+                if entry.deadline <= now:
+                    self._remove(entry)
+                    if not entry.future.done():
+                        waited = (now - entry.enqueued) * 1000
+                        entry.future.set_exception(
+                            QueueTimeout(f"request timeout expired after {waited:.1f} ms in queue")
+                        )
+                elif nearest is None or entry.deadline < nearest:
+                    nearest = entry.deadline
+        return nearest
+
+    def _candidate(self) -> tuple[list[_Entry], int, float, bool]:
+        """The batch that would fire now: the oldest entry of the highest level, then entries of
+        the same group in priority then arrival order, while they fit."""
+        first = next(level[0] for level in self._levels if level)
+        batch, rows, chunk = [first], first.rows, first.chunk
+        if self.batchable and not first.chunk:
+            for level in self._levels:
+                for entry in level:
+                    if entry is first or entry.group != first.group or entry.chunk:
+                        continue
+                    if rows + entry.rows > self.max_batch_size:
+                        break
+                    batch.append(entry)
+                    rows += entry.rows
+                if rows >= self.max_batch_size:
+                    break
+        oldest = min(e.enqueued for e in batch)
+        return batch, rows, oldest, chunk
+
+    # ----------------------------------------------------------------------------- dispatch
+
+    async def _dispatch(self) -> None:
+        assert self._wake is not None
+        while True:
+            now = time.monotonic()
+            nearest_deadline = self._expire(now)  # also while every worker is busy
+            if self._free == 0 or self._queued == 0:
+                await self._sleep(nearest_deadline, now)
+                continue
+            batch, rows, oldest, chunk = self._candidate()
+            trigger = self._trigger(rows, oldest, chunk, now)
+            if trigger is None:
+                wake_at = oldest + self.max_delay_s
+                if nearest_deadline is not None:
+                    wake_at = min(wake_at, nearest_deadline)
+                await self._sleep(wake_at, now)
+                continue
+            self._demand = self._queued_rows + self._inflight_rows  # the load level now
+            for entry in batch:
+                self._remove(entry)
+            self._launch(batch, rows, trigger)
+
+    async def _sleep(self, until: float | None, now: float) -> None:
+        """Until a request arrives, a worker frees up, or ``until`` (monotonic) passes."""
+        assert self._wake is not None
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(
+                self._wake.wait(), None if until is None else max(0.0, until - now)
+            )
+        except TimeoutError:
+            pass
+
+    def _trigger(self, rows: int, oldest: float, chunk: bool, now: float) -> str | None:
+        if chunk:
+            return "split"
+        if rows >= self.max_batch_size:
+            return "full"
+        if self._queued_rows + self._inflight_rows >= self._demand:
+            # Every row seen at the last launch is back (queued or running): no more are
+            # expected, so a free worker is not held back (one client alone never waits).
+            return "idle"
+        if now - oldest >= self.max_delay_s:
+            return "delay"
+        return None
+
+    def _launch(self, batch: list[_Entry], rows: int, trigger: str) -> None:
+        self._free -= 1
+        self._inflight_rows += rows
+        if self._idle is not None:
+            self._idle.clear()
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch, rows, trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: list[_Entry], rows: int, trigger: str) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._execute, [e.inputs for e in batch]
+            )
+        except BaseException as exc:  # the pool was shut down under us
+            results = [exc if isinstance(exc, Exception) else ShuttingDown(str(exc))] * len(batch)
+        finally:
+            elapsed = time.monotonic() - started
+            self._free += 1
+            self._inflight_rows -= rows
+            assert self._wake is not None
+            self._wake.set()
+            self._maybe_idle()
+        ok = not any(isinstance(r, Exception) for r in results)
+        if self._observer is not None:
+            self._observer.on_batch(rows, trigger, elapsed, ok)
+        for entry, result in zip(batch, results, strict=True):
+            if entry.future.done():
+                continue
+            if isinstance(result, Exception):
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(
+                    BatchResult(result, started - entry.enqueued, elapsed, rows)
+                )
+
+    # ----------------------------------------------------------------------- worker thread
+
+    def _init_worker(self) -> None:
+        self._local.index = next(self._worker_ids)
+
+    def _execute(
+        self, items: list[Mapping[str, np.ndarray]]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """Run one batch (worker thread). On failure, run halves, so that a bad request fails
+        alone instead of poisoning the requests it was batched with."""
+        rows = [rows_of(it) for it in items] if self.batchable else [1] * len(items)
+        try:
+            merged, lengths = merge(items, self._padding)
+            outputs = self._run(merged, self._local.index)
+            if self.batchable:
+                total = sum(rows)
+                for name, arr in outputs.items():
+                    if arr.ndim == 0 or arr.shape[0] != total:
+                        shape = list(arr.shape)
+                        raise ProcessorError(
+                            f"output {name!r} has shape {shape}; expected {total} rows"
+                        )
+            return list(split_outputs(outputs, rows, lengths, self._padding))
+        except Exception as exc:
+            if len(items) > 1:
+                mid = len(items) // 2
+                return self._execute(items[:mid]) + self._execute(items[mid:])
+            if isinstance(exc, EasServerError):
+                return [exc]
+            log.warning("runtime failed: %s", exc)
+            return [ProcessorError(f"{type(exc).__name__}: {exc}")]
+
+    @staticmethod
+    def _reassemble(parts: list[BatchResult]) -> BatchResult:
+        outputs = {
+            name: np.concatenate([p.outputs[name] for p in parts]) for name in parts[0].outputs
+        }
+        return BatchResult(
+            outputs,
+            queue_s=max(p.queue_s for p in parts),
+            compute_s=sum(p.compute_s for p in parts),
+            batch_rows=max(p.batch_rows for p in parts),
+        )
+
+
+def _consume(future: asyncio.Future[BatchResult]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,290 @@
+"""Batcher semantics with a fake processor: real threads, real asyncio, no model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from eas_server import InvalidInput, ProcessorError, QueueFull, QueueTimeout, ShuttingDown
+from eas_server.batching import BatchResult, DynamicBatcher, Padding
+
+
+class FakeProcessor:
+    """Doubles its input; records every batch; can be held at a gate; fails on negative values."""
+
+    def __init__(self, compute_s: float = 0.0) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.compute_s = compute_s
+
+    def run(self, inputs: dict[str, np.ndarray], worker: int) -> Mapping[str, np.ndarray]:
+        self.entered.set()
+        self.gate.wait(10)
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        if (x < 0).any():
+            raise ValueError("negative input")
+        if self.compute_s:
+            time.sleep(self.compute_s)
+        return {"y": x * 2, "worker": np.full((x.shape[0],), worker)}
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, str, bool]] = []
+        self.depths: list[int] = []
+
+    def on_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+    def on_batch(self, rows: int, trigger: str, compute_s: float, ok: bool) -> None:
+        self.batches.append((rows, trigger, ok))
+
+
+def run(test: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(test(), 30))
+
+
+def rows(value: float, n: int = 1, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, width), value, dtype=np.float32)}
+
+
+def make(proc: FakeProcessor, observer: Observer | None = None, **kwargs: Any) -> DynamicBatcher:
+    kwargs.setdefault("max_batch_size", 8)
+    kwargs.setdefault("max_delay_s", 0.05)
+    return DynamicBatcher(proc.run, observer=observer, **kwargs)
+
+
+async def _hold(proc: FakeProcessor, batcher: DynamicBatcher) -> asyncio.Task[BatchResult]:
+    """Occupy the only worker so that what follows queues up."""
+    proc.gate.clear()
+    proc.entered.clear()
+    blocker = asyncio.create_task(batcher.infer(rows(0)))
+    while not proc.entered.is_set():
+        await asyncio.sleep(0.001)
+    return blocker
+
+
+def test_a_lone_request_is_not_held_back() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_delay_s=1.0)
+        for i in range(5):
+            result = await batcher.infer(rows(i))
+            np.testing.assert_array_equal(result.outputs["y"], rows(i)["x"] * 2)
+            assert result.queue_s < 0.5  # far below the 1 s delay
+        assert [t for _, t, _ in obs.batches] == ["idle"] * 5
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_full_batch_fires_at_once_and_answers_go_to_the_right_request() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_delay_s=10.0)
+        blocker = await _hold(proc, batcher)
+        tasks = [asyncio.create_task(batcher.infer(rows(i + 1))) for i in range(8)]
+        await asyncio.sleep(0.01)
+        proc.gate.set()
+        results = await asyncio.gather(*tasks)
+        await blocker
+        assert obs.batches[-1] == (8, "full", True)
+        for i, result in enumerate(results):
+            assert result.batch_rows == 8
+            np.testing.assert_array_equal(result.outputs["y"], rows(i + 1)["x"] * 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_delay_counts_from_the_oldest_request_when_more_rows_are_expected() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_batch_size=8, max_delay_s=0.2)
+        # teach the batcher that 8 rows of demand exist
+        blocker = await _hold(proc, batcher)
+        first = [asyncio.create_task(batcher.infer(rows(1))) for _ in range(8)]
+        await asyncio.sleep(0.01)
+        proc.gate.set()
+        await asyncio.gather(blocker, *first)
+        t0 = time.monotonic()
+        a = asyncio.create_task(batcher.infer(rows(2)))
+        await asyncio.sleep(0.1)
+        b = asyncio.create_task(batcher.infer(rows(3)))
+        ra, rb = await asyncio.gather(a, b)
+        waited = time.monotonic() - t0
+        assert obs.batches[-1] == (2, "delay", True)
+        assert 0.2 <= ra.queue_s < 0.35 and rb.queue_s < ra.queue_s - 0.05
+        assert waited < 0.4
+        # load fell to one client: it waits one delay at most, then is served at once
+        await batcher.infer(rows(4))
+        assert obs.batches[-1] == (1, "delay", True)
+        lone = await batcher.infer(rows(5))
+        assert obs.batches[-1] == (1, "idle", True) and lone.queue_s < 0.1
+        await batcher.close()
+
+    run(body)
+
+
+def test_an_oversized_request_is_split_and_reassembled_in_order() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_batch_size=8)
+        x = np.arange(19 * 2, dtype=np.float32).reshape(19, 2)
+        result = await batcher.infer({"x": x})
+        np.testing.assert_array_equal(result.outputs["y"], x * 2)
+        assert [(r, t) for r, t, _ in obs.batches] == [(8, "split"), (8, "split"), (3, "split")]
+        await batcher.close()
+
+    run(body)
+
+
+def test_queue_full_and_queue_timeout_are_unavailable_errors() -> None:
+    async def body() -> None:
+        proc = FakeProcessor()
+        batcher = make(proc, max_batch_size=1, max_queue_size=2, max_delay_s=0)
+        blocker = await _hold(proc, batcher)
+        queued = [asyncio.create_task(batcher.infer(rows(1))) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="queue full"):
+            await batcher.infer(rows(1))
+        proc.gate.set()
+        await asyncio.gather(blocker, *queued)
+
+        blocker = await _hold(proc, batcher)
+        with pytest.raises(QueueTimeout, match="timeout expired"):
+            await batcher.infer(rows(1), timeout_s=0.05)
+        proc.gate.set()
+        await blocker
+        assert batcher.queue_depth == 0
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_failing_request_fails_alone_not_its_batch() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_batch_size=8, max_delay_s=10)
+        blocker = await _hold(proc, batcher)
+        values = [1, 2, -1, 4, 5, 6, 7, 8]
+        tasks = [asyncio.create_task(batcher.infer(rows(v))) for v in values]
+        await asyncio.sleep(0.01)
+        proc.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await blocker
+        for v, result in zip(values, results, strict=True):
+            if v < 0:
+                assert isinstance(result, ProcessorError) and "negative input" in str(result)
+            else:
+                assert isinstance(result, BatchResult)
+                np.testing.assert_array_equal(result.outputs["y"], rows(v)["x"] * 2)
+        assert obs.batches[-1] == (8, "full", False)
+        await batcher.close()
+
+    run(body)
+
+
+def test_higher_priority_goes_first_and_bad_priorities_are_refused() -> None:
+    async def body() -> None:
+        proc = FakeProcessor()
+        batcher = make(proc, max_batch_size=1, max_delay_s=0, priority_levels=2)
+        blocker = await _hold(proc, batcher)
+        low = asyncio.create_task(batcher.infer(rows(10), priority=2))
+        default = asyncio.create_task(batcher.infer(rows(20)))
+        high = asyncio.create_task(batcher.infer(rows(30), priority=1))
+        await asyncio.sleep(0.01)
+        proc.gate.set()
+        await asyncio.gather(blocker, low, default, high)
+        order = [float(b[0, 0]) for b in proc.batches[1:]]
+        assert order == [30.0, 10.0, 20.0]
+        with pytest.raises(InvalidInput, match="priority 3"):
+            await batcher.infer(rows(1), priority=3)
+        await batcher.close()
+
+    run(body)
+
+
+def test_requests_with_different_shapes_never_share_a_batch_unless_padding_is_safe() -> None:
+    async def body(padding: Padding | None) -> list[int]:
+        proc = FakeProcessor()
+        batcher = make(proc, max_batch_size=8, max_delay_s=0.2, padding=padding)
+        blocker = await _hold(proc, batcher)
+        tasks = [asyncio.create_task(batcher.infer(rows(1, width=w))) for w in (2, 3, 2, 3)]
+        await asyncio.sleep(0.01)
+        proc.gate.set()
+        results = await asyncio.gather(*tasks)
+        await blocker
+        for w, result in zip((2, 3, 2, 3), results, strict=True):
+            assert result.outputs["y"].shape == (1, w)
+        await batcher.close()
+        return [b.shape[0] for b in proc.batches[1:]]
+
+    assert sorted(run(lambda: body(None))) == [2, 2]
+    assert run(lambda: body(Padding(inputs={"x": (1, 0)}, outputs={"y": 1}))) == [4]
+
+
+def test_models_without_a_batch_dim_run_each_request_alone() -> None:
+    async def body() -> None:
+        proc = FakeProcessor()
+        batcher = make(proc, batchable=False, max_delay_s=10)
+        blocker = await _hold(proc, batcher)
+        tasks = [asyncio.create_task(batcher.infer(rows(i, n=3))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        proc.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        assert [b.shape[0] for b in proc.batches[1:]] == [3, 3, 3]
+        await batcher.close()
+
+    run(body)
+
+
+def test_cancelled_requests_leave_the_queue_and_close_fails_the_rest() -> None:
+    async def body() -> None:
+        proc = FakeProcessor()
+        batcher = make(proc, max_batch_size=1, max_delay_s=0)
+        blocker = await _hold(proc, batcher)
+        gone = asyncio.create_task(batcher.infer(rows(1)))
+        waiting = asyncio.create_task(batcher.infer(rows(2)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        assert batcher.queue_depth == 1
+        closing = asyncio.create_task(batcher.close())
+        with pytest.raises(ShuttingDown):
+            await waiting
+        with pytest.raises(ShuttingDown):
+            await batcher.infer(rows(3))
+        proc.gate.set()
+        await closing
+        assert (await blocker).outputs["y"].shape == (1, 2)  # running work finishes
+
+    run(body)
+
+
+def test_many_concurrent_clients_get_full_batches_and_two_workers_run_in_parallel() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(compute_s=0.01), Observer()
+        batcher = make(proc, obs, max_batch_size=8, max_delay_s=0.05, workers=2)
+
+        async def client(i: int) -> None:
+            for _ in range(10):
+                result = await batcher.infer(rows(i))
+                assert float(result.outputs["y"][0, 0]) == 2 * i
+
+        await asyncio.gather(*(client(i) for i in range(16)))
+        sizes = [r for r, _, _ in obs.batches]
+        assert sum(sizes) == 160
+        assert max(sizes) == 8 and sum(sizes) / len(sizes) >= 4
+        await batcher.close()
+
+    run(body)
