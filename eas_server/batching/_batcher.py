@@ -67,6 +67,13 @@ class BatchResult:
 
 
 @dataclass(eq=False, slots=True)
+class _Request:
+    """Counts a request's chunks still in the queue (admission counts requests, not chunks)."""
+
+    queued_parts: int
+
+
+@dataclass(eq=False, slots=True)
 class _Entry:
     inputs: Mapping[str, np.ndarray]
     rows: int
@@ -75,6 +82,7 @@ class _Entry:
     enqueued: float
     deadline: float | None
     level: int
+    request: _Request
     chunk: bool = False
     queued: bool = field(default=True)
 
@@ -84,11 +92,12 @@ class DynamicBatcher:
 
     Args:
         run: the processor's run function.
-        max_batch_size: most rows per batch; 1 disables batching.
+        max_batch_size: most rows per batch; larger requests are split.
         max_delay_s: longest wait for a batch to fill, from the oldest queued request.
         max_queue_size: most queued requests (chunks of a split request count each).
         workers: runtime threads (each with its own session in the processor).
         batchable: False for models without a batch dim: every request runs alone, unsplit.
+        merge: False runs every request alone (batching off), still split to ``max_batch_size``.
         priority_levels: number of levels; requests say 1 (highest) .. levels, 0 = default.
         default_priority: level of requests that give none.
         padding: where the processor declares padding safe.
@@ -104,6 +113,7 @@ class DynamicBatcher:
         max_queue_size: int = 256,
         workers: int = 1,
         batchable: bool = True,
+        merge: bool = True,
         priority_levels: int = 2,
         default_priority: int | None = None,
         padding: Padding | None = None,
@@ -119,12 +129,14 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self.workers = workers
         self.batchable = batchable
+        self.merge = merge and batchable
         self.priority_levels = priority_levels
         self.default_priority = default_priority or priority_levels
         self._padding = padding
         self._observer = observer
         self._levels: list[deque[_Entry]] = [deque() for _ in range(priority_levels)]
         self._queued = 0
+        self._queued_requests = 0
         self._queued_rows = 0
         self._with_deadline = 0
         self._free = workers
@@ -145,7 +157,8 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queued
+        """Requests waiting (a split request counts once until all its chunks have left)."""
+        return self._queued_requests
 
     @property
     def busy(self) -> bool:
@@ -185,15 +198,19 @@ class DynamicBatcher:
         deadline = None if timeout_s is None else now + max(0.0, timeout_s)
         rows = rows_of(inputs) if self.batchable else 1
         parts = [inputs] if rows <= self.max_batch_size else split_rows(inputs, self.max_batch_size)
-        if self._queued + len(parts) > self.max_queue_size:
-            raise QueueFull(f"queue full ({self._queued} of {self.max_queue_size} requests queued)")
+        if self._queued_requests >= self.max_queue_size:
+            waiting = self._queued_requests
+            raise QueueFull(f"queue full ({waiting} of {self.max_queue_size} requests queued)")
         loop = asyncio.get_running_loop()
+        request = _Request(len(parts))
+        self._queued_requests += 1
         entries = []
         for part in parts:
             part_rows = rows_of(part) if self.batchable else 1
-            group = group_key(part, self._padding) if self.batchable else object()
+            group = group_key(part, self._padding) if self.merge else object()
+            future = loop.create_future()
             entry = _Entry(
-                part, part_rows, group, loop.create_future(), now, deadline, level, len(parts) > 1
+                part, part_rows, group, future, now, deadline, level, request, len(parts) > 1
             )
             entries.append(entry)
             self._enqueue(entry)
@@ -245,7 +262,7 @@ class DynamicBatcher:
         self._idle.clear()
         self._wake.set()
         if self._observer is not None:
-            self._observer.on_queue_depth(self._queued)
+            self._observer.on_queue_depth(self._queued_requests)
 
     def _remove(self, entry: _Entry) -> None:
         self._levels[entry.level].remove(entry)
@@ -253,8 +270,11 @@ class DynamicBatcher:
         self._queued -= 1
         self._queued_rows -= entry.rows
         self._with_deadline -= entry.deadline is not None
+        entry.request.queued_parts -= 1
+        if entry.request.queued_parts == 0:
+            self._queued_requests -= 1
         if self._observer is not None:
-            self._observer.on_queue_depth(self._queued)
+            self._observer.on_queue_depth(self._queued_requests)
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
@@ -286,7 +306,7 @@ class DynamicBatcher:
         the same group in priority then arrival order, while they fit."""
         first = next(level[0] for level in self._levels if level)
         batch, rows, chunk = [first], first.rows, first.chunk
-        if self.batchable and not first.chunk:
+        if self.merge and not first.chunk:
             for level in self._levels:
                 for entry in level:
                     if entry is first or entry.group != first.group or entry.chunk:

@@ -1,0 +1,376 @@
+"""The HTTP face of the server: Open Inference Protocol plus Triton's /config and /stats, as a raw
+ASGI application.
+
+The infer route is the hot path: it reads the raw body (no Content-Type needed, tritonclient sends
+none), decodes with the shared codec, checks against the signature, queues into the batcher and
+writes the encoded answer, with no framework request parsing in between. Errors are always
+``{"error": "..."}``; the status of each error class is in ``_STATUS`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from eas_client import ProtocolError, decode_request, encode_error, encode_response
+
+from ._errors import (
+    EasServerError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ProcessorError,
+    QueueFull,
+    QueueTimeout,
+    Unauthorized,
+    Unavailable,
+)
+from ._metrics import ServerMetrics
+from ._model import ModelInfo, plan_request
+from .batching import DynamicBatcher
+
+__all__ = ["EasApp"]
+
+log = logging.getLogger("eas_server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# (error class, HTTP status, outcome label); the first match wins, so subclasses come first.
+_STATUS: tuple[tuple[type[EasServerError], int, str], ...] = (
+    (InvalidInput, 400, "bad_request"),
+    (ModelNotFound, 404, "not_found"),
+    (Unauthorized, 401, "unauthorized"),
+    (PayloadTooLarge, 413, "too_large"),
+    (QueueFull, 503, "queue_full"),
+    (QueueTimeout, 503, "timeout"),
+    (Unavailable, 503, "unavailable"),
+    (ProcessorError, 500, "error"),
+    (EasServerError, 500, "error"),
+)
+_JSON = b"application/json"
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def _status_of(exc: EasServerError) -> tuple[int, str]:
+    return next((status, outcome) for cls, status, outcome in _STATUS if isinstance(exc, cls))
+
+
+class _ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+class EasApp:
+    """ASGI application for one model version.
+
+    Args:
+        model: the served model's description.
+        batcher: where requests go.
+        metrics: metrics and statistics sink.
+        token: when set, every model route needs ``Authorization: Bearer <token>`` or
+            ``Authorization: <token>`` (EAS style); health and /metrics stay open.
+        max_body_bytes: larger bodies get 413.
+        dynamic_batching: the /config ``dynamic_batching`` section.
+        instance_group: the /config ``instance_group`` section.
+        server_version: reported by ``GET /v2``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: ModelInfo,
+        batcher: DynamicBatcher,
+        metrics: ServerMetrics,
+        token: str | None = None,
+        max_body_bytes: int = 64 << 20,
+        max_batch_size: int = 32,
+        dynamic_batching: dict[str, Any] | None = None,
+        instance_group: list[dict[str, Any]] | None = None,
+        server_version: str = "0",
+    ):
+        self.model = model
+        self.batcher = batcher
+        self.metrics = metrics
+        self.ready = False
+        self._token = token.encode() if token else None
+        self._max_body = max_body_bytes
+        self._server = orjson.dumps(
+            {
+                "name": "eas-server",
+                "version": server_version,
+                "extensions": [
+                    "binary_tensor_data",
+                    "model_configuration",
+                    "statistics",
+                    "schedule_policy",
+                ],
+            }
+        )
+        self._metadata = orjson.dumps(
+            {
+                "name": model.name,
+                "versions": [model.version],
+                "platform": model.platform,
+                "inputs": [
+                    {"name": s.name, "datatype": s.datatype, "shape": model.shape(s)}
+                    for s in model.inputs
+                ],
+                "outputs": [
+                    {"name": s.name, "datatype": s.datatype, "shape": model.shape(s)}
+                    for s in model.outputs
+                ],
+            }
+        )
+        self._config = orjson.dumps(
+            self._model_config(max_batch_size, dynamic_batching, instance_group)
+        )
+
+    def _model_config(
+        self,
+        max_batch_size: int,
+        dynamic_batching: dict[str, Any] | None,
+        instance_group: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        m = self.model
+
+        def dtype(datatype: str) -> str:
+            return _TRITON_TYPES.get(datatype, f"TYPE_{datatype}")
+
+        config: dict[str, Any] = {
+            "name": m.name,
+            "platform": m.platform,
+            "backend": m.backend,
+            "version_policy": {"specific": {"versions": [m.version]}},
+            "max_batch_size": max_batch_size if m.batchable else 0,
+            "input": [
+                {
+                    "name": s.name,
+                    "data_type": dtype(s.datatype),
+                    "format": "FORMAT_NONE",
+                    "dims": list(s.shape),
+                    "is_shape_tensor": False,
+                    "allow_ragged_batch": False,
+                    "optional": False,
+                }
+                for s in m.inputs
+            ],
+            "output": [
+                {
+                    "name": s.name,
+                    "data_type": dtype(s.datatype),
+                    "dims": list(s.shape),
+                    "label_filename": "",
+                    "is_shape_tensor": False,
+                }
+                for s in m.outputs
+            ],
+            "instance_group": instance_group or [],
+            "parameters": {},
+            "model_warmup": [],
+        }
+        if dynamic_batching is not None and m.batchable:
+            config["dynamic_batching"] = dynamic_batching
+        return config
+
+    # ---------------------------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        try:
+            await self._route(scope, receive, send, started)
+        except _ClientGone:
+            return
+        except EasServerError as exc:
+            status, outcome = _status_of(exc)
+            if scope["path"].endswith("/infer"):
+                self.metrics.on_failure(outcome, time.perf_counter() - started)
+            await self._error(send, status, str(exc), exc)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if scope["path"].endswith("/infer"):
+                self.metrics.on_failure("error", time.perf_counter() - started)
+            await self._error(send, 500, f"internal error: {type(exc).__name__}: {exc}", None)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        parts = path.strip("/").split("/")
+        if parts[0] != "v2":
+            if path == "/metrics" and method == "GET":
+                await self._send(
+                    send, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode()
+                )
+                return
+            raise ModelNotFound(f"no route {method} {path}")
+        rest = parts[1:]
+        if rest[:1] == ["health"] and len(rest) == 2 and method == "GET":
+            ok = rest[1] == "live" or (rest[1] == "ready" and self.ready)
+            if rest[1] not in ("live", "ready"):
+                raise ModelNotFound(f"no route {method} {path}")
+            await self._send(
+                send, 200 if ok else 503, b"" if ok else encode_error("not ready"), _JSON
+            )
+            return
+        self._authorize(scope)
+        if not rest and method == "GET":
+            await self._send(send, 200, self._server, _JSON)
+            return
+        if rest == ["models", "stats"] and method == "GET":
+            stats = {"model_stats": [self.metrics.statistics(self.model.name, self.model.version)]}
+            await self._send(send, 200, orjson.dumps(stats), _JSON)
+            return
+        if len(rest) < 2 or rest[0] != "models":
+            raise ModelNotFound(f"no route {method} {path}")
+        name, version, action = rest[1], None, rest[2:]
+        if action[:1] == ["versions"]:
+            if len(action) < 2:
+                raise ModelNotFound(f"no route {method} {path}")
+            version, action = action[1], action[2:]
+        self.model.check_address(name, version)
+        await self._model_route(action, method, path, scope, receive, send, started)
+
+    async def _model_route(
+        self,
+        action: list[str],
+        method: str,
+        path: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        started: float,
+    ) -> None:
+        if action == ["infer"] and method == "POST":
+            await self._infer(scope, receive, send, started)
+        elif not action and method == "GET":
+            await self._send(send, 200, self._metadata, _JSON)
+        elif action == ["ready"] and method == "GET":
+            await self._send(send, 200 if self.ready else 503, b"", _JSON)
+        elif action == ["config"] and method == "GET":
+            await self._send(send, 200, self._config, _JSON)
+        elif action == ["stats"] and method == "GET":
+            stats = {"model_stats": [self.metrics.statistics(self.model.name, self.model.version)]}
+            await self._send(send, 200, orjson.dumps(stats), _JSON)
+        else:
+            raise ModelNotFound(f"no route {method} {path}")
+
+    # ------------------------------------------------------------------------------ hot path
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        header_length = None
+        content_length = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif key == b"content-length":
+                content_length = value
+        body = await self._read_body(receive, content_length)
+        try:
+            request = decode_request(body, header_length)
+        except ProtocolError as exc:
+            raise InvalidInput(str(exc)) from exc
+        plan = plan_request(request, self.model)
+        result = await self.batcher.infer(
+            plan.feed, priority=plan.priority, timeout_s=plan.timeout_s
+        )
+        try:
+            payload, json_length = encode_response(
+                model_name=self.model.name,
+                model_version=self.model.version,
+                request_id=request.id,
+                outputs=[(name, result.outputs[name]) for name in plan.outputs],
+                binary=request.wants_binary,
+            )
+        except ProtocolError as exc:
+            raise InvalidInput(f"cannot encode the answer as asked: {exc}") from exc
+        headers = [(b"content-type", _JSON if json_length is None else b"application/octet-stream")]
+        if json_length is not None:
+            headers.append((b"inference-header-content-length", str(json_length).encode()))
+        await self._send(send, 200, payload, headers=headers)
+        self.metrics.on_success(time.perf_counter() - started, result.queue_s, result.compute_s)
+
+    async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
+        if content_length is not None and int(content_length) > self._max_body:
+            raise PayloadTooLarge(
+                f"body of {int(content_length)} bytes is over the limit of {self._max_body}"
+            )
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > self._max_body:
+                raise PayloadTooLarge(f"body is over the limit of {self._max_body} bytes")
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise PayloadTooLarge(f"body is over the limit of {self._max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _authorize(self, scope: Scope) -> None:
+        if self._token is None:
+            return
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                given = value[7:] if value[:7].lower() == b"bearer " else value
+                if hmac.compare_digest(given.strip(), self._token):
+                    return
+                raise Unauthorized("invalid token")
+        raise Unauthorized("missing token: send Authorization: Bearer <token>")
+
+    # ------------------------------------------------------------------------------- output
+
+    @staticmethod
+    async def _send(
+        send: Send,
+        status: int,
+        body: bytes,
+        content_type: bytes = _JSON,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        hdrs = headers if headers is not None else [(b"content-type", content_type)]
+        hdrs.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(
+        self, send: Send, status: int, message: str, exc: EasServerError | None
+    ) -> None:
+        headers = [(b"content-type", _JSON)]
+        if isinstance(exc, Unavailable):
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        elif isinstance(exc, Unauthorized):
+            headers.append((b"www-authenticate", b"Bearer"))
+        try:
+            await self._send(send, status, encode_error(message), headers=headers)
+        except Exception:  # the response had started, or the client left: nothing more to say
+            log.debug("could not send error %d", status, exc_info=True)

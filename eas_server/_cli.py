@@ -1,0 +1,105 @@
+"""``eas-server``: serve one model version over the Open Inference Protocol."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ._errors import ModelLoadError
+from ._settings import ServerSettings, load_service_json
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eas-server",
+        description="Serve one ONNX model version over the Open Inference Protocol (KServe v2, "
+        "with Triton's binary tensors, /config and /stats) with dynamic batching. Prints "
+        "'listening on http://HOST:PORT' once ready.",
+        epilog="Precedence: flags > EAS_* environment > --config service JSON > defaults.",
+    )
+    a = p.add_argument
+    a("--model", help="model path (.onnx file, or a blade artifact directory)")
+    a("--name", help="model name clients address")
+    a("--version", help="model version (default 1)")
+    a("--processor", help="runtime: onnx (default) or blade")
+    a("--host", help="address to bind (default 127.0.0.1)")
+    a("--port", type=int, help="port to bind (default 0: a free port)")
+    a("--store", help="config store URL to register in once ready (zk://... or sqlite:///...)")
+    a("--service", help="service name to register under (default NAME-VERSION)")
+    a("--weight", type=int, help="routing weight announced in the registration (default 100)")
+    a("--max-batch-size", type=int, help="most rows per runtime call (default 32)")
+    a(
+        "--max-batch-timeout-ms",
+        type=float,
+        help="longest wait for a batch, from the oldest request (default 5)",
+    )
+    a(
+        "--max-queue-size",
+        type=int,
+        help="queued requests beyond which requests get 503 (default 256)",
+    )
+    a(
+        "--no-batching",
+        dest="batching",
+        action="store_const",
+        const=False,
+        help="run every request alone",
+    )
+    a("--workers", type=int, help="runtime sessions running in parallel (default 1)")
+    a("--intra-op-threads", type=int, help="threads per session (default: cores / workers)")
+    a("--priority-levels", type=int, help="request priority levels (default 2)")
+    a("--max-request-rows", type=int, help="hard limit on rows per request (default 1024)")
+    a("--max-body-mb", type=float, help="largest request body in MiB (default 64)")
+    a("--token", help="token required on model routes (prefer EAS_TOKEN or --token-file)")
+    a("--token-file", type=Path, help="read the token from this file")
+    a("--drain-timeout-s", type=float, help="on SIGTERM, longest time to drain (default 30)")
+    a("--log-level", help="logging level (default warning)")
+    a("--config", type=Path, help="EAS service JSON (name, processor, model_path, metadata.rpc.*)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "token_file")}
+    try:
+        if args.token_file is not None:
+            flags["token"] = args.token_file.read_text().strip()
+        service = load_service_json(args.config) if args.config else None
+        settings = ServerSettings.load(flags, service)
+    except (ValueError, OSError) as exc:
+        print(f"eas-server: {_explain(exc)}", file=sys.stderr)
+        return 2
+    from ._server import serve
+
+    try:
+        return serve(settings)
+    except ModelLoadError as exc:
+        print(f"eas-server: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(
+            f"eas-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 4
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            flag = "--" + where.replace("_", "-")
+            parts.append(f"{flag}: {err['msg']}")
+        return "; ".join(parts)
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Prometheus metrics (prefix ``eas_``) and Triton-shaped statistics, fed by one observer.
+
+Metrics objects are built per server on an injected registry, never at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["OUTCOMES", "TRIGGERS", "ServerMetrics"]
+
+_LATENCY_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
+_LATENCY_BUCKETS += (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+OUTCOMES: tuple[str, ...] = ("success", "bad_request", "not_found", "unauthorized", "too_large")
+OUTCOMES += ("queue_full", "timeout", "unavailable", "error")
+TRIGGERS = ("full", "delay", "idle", "split")
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+    def json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class _Stats:
+    """Triton's ``/stats`` for one model version."""
+
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
+
+
+class ServerMetrics:
+    """The server's metrics and statistics; also the batcher's ``BatchObserver``."""
+
+    def __init__(self, registry: CollectorRegistry, *, model: str, version: str, processor: str):
+        labels = ("model", "version", "processor")
+        values = (model, version, processor)
+        self.registry = registry
+        self.request_duration = Histogram(
+            "eas_request_duration_seconds", "Time from request received to response ready",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        ).labels(*values)  # fmt: skip
+        self.queue_duration = Histogram(
+            "eas_queue_duration_seconds", "Time a request waited in the batcher's queue",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        ).labels(*values)  # fmt: skip
+        self.compute_duration = Histogram(
+            "eas_compute_duration_seconds", "Runtime time of the batch that carried a request",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        ).labels(*values)  # fmt: skip
+        self.batch_size = Histogram(
+            "eas_batch_size",
+            "Rows per runtime call",
+            labels,
+            registry=registry,
+            buckets=_BATCH_BUCKETS,
+        ).labels(*values)
+        requests = Counter(
+            "eas_requests", "Requests by outcome", (*labels, "outcome"), registry=registry
+        )
+        self.requests = {o: requests.labels(*values, o) for o in OUTCOMES}
+        batches = Counter(
+            "eas_batches", "Batches by what fired them", (*labels, "trigger"), registry=registry
+        )
+        self.batches = {t: batches.labels(*values, t) for t in TRIGGERS}
+        self.queue_depth = Gauge(
+            "eas_queue_depth", "Requests waiting in the queue", labels, registry=registry
+        ).labels(*values)
+        self._stats = _Stats()
+
+    # batcher observer
+    def on_queue_depth(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    def on_batch(self, rows: int, trigger: str, compute_s: float, ok: bool) -> None:
+        self.batch_size.observe(rows)
+        self.batches[trigger].inc()
+        stats = self._stats
+        stats.execution_count += 1
+        stats.inference_count += rows
+        stats.batches[rows].add(compute_s)
+        stats.last_inference_ms = int(time.time() * 1000)
+
+    # per request
+    def on_success(self, total_s: float, queue_s: float, compute_s: float) -> None:
+        self.request_duration.observe(total_s)
+        self.queue_duration.observe(queue_s)
+        self.compute_duration.observe(compute_s)
+        self.requests["success"].inc()
+        stats = self._stats
+        stats.success.add(total_s)
+        stats.queue.add(queue_s)
+        stats.compute_infer.add(compute_s)
+
+    def on_failure(self, outcome: str, total_s: float) -> None:
+        self.requests[outcome].inc()
+        self._stats.fail.add(total_s)
+
+    def statistics(self, name: str, version: str) -> dict[str, Any]:
+        """One ``model_stats`` entry of Triton's statistics extension."""
+        s = self._stats
+        zero = _Duration().json()
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": s.last_inference_ms,
+            "inference_count": s.inference_count,
+            "execution_count": s.execution_count,
+            "inference_stats": {
+                "success": s.success.json(),
+                "fail": s.fail.json(),
+                "queue": s.queue.json(),
+                "compute_input": zero,
+                "compute_infer": s.compute_infer.json(),
+                "compute_output": zero,
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": zero,
+                    "compute_infer": d.json(),
+                    "compute_output": zero,
+                }
+                for size, d in sorted(s.batches.items())
+            ],
+            "memory_usage": [],
+        }

@@ -1,0 +1,179 @@
+"""Settings of eas-server: defaults < EAS service JSON (--config) < ``EAS_`` environment < flags.
+
+The service JSON is EAS's (``name``, ``processor``, ``model_path``, ``token``,
+``metadata.instance``, ``metadata.rpc.batching``, ``metadata.rpc.max_batch_size``,
+``metadata.rpc.max_batch_timeout`` (ms), ``metadata.rpc.max_queue_size``,
+``metadata.rpc.worker_threads`` / ``metadata.workers``); ``metadata`` keys may be nested
+(``{"rpc": {"batching": true}}``) or dotted (``{"rpc.batching": true}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["ServerSettings", "load_service_json"]
+
+log = logging.getLogger("eas_server.settings")
+_SERVICE_JSON: ContextVar[dict[str, Any] | None] = ContextVar("_SERVICE_JSON", default=None)
+
+# metadata key (after flattening) -> settings field
+_METADATA_KEYS = {
+    "rpc.batching": "batching",
+    "rpc.max_batch_size": "max_batch_size",
+    "rpc.batching.max_batch_size": "max_batch_size",
+    "batching.max_batch_size": "max_batch_size",
+    "rpc.max_batch_timeout": "max_batch_timeout_ms",
+    "rpc.batching.max_batch_timeout": "max_batch_timeout_ms",
+    "batching.max_batch_timeout": "max_batch_timeout_ms",
+    "rpc.max_queue_size": "max_queue_size",
+    "rpc.worker_threads": "workers",
+    "worker_threads": "workers",
+    "workers": "workers",
+    "intra_op_threads": "intra_op_threads",
+}
+_TOP_KEYS = {
+    "name": "name",
+    "processor": "processor",
+    "model_path": "model",
+    "token": "token",
+    "version": "version",
+}
+# Known EAS keys that concern the control plane (instances, resources), not one server process.
+_IGNORED_METADATA = {"instance", "cpu", "memory", "gpu", "region", "resource", "rpc.keepalive"}
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and not (prefix and prefix in _METADATA_KEYS):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out[prefix] = value
+
+
+def load_service_json(path: str | Path) -> dict[str, Any]:
+    """Read an EAS service JSON into settings fields.
+
+    Raises:
+        ValueError: unreadable file, invalid JSON, or not an object (the message says which).
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read service config {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"service config {path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"service config {path} must be a JSON object")
+    values: dict[str, Any] = {field: doc[key] for key, field in _TOP_KEYS.items() if key in doc}
+    metadata = doc.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"service config {path}: metadata must be an object")
+    flat: dict[str, Any] = {}
+    _flatten("", metadata, flat)
+    for key, value in flat.items():
+        if key in _METADATA_KEYS:
+            values[_METADATA_KEYS[key]] = value
+        elif key not in _IGNORED_METADATA:
+            log.warning("service config %s: ignoring metadata.%s", path, key)
+    return values
+
+
+class _ServiceJsonSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_SERVICE_JSON.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_SERVICE_JSON.get() or {})
+
+
+class ServerSettings(BaseSettings):
+    """Everything eas-server can be told (flags, ``EAS_*`` variables, service JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="EAS_", frozen=True, extra="forbid")
+
+    model: str
+    """Path of the model (an .onnx file, or a blade artifact directory)."""
+    name: str
+    """Model name clients address (``/v2/models/{name}``)."""
+    version: str = "1"
+    """Model version served."""
+    processor: str = "onnx"
+    """Processor (runtime) serving the model: ``onnx`` or ``blade``."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port to bind; 0 picks a free one (printed on start)."""
+    store: str | None = None
+    """Config store URL; when set, the instance registers there once ready."""
+    service: str | None = None
+    """Service name to register under (default ``{name}-{version}``)."""
+    weight: int = Field(100, ge=0)
+    """Routing weight announced in the registration."""
+    batching: bool = True
+    """Dynamic batching on (EAS ``rpc.batching``)."""
+    max_batch_size: int = Field(32, ge=1)
+    """Most rows per runtime call (EAS ``rpc.max_batch_size``)."""
+    max_batch_timeout_ms: float = Field(5.0, ge=0)
+    """Longest wait for a batch to fill, from the oldest request (EAS ``rpc.max_batch_timeout``)."""
+    max_queue_size: int = Field(256, ge=1)
+    """Queued requests beyond which requests get 503 (EAS ``rpc.max_queue_size``)."""
+    workers: int = Field(1, ge=1)
+    """Runtime sessions run in parallel (EAS ``rpc.worker_threads``)."""
+    intra_op_threads: int | None = Field(None, ge=1)
+    """Threads per session (default: cores / workers)."""
+    priority_levels: int = Field(2, ge=1)
+    """Priority levels; requests without ``parameters.priority`` get the lowest."""
+    max_request_rows: int = Field(1024, ge=1)
+    """Hard limit on rows per request; larger ones get 400 (smaller oversized ones are split)."""
+    max_body_mb: float = Field(64.0, gt=0)
+    """Largest request body, in MiB (413 beyond)."""
+    token: SecretStr | None = None
+    """Token required on model routes (``Authorization: Bearer <token>`` or EAS's bare token)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: longest time to keep serving after deregistering, until traffic stops."""
+    log_level: str = "warning"
+    """Logging level."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str) -> str:
+        if not Path(value).exists():
+            raise ValueError(f"model path {value} does not exist")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ServiceJsonSource(settings_cls)
+
+    @classmethod
+    def load(
+        cls, flags: dict[str, Any], service_json: dict[str, Any] | None = None
+    ) -> ServerSettings:
+        """Build settings from flags (None values are ignored), the environment and a service JSON.
+
+        Raises:
+            pydantic.ValidationError: a value is missing or invalid.
+        """
+        token = _SERVICE_JSON.set(service_json or {})
+        try:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        finally:
+            _SERVICE_JSON.reset(token)
+
+    @property
+    def service_name(self) -> str:
+        return self.service or f"{self.name}-{self.version}"
