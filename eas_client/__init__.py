@@ -1,3 +1,65 @@
-"""Client side of the Open Inference Protocol: the pure codec shared with the server, and clients."""
+"""Client side of the Open Inference Protocol: the pure codec shared with the server, and clients.
 
-__all__: list[str] = []
+```python
+body, header_length = eas_client.encode_request({"x": array}, outputs=["y"])
+response = eas_client.decode_response(answer_body, answer_header_length)
+response.outputs["y"]
+```
+"""
+
+from ._codec import (
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    RequestInput,
+    decode_error,
+    decode_request,
+    decode_response,
+    encode_error,
+    encode_request,
+    encode_response,
+    resolve_raw_input,
+)
+from ._datatypes import DATATYPES, datatype_of, dtype_of, element_size
+from ._errors import (
+    ConnectError,
+    EasClientError,
+    InvalidRequest,
+    ModelNotFound,
+    NoInstanceAvailable,
+    ProtocolError,
+    ServerError,
+    ServiceUnavailable,
+    TimeoutException,
+    TransportError,
+    Unauthorized,
+)
+
+__all__ = [
+    "DATATYPES",
+    "ConnectError",
+    "EasClientError",
+    "InferRequest",
+    "InferResponse",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NoInstanceAvailable",
+    "ProtocolError",
+    "RequestInput",
+    "RequestedOutput",
+    "ServerError",
+    "ServiceUnavailable",
+    "TimeoutException",
+    "TransportError",
+    "Unauthorized",
+    "datatype_of",
+    "decode_error",
+    "decode_request",
+    "decode_response",
+    "dtype_of",
+    "element_size",
+    "encode_error",
+    "encode_request",
+    "encode_response",
+    "resolve_raw_input",
+]
