@@ -1,0 +1,107 @@
+"""Request bodies of the Open Inference Protocol, prepared once and sent as they are by wrk.
+
+Two formats: `json` (tensors as JSON lists) and `binary` (Triton's binary tensor extension: the
+JSON header, then each input's raw little-endian bytes in header order; the header's length goes
+in `Inference-Header-Content-Length`). Both ask for the outputs named in `outputs` only, binary
+ones in binary form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FORMATS = ("json", "binary")
+HEADER = "Inference-Header-Content-Length"
+OIP_DTYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+NUMPY_DTYPES = {oip: np.dtype(name) for name, oip in OIP_DTYPES.items()}
+
+Tensors = Mapping[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Body:
+    """One prepared request: the bytes to POST and the headers that go with them."""
+
+    data: bytes
+    headers: dict[str, str]
+
+
+def _tensor_header(name: str, array: npt.NDArray[Any]) -> dict[str, Any]:
+    return {"name": name, "shape": list(array.shape), "datatype": OIP_DTYPES[array.dtype.name]}
+
+
+def encode(inputs: Tensors, outputs: Sequence[str], fmt: str) -> Body:
+    """An OIP inference request body for `inputs`, asking for `outputs`, in format `fmt`."""
+    if fmt == "json":
+        tensors = [
+            {**_tensor_header(name, a), "data": a.reshape(-1).tolist()}
+            for name, a in inputs.items()
+        ]
+        request = {"inputs": tensors, "outputs": [{"name": n} for n in outputs]}
+        return Body(json.dumps(request).encode(), {"Content-Type": "application/json"})
+    if fmt != "binary":
+        raise ValueError(f"unknown body format {fmt!r}; expected one of {FORMATS}")
+    raws = [
+        np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in inputs.values()
+    ]
+    tensors = [
+        {**_tensor_header(name, a), "parameters": {"binary_data_size": len(raw)}}
+        for (name, a), raw in zip(inputs.items(), raws, strict=True)
+    ]
+    wanted = [{"name": n, "parameters": {"binary_data": True}} for n in outputs]
+    header = json.dumps({"inputs": tensors, "outputs": wanted}).encode()
+    headers = {"Content-Type": "application/octet-stream", HEADER: str(len(header))}
+    return Body(header + b"".join(raws), headers)
+
+
+def decode(data: bytes, headers: Mapping[str, str]) -> dict[str, npt.NDArray[Any]]:
+    """The outputs of an OIP inference response, JSON or binary, as numpy arrays."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    length = lowered.get(HEADER.lower())
+    split = int(length) if length is not None else len(data)
+    response = json.loads(data[:split])
+    offset = split
+    result: dict[str, npt.NDArray[Any]] = {}
+    for out in response["outputs"]:
+        dtype = NUMPY_DTYPES[out["datatype"]]
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            array = np.frombuffer(data[offset : offset + size], dtype=dtype.newbyteorder("<"))
+            offset += size
+        else:
+            array = np.asarray(out["data"], dtype=dtype)
+        result[out["name"]] = array.reshape(out["shape"])
+    return result
+
+
+def rows(sample: Tensors, count: int) -> list[dict[str, npt.NDArray[Any]]]:
+    """`count` single-example requests (batch dim 1) cycling over the rows of `sample`."""
+    n = len(next(iter(sample.values())))
+    return [{k: v[i % n : i % n + 1] for k, v in sample.items()} for i in range(count)]
+
+
+def write(bodies: Sequence[Body], directory: Path, stem: str) -> list[Path]:
+    """Save each body to `directory/stem-<i>.bin` (wrk reads them); returns the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, body in enumerate(bodies):
+        path = directory / f"{stem}-{i:03d}.bin"
+        path.write_bytes(body.data)
+        paths.append(path)
+    return paths
