@@ -268,7 +268,7 @@ class SqliteStore(ConfigStore):
         self.db_key = os.path.realpath(url.path)
         self.read_only = url.options.get("mode", "rw") == "ro"
         self.lease_ttl = url.option_float("lease_ttl", 5.0)
-        self.poll_interval = url.option_float("poll_interval_ms", 5.0) / 1000.0
+        self.poll_interval = url.option_float("poll_interval_ms", 10.0) / 1000.0
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._db_lock = threading.Lock()
         with _errors(f"cannot open {url.path}"):

@@ -399,8 +399,8 @@ class ZkStore(ConfigStore):
 
     def _backend_watch_key(self, key: Key) -> None:
         with self._mutex:
-            self._key_watch[key] = functools.partial(self._on_watch, self._dirty_keys, key)
-        self._mark(self._dirty_keys, key)
+            self._key_watch[key] = functools.partial(self._on_key_event, key)
+        self._read_key(key)
 
     def _backend_unwatch_key(self, key: Key) -> None:
         with self._mutex:
@@ -574,35 +574,61 @@ class ZkStore(ConfigStore):
             time.sleep(0.05)
             self._wake.set()
 
-    def _refresh_keys(self, keys: list[Key]) -> None:
+    # Key reads: a watch event issues the read at once (no hop through our worker); the answer is
+    # handled on kazoo's single completion thread. ZooKeeper answers a session in order and that
+    # thread runs completions in order, so values reach listeners in the order they were read.
+
+    def _on_key_event(self, key: Key, event: Any) -> None:
+        """kazoo's watch thread: the key changed (or the connection was reset)."""
+        self._read_key(key)
+
+    def _read_key(self, key: Key) -> None:
+        """Issue a watched read of ``key``; never blocks."""
         with self._mutex:
-            watched = [(k, self._key_watch[k]) for k in keys if k in self._key_watch]
-        pending = [(k, w, self._zk.get_async(config_path(*k), watch=w)) for k, w in watched]
-        failed: list[Key] = []
-        for key, watch, result in pending:
-            try:
-                data, _ = result.get(timeout=self.op_timeout)
-                item: ConfigItem | None = self._decode(key, data)
-            except NoNodeError:
-                try:
-                    if self._zk.exists_async(config_path(*key), watch=watch).get(
-                        timeout=self.op_timeout
-                    ):
-                        failed.append(key)  # created in between: read it again
-                        continue
-                except _UNREACHABLE:
-                    failed.append(key)
-                    continue
-                item = None
-            except _UNREACHABLE:
-                failed.append(key)
-                continue
-            except ConfigStoreError as exc:
-                log.error("%s", exc)
-                continue
-            self._apply_config(key, item)
-        if failed:
-            self._retry_later(self._dirty_keys, failed)
+            watch = self._key_watch.get(key)
+        if watch is None or self.closed:
+            return
+        try:
+            result = self._zk.get_async(config_path(*key), watch=watch)
+        except Exception:  # closed under us
+            return
+        result.rawlink(functools.partial(self._on_key_read, key, watch))
+
+    def _on_key_read(self, key: Key, watch: Callable[[Any], None], result: Any) -> None:
+        """kazoo's completion thread: apply what was read."""
+        try:
+            data, _ = result.get_nowait()
+            item: ConfigItem | None = self._decode(key, data)
+        except NoNodeError:
+            # Absent (or a referenced history entry vanished): watch for its creation.
+            exists = self._zk.exists_async(config_path(*key), watch=watch)
+            exists.rawlink(functools.partial(self._on_key_exists, key))
+            return
+        except _UNREACHABLE:
+            self._mark(self._dirty_keys, key)  # re-read by the worker once reconnected
+            return
+        except Exception as exc:
+            log.error("cannot read %s/%s: %s", *key, exc)
+            return
+        self._apply_config(key, item)
+
+    def _on_key_exists(self, key: Key, result: Any) -> None:
+        try:
+            stat = result.get_nowait()
+        except _UNREACHABLE:
+            self._mark(self._dirty_keys, key)
+            return
+        except Exception as exc:
+            log.error("cannot watch %s/%s: %s", *key, exc)
+            return
+        if stat is None:
+            self._apply_config(key, None)
+        else:
+            self._read_key(key)  # created between the two reads
+
+    def _refresh_keys(self, keys: list[Key]) -> None:
+        for key in keys:
+            self._read_key(key)
 
     def _refresh_services(self, services: list[str]) -> None:
         failed: list[str] = []
