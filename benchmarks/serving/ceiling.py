@@ -61,28 +61,35 @@ def measure(
     seconds: float,
     threads: int,
     outputs: Sequence[str],
+    rounds: int = 3,
 ) -> Ceiling:
-    """Run each batch size for about `seconds` (after a warm-up) and count examples."""
+    """Run each batch size for about `seconds` (after a warm-up) and count examples.
+
+    The time is spent in `rounds` passes over all batch sizes and the best pass counts: a
+    ceiling is what the machine can do, and one pass disturbed by another process would
+    otherwise pull one batch size down.
+    """
     sess = session(model, threads)
     names = list(outputs)
-    rate: dict[int, float] = {}
-    latency: dict[int, float] = {}
+    feeds = {b: [batch_of(sample, b, start) for start in range(0, 4 * b, b)] for b in batches}
     for size in batches:
-        feeds = [batch_of(sample, size, start) for start in range(0, 4 * size, size)]
-        for feed in feeds:
+        for feed in feeds[size]:
             sess.run(names, feed)  # warm-up: first runs allocate and plan
-        runs = 0
-        began = time.perf_counter()
-        deadline = began + seconds
-        while True:
-            sess.run(names, feeds[runs % len(feeds)])
-            runs += 1
-            now = time.perf_counter()
-            if now >= deadline and runs >= 3:
-                break
-        elapsed = now - began
-        rate[size] = size * runs / elapsed
-        latency[size] = elapsed / runs
+    rate = dict.fromkeys(batches, 0.0)
+    latency = dict.fromkeys(batches, float("inf"))
+    for _ in range(rounds):
+        for size in batches:
+            runs = 0
+            began = time.perf_counter()
+            deadline = began + seconds / rounds
+            while True:
+                sess.run(names, feeds[size][runs % len(feeds[size])])
+                runs += 1
+                now = time.perf_counter()
+                if now >= deadline and runs >= 2:
+                    break
+            rate[size] = max(rate[size], size * runs / (now - began))
+            latency[size] = min(latency[size], (now - began) / runs)
     return Ceiling(threads=threads, examples_per_s=rate, latency_s=latency)
 
 

@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = _meta(args, duration)
     print(f"{meta['cpu']}, {meta['cores']} cores; onnxruntime {meta['onnxruntime']}; {meta['wrk']}")
     print(f"model {args.model} (seq {args.seq}); inputs {inputs}")
+    meta["loadavg_start"] = os.getloadavg()[0]
+    if meta["loadavg_start"] > 1.0:
+        print(
+            f"warning: load average {meta['loadavg_start']:.1f} before the run: other work on this"
+            " machine distorts every number (see the 'rest of the machine' CPU column)"
+        )
 
     ceil = ceiling.measure(args.model, sample, BATCHES, ceiling_s, args.threads, [args.output])
     rates = ", ".join(f"b{b} {r:.0f}" for b, r in ceil.examples_per_s.items())
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = replace(plan, concurrencies=[1], duration_s=min(duration, 10.0))
             for kind in ("naive", "ours"):
                 overhead += _measure_server(plan, kind, ident, "identity", x, "y", x[0]["x"])
+    meta["loadavg_end"] = os.getloadavg()[0]
     report.render(ceil, rows, overhead, args.seq)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report.write_json(

@@ -116,6 +116,6 @@ def load_row(
         print(
             f"  {row.server:8} {row.fmt:6} c={c:<3} {result.rps:8.0f} req/s"
             f"  p50 {result.p50 * 1e3:7.2f} ms  p99 {result.p99 * 1e3:7.2f} ms"
-            f"  wrk {result.wrk_cpu:.2f} / server {result.server_cpu:.2f} cores"
-            + (f"  FAILED {failed}" if failed else "")
+            f"  cores: wrk {result.wrk_cpu:.2f} server {result.server_cpu:.2f}"
+            f" other {result.other_cpu:.2f}" + (f"  FAILED {failed}" if failed else "")
         )

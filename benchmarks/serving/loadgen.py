@@ -61,6 +61,7 @@ class LoadResult:
     socket_errors: int
     wrk_cpu: float
     server_cpu: float
+    other_cpu: float  # everything else on the machine: anything well above 0 spoils the run
 
 
 def ensure_wrk() -> str:
@@ -91,6 +92,13 @@ def write_lua(paths: Sequence[Path], bodies: Sequence[Body], script: Path) -> Pa
     headers = ", ".join(lua_table(b.headers) for b in bodies)
     script.write_text(_LUA.format(files=files, headers=headers), encoding="utf-8")
     return script
+
+
+def machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat, all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / _CLK_TCK
 
 
 def process_tree_cpu(pid: int) -> float:
@@ -152,6 +160,7 @@ def run(
     duration = max(1, round(seconds))
     cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     server_before, wrk_before = process_tree_cpu(server_pid), _reaped_children_cpu()
+    machine_before = machine_cpu()
     proc = subprocess.Popen(
         [*cmd, "-s", str(script), url],
         stdout=subprocess.PIPE,
@@ -165,6 +174,7 @@ def run(
         output, _ = proc.communicate()
     server_cpu = process_tree_cpu(server_pid) - server_before
     wrk_cpu = _reaped_children_cpu() - wrk_before  # wrk was reaped: its rusage is in there
+    other_cpu = max(0.0, machine_cpu() - machine_before - server_cpu - wrk_cpu)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}: {output.strip()[-500:]}")
     v = parse(output)
@@ -180,4 +190,5 @@ def run(
         socket_errors=int(v["socket_errors"]),
         wrk_cpu=wrk_cpu / duration,
         server_cpu=server_cpu / duration,
+        other_cpu=other_cpu / duration,
     )

@@ -122,12 +122,13 @@ def render(ceiling: Ceiling, rows: Sequence[Row], overhead: Sequence[Row], seq: 
         ]
         table_rows.append(cells)
         failures = sum(p.non_2xx + p.socket_errors for p in row.points.values())
-        cpu = [f"{row.points[c].wrk_cpu:.2f}/{row.points[c].server_cpu:.2f}" for c in row.points]
+        cpu = [f"{p.wrk_cpu:.2f}/{p.server_cpu:.2f}/{p.other_cpu:.2f}" for p in row.points.values()]
         cpu_rows.append([row.server, row.fmt, *cpu, str(failures)])
     best = f"{ceiling.best:.0f} ex/s at batch {ceiling.best_batch}"
     _table(f"Closed loop, one example per request (ceiling {best})", headers, table_rows)
     _table(
-        "CPU (cores) during each run: wrk / server process tree; failed: non-2xx + socket errors",
+        "CPU (cores) in each run: wrk / server tree / rest of the machine;"
+        " failed: non-2xx + socket errors",
         ["server", "body", *[f"c={c}" for c in concurrencies], "failed"],
         cpu_rows,
     )
