@@ -177,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['cpu']}, {meta['cores']} cores; onnxruntime {meta['onnxruntime']}; {meta['wrk']}")
     print(f"model {args.model} (seq {args.seq}); inputs {inputs}")
     meta["loadavg_start"] = os.getloadavg()[0]
-    if meta["loadavg_start"] > 1.0:
+    busy = loadgen.machine_cpu()
+    time.sleep(1.0)
+    meta["busy_cores_before"] = busy = loadgen.machine_cpu() - busy
+    if busy > 0.2:
         print(
-            f"warning: load average {meta['loadavg_start']:.1f} before the run: other work on this"
-            " machine distorts every number (see the 'rest of the machine' CPU column)"
+            f"warning: {busy:.2f} cores busy before the run: other work on this machine distorts"
+            " every number (see the 'rest of the machine' CPU column)"
         )
 
     ceil = ceiling.measure(args.model, sample, BATCHES, ceiling_s, args.threads, [args.output])
