@@ -100,6 +100,8 @@ class EasApp:
         self.batcher = batcher
         self.metrics = metrics
         self.ready = False
+        self.last_request = time.monotonic()
+        """When the last HTTP request arrived (monotonic), for the SIGTERM drain."""
         self._token = token.encode() if token else None
         self._max_body = max_body_bytes
         self._server = orjson.dumps(
@@ -189,6 +191,7 @@ class EasApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
+        self.last_request = time.monotonic()
         try:
             await self._route(scope, receive, send, started)
         except _ClientGone:

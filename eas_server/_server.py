@@ -137,7 +137,6 @@ class _Runner:
         self.store: Any = None
         self.app: EasApp | None = None
         self.server: _Server | None = None
-        self.last_request = time.monotonic()
         self._drain_task: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
@@ -151,8 +150,10 @@ class _Runner:
         sock = _bind(s.host, s.port)
         port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self._track(app),
+            app,
             http="httptools",
+            proxy_headers=False,
+            server_header=False,
             lifespan="off",
             access_log=False,
             log_level=s.log_level,
@@ -181,14 +182,6 @@ class _Runner:
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
         return 0
-
-    def _track(self, app: EasApp) -> Any:
-        async def tracked(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
-                self.last_request = time.monotonic()
-            await app(scope, receive, send)
-
-        return tracked
 
     async def _register(self, port: int, kind: str) -> None:
         from config_store import open_store
@@ -223,7 +216,7 @@ class _Runner:
         quiet = 0.3  # no new request for this long: watchers have seen the deregistration
         await asyncio.sleep(min(quiet, self.settings.drain_timeout_s))
         while time.monotonic() < deadline:
-            if not self.app.batcher.busy and time.monotonic() - self.last_request >= quiet:
+            if not self.app.batcher.busy and time.monotonic() - self.app.last_request >= quiet:
                 break
             await asyncio.sleep(0.05)
         await self.app.batcher.drain(max(0.0, deadline - time.monotonic()))

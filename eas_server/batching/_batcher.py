@@ -10,21 +10,25 @@
   launch (rows queued and running), so a lone client is served without delay while 32 clients
   get batches of 32.
 - A bounded queue (``QueueFull``), per-request queue timeouts (``QueueTimeout``), priority levels
-  (1 is highest), monotonic clocks. Runtime calls go to a dedicated thread pool, one thread per
-  worker, never to the event loop. A failing batch is retried in halves so that only the
-  requests that fail on their own get the error.
+  (1 is highest), monotonic clocks. Runtime calls go to dedicated worker threads, one per worker,
+  never to the event loop. A failing batch is retried in halves so that only the requests that
+  fail on their own get the error.
+
+Scheduling runs on the event loop thread and is driven by events rather than by a task of its own:
+a new request, a finished batch and a timer (the oldest request's delay, the nearest queue
+timeout) each call ``_pump``, which launches every batch that should fire. A worker hands its
+result back with one ``call_soon_threadsafe``; no task or executor future is made per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,6 +91,17 @@ class _Entry:
     queued: bool = field(default=True)
 
 
+_Outcome = dict[str, np.ndarray] | Exception
+
+
+@dataclass(slots=True)
+class _Job:
+    batch: list[_Entry]
+    rows: int
+    trigger: str
+    started: float
+
+
 class DynamicBatcher:
     """Queue requests and run them in batches on ``workers`` threads.
 
@@ -94,7 +109,7 @@ class DynamicBatcher:
         run: the processor's run function.
         max_batch_size: most rows per batch; larger requests are split.
         max_delay_s: longest wait for a batch to fill, from the oldest queued request.
-        max_queue_size: most queued requests (chunks of a split request count each).
+        max_queue_size: most queued requests (a split request counts once).
         workers: runtime threads (each with its own session in the processor).
         batchable: False for models without a batch dim: every request runs alone, unsplit.
         merge: False runs every request alone (batching off), still split to ``max_batch_size``.
@@ -143,15 +158,13 @@ class DynamicBatcher:
         self._inflight_rows = 0
         self._demand = 1
         self._closing = False
-        self._wake: asyncio.Event | None = None
+        self._pumping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._worker_ids = itertools.count()
-        self._local = threading.local()
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="eas-worker", initializer=self._init_worker
-        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------ public
 
@@ -166,12 +179,18 @@ class DynamicBatcher:
         return self._queued > 0 or self._free < self.workers
 
     def start(self) -> None:
-        """Start dispatching on the running event loop (queues are created inside it)."""
-        if self._dispatcher is None:
-            self._wake = asyncio.Event()
-            self._idle = asyncio.Event()
-            self._idle.set()
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        """Bind to the running event loop and start the worker threads (idempotent)."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        for index in range(self.workers):
+            thread = threading.Thread(
+                target=self._work, args=(index,), name=f"eas-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_s: float | None = None
@@ -193,27 +212,27 @@ class DynamicBatcher:
         self.start()
         if not 0 <= priority <= self.priority_levels:
             raise InvalidInput(f"priority {priority} is outside 0..{self.priority_levels}")
+        if self._queued_requests >= self.max_queue_size:
+            waiting = self._queued_requests
+            raise QueueFull(f"queue full ({waiting} of {self.max_queue_size} requests queued)")
         level = (priority or self.default_priority) - 1
         now = time.monotonic()
         deadline = None if timeout_s is None else now + max(0.0, timeout_s)
         rows = rows_of(inputs) if self.batchable else 1
         parts = [inputs] if rows <= self.max_batch_size else split_rows(inputs, self.max_batch_size)
-        if self._queued_requests >= self.max_queue_size:
-            waiting = self._queued_requests
-            raise QueueFull(f"queue full ({waiting} of {self.max_queue_size} requests queued)")
-        loop = asyncio.get_running_loop()
+        assert self._loop is not None
         request = _Request(len(parts))
         self._queued_requests += 1
         entries = []
         for part in parts:
             part_rows = rows_of(part) if self.batchable else 1
             group = group_key(part, self._padding) if self.merge else object()
-            future = loop.create_future()
-            entry = _Entry(
-                part, part_rows, group, future, now, deadline, level, request, len(parts) > 1
-            )
+            future = self._loop.create_future()
+            chunk = len(parts) > 1
+            entry = _Entry(part, part_rows, group, future, now, deadline, level, request, chunk)
             entries.append(entry)
             self._enqueue(entry)
+        self._pump()
         try:
             if len(entries) == 1:
                 return await entries[0].future
@@ -237,7 +256,8 @@ class DynamicBatcher:
         return True
 
     async def close(self) -> None:
-        """Refuse new requests, fail queued ones with ShuttingDown, stop the workers."""
+        """Refuse new requests, fail queued ones with ShuttingDown, let running batches finish,
+        stop the workers."""
         self._closing = True
         for level in self._levels:
             while level:
@@ -245,11 +265,12 @@ class DynamicBatcher:
                 self._remove(entry)
                 if not entry.future.done():
                     entry.future.set_exception(ShuttingDown("the server is shutting down"))
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.drain()
+        for _ in self._threads:
+            self._jobs.put(None)
 
     # ---------------------------------------------------------------------------- queueing
 
@@ -258,9 +279,8 @@ class DynamicBatcher:
         self._queued += 1
         self._queued_rows += entry.rows
         self._with_deadline += entry.deadline is not None
-        assert self._wake is not None and self._idle is not None
+        assert self._idle is not None
         self._idle.clear()
-        self._wake.set()
         if self._observer is not None:
             self._observer.on_queue_depth(self._queued_requests)
 
@@ -322,37 +342,49 @@ class DynamicBatcher:
 
     # ----------------------------------------------------------------------------- dispatch
 
-    async def _dispatch(self) -> None:
-        assert self._wake is not None
-        while True:
-            now = time.monotonic()
-            nearest_deadline = self._expire(now)  # also while every worker is busy
-            if self._free == 0 or self._queued == 0:
-                await self._sleep(nearest_deadline, now)
-                continue
-            batch, rows, oldest, chunk = self._candidate()
-            trigger = self._trigger(rows, oldest, chunk, now)
-            if trigger is None:
-                wake_at = oldest + self.max_delay_s
-                if nearest_deadline is not None:
-                    wake_at = min(wake_at, nearest_deadline)
-                await self._sleep(wake_at, now)
-                continue
-            self._demand = self._queued_rows + self._inflight_rows  # the load level now
-            for entry in batch:
-                self._remove(entry)
-            self._launch(batch, rows, trigger)
-
-    async def _sleep(self, until: float | None, now: float) -> None:
-        """Until a request arrives, a worker frees up, or ``until`` (monotonic) passes."""
-        assert self._wake is not None
-        self._wake.clear()
+    def _pump(self) -> None:
+        """Launch every batch that should fire now, then arm the timer for the next reason to
+        look again. Event loop thread only."""
+        if self._pumping or self._closing:
+            return
+        self._pumping = True
         try:
-            await asyncio.wait_for(
-                self._wake.wait(), None if until is None else max(0.0, until - now)
-            )
-        except TimeoutError:
-            pass
+            while True:
+                now = time.monotonic()
+                nearest_deadline = self._expire(now)  # also while every worker is busy
+                if self._free == 0 or self._queued == 0:
+                    self._arm(nearest_deadline)
+                    return
+                batch, rows, oldest, chunk = self._candidate()
+                trigger = self._trigger(rows, oldest, chunk, now)
+                if trigger is None:
+                    wake_at = oldest + self.max_delay_s
+                    if nearest_deadline is not None:
+                        wake_at = min(wake_at, nearest_deadline)
+                    self._arm(wake_at)
+                    return
+                self._demand = self._queued_rows + self._inflight_rows  # the load level now
+                for entry in batch:
+                    self._remove(entry)
+                self._launch(batch, rows, trigger)
+        finally:
+            self._pumping = False
+
+    def _arm(self, when: float | None) -> None:
+        """Have ``_pump`` run at monotonic time ``when``; None: no timer is needed."""
+        if self._timer is not None:
+            if when is not None and self._timer_at == when:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            assert self._loop is not None
+            self._timer_at = when
+            self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
 
     def _trigger(self, rows: int, oldest: float, chunk: bool, now: float) -> str | None:
         if chunk:
@@ -372,53 +404,50 @@ class DynamicBatcher:
         self._inflight_rows += rows
         if self._idle is not None:
             self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch, rows, trigger))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._jobs.put(_Job(batch, rows, trigger, time.monotonic()))
 
-    async def _run_batch(self, batch: list[_Entry], rows: int, trigger: str) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        try:
-            results = await loop.run_in_executor(
-                self._executor, self._execute, [e.inputs for e in batch]
-            )
-        except BaseException as exc:  # the pool was shut down under us
-            results = [exc if isinstance(exc, Exception) else ShuttingDown(str(exc))] * len(batch)
-        finally:
-            elapsed = time.monotonic() - started
-            self._free += 1
-            self._inflight_rows -= rows
-            assert self._wake is not None
-            self._wake.set()
-            self._maybe_idle()
-        ok = not any(isinstance(r, Exception) for r in results)
+    def _finish(self, job: _Job, elapsed: float, results: list[_Outcome]) -> None:
+        """Event loop thread: a worker is done with a batch."""
+        self._free += 1
+        self._inflight_rows -= job.rows
         if self._observer is not None:
-            self._observer.on_batch(rows, trigger, elapsed, ok)
-        for entry, result in zip(batch, results, strict=True):
+            ok = not any(isinstance(r, Exception) for r in results)
+            self._observer.on_batch(job.rows, job.trigger, elapsed, ok)
+        for entry, result in zip(job.batch, results, strict=True):
             if entry.future.done():
                 continue
             if isinstance(result, Exception):
                 entry.future.set_exception(result)
             else:
-                entry.future.set_result(
-                    BatchResult(result, started - entry.enqueued, elapsed, rows)
-                )
+                queued = job.started - entry.enqueued
+                entry.future.set_result(BatchResult(result, queued, elapsed, job.rows))
+        self._maybe_idle()
+        self._pump()
 
     # ----------------------------------------------------------------------- worker thread
 
-    def _init_worker(self) -> None:
-        self._local.index = next(self._worker_ids)
+    def _work(self, index: int) -> None:
+        """Worker thread: run batches and hand each result back to the event loop."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            results = self._execute([e.inputs for e in job.batch], index)
+            elapsed = time.monotonic() - job.started
+            try:
+                loop.call_soon_threadsafe(self._finish, job, elapsed, results)
+            except RuntimeError:  # the loop is closed: the server is gone
+                return
 
-    def _execute(
-        self, items: list[Mapping[str, np.ndarray]]
-    ) -> list[dict[str, np.ndarray] | Exception]:
-        """Run one batch (worker thread). On failure, run halves, so that a bad request fails
-        alone instead of poisoning the requests it was batched with."""
+    def _execute(self, items: list[Mapping[str, np.ndarray]], worker: int) -> list[_Outcome]:
+        """Run one batch. On failure run halves, so that a bad request fails alone instead of
+        poisoning the requests it was batched with."""
         rows = [rows_of(it) for it in items] if self.batchable else [1] * len(items)
         try:
             merged, lengths = merge(items, self._padding)
-            outputs = self._run(merged, self._local.index)
+            outputs = self._run(merged, worker)
             if self.batchable:
                 total = sum(rows)
                 for name, arr in outputs.items():
@@ -431,7 +460,7 @@ class DynamicBatcher:
         except Exception as exc:
             if len(items) > 1:
                 mid = len(items) // 2
-                return self._execute(items[:mid]) + self._execute(items[mid:])
+                return self._execute(items[:mid], worker) + self._execute(items[mid:], worker)
             if isinstance(exc, EasServerError):
                 return [exc]
             log.warning("runtime failed: %s", exc)

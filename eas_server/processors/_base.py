@@ -43,10 +43,18 @@ class Processor(abc.ABC):
     backend: str = ""
     """Triton ``backend`` string reported in /config."""
 
-    def __init__(self, model_path: str, *, workers: int = 1, intra_op_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        workers: int = 1,
+        intra_op_threads: int | None = None,
+        spinning: bool = False,
+    ):
         self.model_path = model_path
         self.workers = workers
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning
 
     @abc.abstractmethod
     def load(self) -> None:

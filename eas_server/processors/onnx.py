@@ -55,16 +55,16 @@ def ort_datatype(ort_type: str) -> str:
         raise ModelLoadError(f"unsupported tensor type {ort_type}") from None
 
 
-def session_options(intra_op_threads: int) -> Any:
-    """Options every session here uses: all graph optimizations, a fixed intra-op pool, and no
-    spinning (on a small machine spinning threads steal the CPU the HTTP loop needs)."""
+def session_options(intra_op_threads: int, spinning: bool = False) -> Any:
+    """Options every session here uses: all graph optimizations and a fixed intra-op pool.
+    Spinning is off by default: on a small machine spinning threads take CPU the HTTP loop needs."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
     return opts
 
@@ -86,9 +86,12 @@ class OnnxProcessor(Processor):
         *,
         workers: int = 1,
         intra_op_threads: int | None = None,
+        spinning: bool = False,
         providers: list[str] | None = None,
     ):
-        super().__init__(model_path, workers=workers, intra_op_threads=intra_op_threads)
+        super().__init__(
+            model_path, workers=workers, intra_op_threads=intra_op_threads, spinning=spinning
+        )
         self._providers = providers
         self._sessions: list[Any] = []
         self._inputs: list[TensorSpec] = []
@@ -112,7 +115,9 @@ class OnnxProcessor(Processor):
         try:
             self._sessions = [
                 ort.InferenceSession(
-                    self.model_path, sess_options=session_options(threads), providers=providers
+                    self.model_path,
+                    sess_options=session_options(threads, self.spinning),
+                    providers=providers,
                 )
                 for _ in range(self.workers)
             ]
