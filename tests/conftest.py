@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["config_store.testing.plugin"]
+pytest_plugins = ["config_store.testing.plugin", "tests.fixtures.servers"]
 
 
 @pytest.fixture(autouse=True)

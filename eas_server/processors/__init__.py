@@ -41,9 +41,10 @@ def _load_builtin() -> None:
         register_processor("onnx", OnnxProcessor)
     for module in _PLUGINS:
         try:
-            importlib.import_module(module)  # registers itself when importable
-        except ImportError:
-            pass
+            importlib.import_module(module)  # registers itself when installed
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise  # the plugin is there but broken: say so
 
 
 def create_processor(name: str, model_path: str, **options: object) -> Processor:

@@ -1,0 +1,3 @@
+"""AutoAI: the model-serving control plane (service, CLI, SDK)."""
+
+__all__: list[str] = []

@@ -1,0 +1,124 @@
+"""``autoai blade optimize``: run the optimizer, show a progress line per pass and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+blade_app = typer.Typer(
+    help="Optimize models with verified passes (PAI-Blade style).", no_args_is_help=True
+)
+_err = Console(stderr=True)
+
+
+def _table(report: dict[str, object]) -> Table:
+    batches = [str(b) for b in report["batch_sizes"]]  # type: ignore[attr-defined]
+    base = report["baseline"]["latency_ms"]  # type: ignore[index]
+    table = Table(title=f"blade report: {report['model']} on {report['hardware_key']}")
+    for col in (
+        "pass",
+        "tier",
+        "verdict",
+        "cosine",
+        "rel L2",
+        *(f"b{b} ms" for b in batches),
+        "reason",
+    ):
+        table.add_column(
+            col, justify="right" if col not in ("pass", "tier", "verdict", "reason") else "left"
+        )
+    table.add_row("plain (baseline)", "-", "-", "", "", *(f"{base[b]:.2f}" for b in batches), "")
+    for entry in report["passes"]:  # type: ignore[attr-defined]
+        metrics = entry.get("metrics") or {}
+        cos = min((m["cosine"] for m in metrics.values()), default=None)
+        rel = max((m["rel_l2"] for m in metrics.values()), default=None)
+        lat = entry.get("latency_ms") or {}
+        cells = [
+            f"{lat[b]['after']:.2f} ({base[b] / lat[b]['after']:.2f}x)" if b in lat else "-"
+            for b in batches
+        ]
+        table.add_row(
+            entry["name"],
+            entry.get("tier", "-"),
+            entry["verdict"],
+            "-" if cos is None else f"{cos:.5f}",
+            "-" if rel is None else f"{rel:.1e}",
+            *cells,
+            "" if entry["verdict"] == "passed" else entry["reason"],
+        )
+    chosen = f"chosen: {report['chosen']} - {report['reason']}; speedup {report['speedup']:.2f}x"
+    table.caption = f"{chosen}. Test data: {report['test_data']}"
+    return table
+
+
+@blade_app.command("optimize")
+def optimize_command(
+    model: Annotated[
+        Path, typer.Argument(help="ONNX model to optimize", exists=True, dir_okay=False)
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="artifact directory (default: MODEL.blade)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    test_data: Annotated[
+        Path | None, typer.Option("--test-data", help="npz of inputs (batch dim first)")
+    ] = None,
+    level: Annotated[str, typer.Option(help="o1: lossless (+fp16 on GPU); o2: also int8")] = "o2",
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time")
+    ] = "1,8,32",
+    tolerance: Annotated[float | None, typer.Option(help="cosine floor for lossy passes")] = None,
+    seq: Annotated[int, typer.Option(help="sequence length of drawn test data")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Try the passes that fit DEVICE, verify each against the fp32 CPU reference, keep the
+    fastest that passes, and write an artifact for `eas-server --processor blade`."""
+    from blade import BladeError, optimize
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        _err.print(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}")
+        raise typer.Exit(2) from None
+    console = Console(stderr=as_json)
+    tasks: dict[str, TaskID] = {}
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+
+        def progress(name: str, status: str) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"{name}: running", total=1)
+            if status != "running":
+                bar.update(tasks[name], description=f"{name}: {status}", completed=1)
+
+        try:
+            result = optimize(
+                model,
+                device=device,
+                test_data=test_data,
+                output_dir=out,
+                level=level,
+                tolerance=tolerance,
+                batch_sizes=sizes,
+                progress=progress,
+                seq=seq,
+            )
+        except (BladeError, ValueError) as exc:
+            _err.print(f"error: {exc}")
+            raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(result.report, indent=2, default=float))
+    else:
+        console.print(_table(result.report))
+        console.print(f"artifact: {result.artifact_dir}")

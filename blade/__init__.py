@@ -1,0 +1,41 @@
+"""blade: an inference optimizer that verifies every step.
+
+```python
+from blade import optimize
+result = optimize("model.onnx", device="cpu", test_data="inputs.npz", output_dir="out/")
+result.artifact_dir, result.report, result.speedup
+```
+Passes that fit the device are tried (ORT graph optimization, transformer fusion, dynamic int8 on
+CPU, fp16 with fp32 IO and CUDA graphs on GPU, TensorRT where installed); each candidate is checked
+against the fp32 CPU reference and timed; the fastest that passes its gate is kept. The artifact
+is served by ``eas-server --processor blade --model ARTIFACT_DIR``.
+"""
+
+from ._artifact import Artifact, load_artifact, render_report
+from ._errors import (
+    BladeError,
+    InvalidModel,
+    InvalidTestData,
+    RuntimeNotAvailable,
+    VerificationFailed,
+)
+from ._optimize import OptimizeResult, optimize
+from ._runtime import BladeRuntime, RuntimeConfig
+from ._verify import GATES, Gate
+
+__all__ = [
+    "GATES",
+    "Artifact",
+    "BladeError",
+    "BladeRuntime",
+    "Gate",
+    "InvalidModel",
+    "InvalidTestData",
+    "OptimizeResult",
+    "RuntimeConfig",
+    "RuntimeNotAvailable",
+    "VerificationFailed",
+    "load_artifact",
+    "optimize",
+    "render_report",
+]

@@ -1,0 +1,287 @@
+"""The artifact (what the blade processor loads), its report, and the cache of artifacts.
+
+```
+ARTIFACT/
+  model.onnx      the chosen model (the original when nothing beat it)
+  blade.json      how to run it: runtime config, tier and gate, signature, source digest
+  reference.npz   a few inputs and their fp32 CPU reference outputs (re-verified at load)
+  report.json     every pass: metrics, gate, verdict, latency before/after, speedup
+  report.txt      the same, as a table
+```
+The cache key is the model's sha256 + device + CPU ISA or GPU SM + runtime versions + the
+settings and test data that decide the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._hardware import Hardware
+from ._model import ModelInfo
+from ._runtime import RuntimeConfig
+from ._verify import Gate
+
+if TYPE_CHECKING:
+    from ._optimize import _Session
+    from ._passes import Candidate
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "Artifact",
+    "cache_key",
+    "from_cache",
+    "load_artifact",
+    "render_report",
+]
+
+ARTIFACT_FORMAT = 1
+REFERENCE_ROWS = 4
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("AUTOAI_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "autoai") / "blade"
+
+
+def cache_key(
+    model: ModelInfo,
+    hw: Hardware,
+    level: str,
+    batch_sizes: Sequence[int],
+    buckets: Sequence[Sequence[int]],
+    tolerance: float | Mapping[str, float] | None,
+    data: Mapping[str, np.ndarray],
+    synthetic: bool,
+) -> str:
+    h = hashlib.sha256()
+    settings = {
+        "format": ARTIFACT_FORMAT,
+        "hardware": hw.key(),
+        "level": level,
+        "batch_sizes": list(batch_sizes),
+        "buckets": [list(b) for b in buckets],
+        "tolerance": tolerance if not isinstance(tolerance, Mapping) else dict(tolerance),
+        "synthetic": synthetic,
+    }
+    h.update(model.sha256.encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for name in sorted(data):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(data[name]).tobytes())
+    return f"{model.sha256[:16]}-{hw.key()}-{h.hexdigest()[:16]}"
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Put ``src`` at ``dst`` (removing what was there) with one rename where possible."""
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+
+
+def from_cache(key: str, out_dir: Path, cache_dir: str | Path | None) -> dict[str, Any] | None:
+    """Copy a cached artifact to ``out_dir``; its report (marked as a cache hit) or None."""
+    entry = Path(cache_dir or default_cache_dir()) / key
+    if not (entry / "blade.json").exists():
+        return None
+    tmp = Path(
+        tempfile.mkdtemp(prefix=".blade-", dir=out_dir.parent if out_dir.parent.exists() else None)
+    )
+    shutil.rmtree(tmp)
+    shutil.copytree(entry, tmp)
+    _replace_dir(tmp, out_dir)
+    report: dict[str, Any] = json.loads((out_dir / "report.json").read_text())
+    report["cache"] = {"hit": True, "key": key}
+    return report
+
+
+def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    metrics = entry.get("metrics") or {}
+    cos = min((m["cosine"] for m in metrics.values()), default=None)
+    rel = max((m["rel_l2"] for m in metrics.values()), default=None)
+    top1 = [m["top1"] for m in metrics.values() if m.get("top1") is not None]
+    return (
+        "-" if cos is None else f"{cos:.5f}",
+        "-" if rel is None else f"{rel:.1e}",
+        "-" if not top1 else f"{min(top1):.1%}",
+    )
+
+
+def build_report(
+    s: _Session,
+    chosen: Candidate | None,
+    why: str,
+    speedup: float,
+    gain: float,
+    synthetic: bool,
+    elapsed: float,
+    key: str,
+) -> dict[str, Any]:
+    rows = next(iter(s.data.values())).shape[0]
+    data_note = (
+        f"synthetic: {rows} examples drawn from the signature (token ids from ordinary "
+        "embedding rows, masks of ones with some padding, floats from a normal); "
+        "pass real test data for a stronger check"
+        if synthetic
+        else f"user: {rows} examples"
+    )
+    return {
+        "model": str(s.model.path),
+        "model_sha256": s.model.sha256,
+        "device": s.hw.device,
+        "hardware": s.hw.json(),
+        "hardware_key": s.hw.key(),
+        "tensorrt": s.hw.tensorrt or "not installed",
+        "test_data": data_note,
+        "batch_sizes": s.batch_sizes,
+        "buckets": s.buckets,
+        "baseline": {
+            "name": "plain",
+            "runtime": s.plain_config.json(),
+            "latency_ms": {str(b): t * 1e3 for b, t in s.plain_latency.items()},
+            "metrics": {k: m.json() for k, m in s.plain_metrics.items()},
+        },
+        "passes": s.passes,
+        "chosen": chosen.name if chosen else "plain",
+        "reason": why,
+        "speedup": speedup,
+        "speedup_geomean": gain,
+        "elapsed_s": elapsed,
+        "cache": {"hit": False, "key": key},
+    }
+
+
+def render_report(report: Mapping[str, Any]) -> str:
+    """The report as a fixed-width table."""
+    batches = [str(b) for b in report["batch_sizes"]]
+    base = report["baseline"]["latency_ms"]
+    head = (
+        f"{'pass':38} {'tier':8} {'verdict':9} {'cosine':>8} {'rel L2':>8} {'top-1':>6} "
+        + " ".join(f"{'b' + b + ' ms':>15}" for b in batches)
+    )
+    lines = [
+        f"model {report['model']}  ({report['model_sha256'][:12]})",
+        f"device {report['device']}  hardware {report['hardware_key']}",
+        f"tensorrt: {report['tensorrt']}",
+        f"test data: {report['test_data']}",
+        head,
+        "-" * len(head),
+        f"{'plain (baseline)':38} {'-':8} {'-':9} {'':>8} {'':>8} {'':>6} "
+        + " ".join(f"{base[b]:15.2f}" for b in batches),
+    ]
+    for entry in report["passes"]:
+        cos, rel, top1 = _summary(entry)
+        lat = entry.get("latency_ms") or {}
+        cells = " ".join(
+            f"{lat[b]['after']:7.2f} ({base[b] / lat[b]['after']:4.2f}x)"
+            if b in lat
+            else f"{'-':>15}"
+            for b in batches
+        )
+        tier, verdict = entry.get("tier", "-"), entry["verdict"]
+        lines.append(
+            f"{entry['name'][:38]:38} {tier:8} {verdict:9} {cos:>8} {rel:>8} {top1:>6} {cells}"
+        )
+        if entry["verdict"] != "passed":
+            lines.append(f"{'':4}why: {entry['reason']}")
+    speedup = f"speedup {report['speedup']:.2f}x at the median batch"
+    lines.append(f"chosen: {report['chosen']} ({report['reason']}); {speedup}")
+    return "\n".join(lines)
+
+
+def write(
+    out_dir: Path,
+    s: _Session,
+    chosen: Candidate | None,
+    report: dict[str, Any],
+    cache_dir: str | Path | None,
+    key: str,
+) -> None:
+    """Write the artifact next to ``out_dir`` and move it in place, then store it in the cache."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".blade-", dir=out_dir.parent))
+    try:
+        model_src = chosen.model_path if chosen else s.model.path
+        shutil.copyfile(model_src, tmp / "model.onnx")
+        tier = chosen.tier if chosen else "lossless"
+        runtime = chosen.runtime if chosen else s.plain_config
+        doc = {
+            "format": ARTIFACT_FORMAT,
+            "model": "model.onnx",
+            "candidate": chosen.name if chosen else "plain",
+            "tier": tier,
+            "gate": s.gate(tier).json(),
+            "runtime": runtime.json(),
+            "signature": s.model.signature(),
+            "source_sha256": s.model.sha256,
+            "hardware_key": s.hw.key(),
+            "batchable": s.model.batchable,
+        }
+        (tmp / "blade.json").write_text(json.dumps(doc, indent=2))
+        n = min(REFERENCE_ROWS, next(iter(s.data.values())).shape[0])
+        ref = {f"in:{k}": v[:n] for k, v in s.data.items()}
+        ref.update({f"out:{k}": v[:n] for k, v in s.reference.items()})
+        np.savez(tmp / "reference.npz", **ref)  # type: ignore[arg-type]
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float))
+        (tmp / "report.txt").write_text(render_report(report) + "\n")
+        entry = Path(cache_dir or default_cache_dir()) / key
+        if not entry.exists():
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmp, entry.with_name(entry.name + ".tmp"), dirs_exist_ok=True)
+            os.replace(entry.with_name(entry.name + ".tmp"), entry)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class Artifact:
+    """A written artifact, loaded for serving."""
+
+    def __init__(self, directory: str | Path):
+        from ._errors import InvalidModel
+
+        self.dir = Path(directory)
+        try:
+            self.doc: dict[str, Any] = json.loads((self.dir / "blade.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidModel(
+                f"{self.dir} is not a blade artifact (no readable blade.json): {exc}"
+            ) from exc
+        if self.doc.get("format") != ARTIFACT_FORMAT:
+            raise InvalidModel(
+                f"{self.dir}: artifact format {self.doc.get('format')} is not {ARTIFACT_FORMAT}"
+            )
+        self.model_path = self.dir / self.doc["model"]
+        self.runtime = RuntimeConfig.from_json(self.doc["runtime"])
+        self.gate = Gate(**self.doc["gate"])
+        self.tier: str = self.doc["tier"]
+
+    def reference(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        with np.load(self.dir / "reference.npz") as npz:
+            inputs = {k[3:]: npz[k] for k in npz.files if k.startswith("in:")}
+            outputs = {k[4:]: npz[k] for k in npz.files if k.startswith("out:")}
+        return inputs, outputs
+
+
+def load_artifact(directory: str | Path) -> Artifact:
+    """Read an artifact's description.
+
+    Raises:
+        InvalidModel: not an artifact, or of another format.
+    """
+    return Artifact(directory)

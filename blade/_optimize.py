@@ -1,0 +1,445 @@
+"""``optimize``: try the passes that fit the device, verify each candidate against the fp32 CPU
+reference, time the ones that pass, keep the fastest, and write the artifact and its report."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _artifact, _passes
+from ._errors import RuntimeNotAvailable
+from ._hardware import Hardware, detect_hardware
+from ._inputs import TestData, load_test_data, synthesize
+from ._model import ModelInfo, inspect_model
+from ._passes import Candidate
+from ._runtime import BladeRuntime, RuntimeConfig
+from ._verify import Gate, check, compare, gate_for
+
+__all__ = ["OptimizeResult", "optimize"]
+
+log = logging.getLogger("blade")
+
+ProgressFn = Callable[[str, str], None]
+"""``progress(pass_name, status)``: called as each pass starts and ends."""
+
+_INT8_RECOVERY = (1, 2, 4, 8, 16)  # nodes kept fp32 on successive retries (bounded)
+_FP16_RECOVERY = (
+    ("SkipLayerNormalization", "LayerNormalization"),
+    ("Softmax", "Attention", "MultiHeadAttention"),
+)
+_MIN_GAIN = 1.05  # a candidate must beat plain by 5% to be chosen
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What ``optimize`` made.
+
+    Attributes:
+        artifact_dir: everything the blade processor needs (model, ``blade.json``, reference
+            inputs and outputs, ``report.json``, ``report.txt``).
+        report: the report as a dict (see docs/blade.md for the fields).
+        speedup: plain latency / chosen latency at the median of ``batch_sizes``.
+    """
+
+    artifact_dir: Path
+    report: dict[str, Any]
+    speedup: float
+
+
+def _time(runtime: BladeRuntime, feed: Mapping[str, np.ndarray], budget_s: float = 1.0) -> float:
+    """Median latency in seconds: 2 warm-up runs, then at least 3 and at most 50 timed runs, or
+    until ``budget_s`` has passed."""
+    for _ in range(2):
+        runtime.run(feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (len(times) < 50 and time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        runtime.run(feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rows(data: TestData, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` examples of the test data, repeated when there are fewer."""
+    have = next(iter(data.values())).shape[0]
+    idx = np.arange(n) % have
+    return {k: np.ascontiguousarray(v[idx]) for k, v in data.items()}
+
+
+def _run_all(runtime: BladeRuntime, data: TestData, chunk: int) -> dict[str, np.ndarray]:
+    rows = next(iter(data.values())).shape[0]
+    parts = [
+        runtime.run({k: v[i : i + chunk] for k, v in data.items()}) for i in range(0, rows, chunk)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class _Session:
+    """State of one optimize() call: the model, data, reference, plain timings, the record."""
+
+    def __init__(
+        self,
+        model: ModelInfo,
+        hw: Hardware,
+        data: TestData,
+        batch_sizes: Sequence[int],
+        tolerance: float | Mapping[str, float] | None,
+        buckets: list[list[int]],
+        workdir: Path,
+        progress: ProgressFn | None,
+    ):
+        self.model, self.hw, self.data = model, hw, data
+        self.batch_sizes = list(batch_sizes)
+        self.tolerance = tolerance
+        self.buckets = buckets
+        self.workdir = workdir
+        self.progress = progress
+        self.chunk = max(self.batch_sizes)
+        self.passes: list[dict[str, Any]] = []
+        reference_runtime = BladeRuntime(
+            model.path, RuntimeConfig(provider="cpu", graph_level="disabled")
+        )
+        self.reference = _run_all(reference_runtime, data, self.chunk)
+        self.plain_config = RuntimeConfig(provider=hw.device)
+        plain = BladeRuntime(model.path, self.plain_config)
+        self.plain_latency = {b: _time(plain, _rows(data, b)) for b in self.batch_sizes}
+        self.plain_metrics = compare(self.reference, _run_all(plain, data, self.chunk))
+        self.passing: list[tuple[Candidate, dict[int, float]]] = []
+
+    def gate(self, tier: str) -> Gate:
+        return gate_for(tier, self.tolerance)
+
+    def evaluate(self, candidate: Candidate) -> bool:
+        """Verify against the reference; time it when it passes; record it either way."""
+        gate = self.gate(candidate.tier)
+        runtime = BladeRuntime(candidate.model_path, candidate.runtime)
+        metrics = compare(self.reference, _run_all(runtime, self.data, self.chunk))
+        passed, reason = check(metrics, gate)
+        entry: dict[str, Any] = {
+            "name": candidate.name,
+            "tier": candidate.tier,
+            "gate": gate.json(),
+            "metrics": {k: m.json() for k, m in metrics.items()},
+            "notes": candidate.notes,
+            "verdict": "passed" if passed else "rejected",
+            "reason": reason,
+        }
+        if passed:
+            latency = {b: _time(runtime, _rows(self.data, b)) for b in self.batch_sizes}
+            entry["latency_ms"] = {
+                str(b): {"before": self.plain_latency[b] * 1e3, "after": t * 1e3}
+                for b, t in latency.items()
+            }
+            entry["speedup"] = {str(b): self.plain_latency[b] / t for b, t in latency.items()}
+            self.passing.append((candidate, latency))
+        self.passes.append(entry)
+        return passed
+
+    def attempt(self, name: str, build: Callable[[], Candidate | None]) -> Candidate | None:
+        """Build and evaluate one candidate; a build that raises is recorded as failed."""
+        if self.progress:
+            self.progress(name, "running")
+        try:
+            candidate = build()
+        except Exception as exc:  # a pass that cannot apply must not stop the others
+            log.info("pass %s failed: %s", name, exc)
+            self.passes.append(
+                {"name": name, "verdict": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            )
+            if self.progress:
+                self.progress(name, "failed")
+            return None
+        if candidate is None:
+            return None
+        ok = self.evaluate(candidate)
+        if self.progress:
+            self.progress(name, "passed" if ok else "rejected")
+        return candidate if ok else None
+
+    def skip(self, name: str, reason: str) -> None:
+        self.passes.append({"name": name, "verdict": "skipped", "reason": reason})
+        if self.progress:
+            self.progress(name, "skipped")
+
+
+def _cpu_passes(s: _Session, level: str) -> None:
+    base = s.model.path
+    runtime = RuntimeConfig(provider="cpu", **_padding(s.model))
+    graph = s.attempt(
+        "ort-graph",
+        lambda: _passes.build_ort_graph(base, s.workdir / "ort-graph.onnx", runtime, "cpu"),
+    )
+    if s.model.bert_like:
+        fused = s.attempt(
+            "transformer-fusion",
+            lambda: _passes.build_fusion(s.model, base, s.workdir / "fused.onnx", runtime, "cpu"),
+        )
+    else:
+        fused = None
+        s.skip(
+            "transformer-fusion",
+            "not a BERT-like model (no token-id input, embedding and layer norm)",
+        )
+    if level != "o2":
+        s.skip("int8-dynamic", f"level {level}: lossy passes need level o2")
+        return
+    start = fused or graph or None
+    source = start.model_path if start else base
+    if not _passes.quantizable_nodes(source):
+        s.skip("int8-dynamic", "no MatMul, Gemm or Attention with constant weights to quantize")
+        return
+    first = s.attempt(
+        "int8-dynamic", lambda: _passes.build_int8(source, s.workdir / "int8.onnx", runtime)
+    )
+    if first is not None or not (s.workdir / "int8.onnx").exists():
+        return
+    # precision recovery: keep the nodes that add the most error in fp32, a few more each retry
+    probe = _rows(s.data, min(8, next(iter(s.data.values())).shape[0]))
+    ranked = [
+        name
+        for name, _ in _passes.int8_sensitivity(source, s.workdir / "int8.onnx", probe, s.workdir)
+    ]
+    for k in _INT8_RECOVERY:
+        if k > len(ranked):
+            break
+        keep = ranked[:k]
+        out = s.workdir / f"int8-keep{k}.onnx"
+        build = functools.partial(_passes.build_int8, source, out, runtime, keep)
+        got = s.attempt(f"int8-dynamic, {k} kept fp32", build)
+        if got is not None:
+            return
+
+
+def _gpu_passes(s: _Session, level: str) -> None:
+    base = s.model.path
+    plain = RuntimeConfig(provider="cuda")
+    s.attempt(
+        "ort-graph",
+        lambda: _passes.build_ort_graph(base, s.workdir / "ort-graph.onnx", plain, "cuda"),
+    )
+    fused = None
+    if s.model.bert_like:
+        fused = s.attempt(
+            "transformer-fusion",
+            lambda: _passes.build_fusion(s.model, base, s.workdir / "fused.onnx", plain, "cuda"),
+        )
+    else:
+        s.skip("transformer-fusion", "not a BERT-like model")
+    source = fused.model_path if fused else base
+    graphed = RuntimeConfig(
+        provider="cuda", cuda_graph=True, buckets=s.buckets, **_padding(s.model)
+    )
+    fp16 = s.attempt(
+        "fp16", lambda: _passes.build_fp16(s.model, source, s.workdir / "fp16.onnx", plain)
+    )
+    if fp16 is None and (s.workdir / "fp16.onnx").exists():
+        blocked: list[str] = []
+        for extra in _FP16_RECOVERY:
+            blocked += list(extra)
+            out = s.workdir / f"fp16-{len(blocked)}.onnx"
+            build = functools.partial(
+                _passes.build_fp16, s.model, source, out, plain, _default_block() + blocked
+            )
+            fp16 = s.attempt(f"fp16, {'+'.join(blocked)} kept fp32", build)
+            if fp16 is not None:
+                break
+    for cand in [c for c in (fp16, fused) if c is not None]:
+        name = f"{cand.name}+cuda-graph"
+        notes = {**cand.notes, "buckets": s.buckets}
+        variant = Candidate(name, cand.tier, cand.model_path, graphed, notes)
+        s.attempt(name, functools.partial(lambda v: v, variant))
+    if s.hw.tensorrt is None:
+        s.skip(
+            "tensorrt",
+            "tensorrt: not installed (the TensorRT 10 libraries are not importable here)",
+        )
+    else:
+        trt = _trt_config(s)
+        s.attempt(
+            "tensorrt-fp16",
+            lambda: Candidate("tensorrt-fp16", "fp16", base, trt, {"trt": trt.trt_options}),
+        )
+
+
+def _default_block() -> list[str]:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    return list(DEFAULT_OP_BLOCK_LIST)
+
+
+def _padding(model: ModelInfo) -> dict[str, Any]:
+    """Sequence padding is safe for BERT-like models with a mask: padded tokens are masked out."""
+    if not (model.bert_like and model.mask_input):
+        return {}
+    seq_inputs = {t.name: [1, 0] for t in model.inputs if len(t.shape) == 2 and t.shape[1] == -1}
+    seq_outputs = {t.name: 1 for t in model.outputs if len(t.shape) >= 3 and t.shape[1] == -1}
+    return {"pad_inputs": seq_inputs, "pad_outputs": seq_outputs}
+
+
+def _trt_shapes(model: ModelInfo, batch: int, seq: int) -> str:
+    """A TensorRT EP profile string: every input, its dynamic dims set to ``batch`` / ``seq``."""
+    parts = []
+    for t in model.inputs:
+        dims = [batch if i == 0 and d < 0 else (seq if d < 0 else d) for i, d in enumerate(t.shape)]
+        parts.append(f"{t.name}:{'x'.join(str(d) for d in dims)}")
+    return ",".join(parts)
+
+
+def _trt_config(s: _Session) -> RuntimeConfig:
+    """TensorRT EP, fp16, engine and timing caches, one min/opt/max profile from the buckets."""
+    batches = sorted(b for b, _ in s.buckets)
+    seq = max(q for _, q in s.buckets)
+    cache = str(s.workdir / "trt-cache")
+    options = {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": _trt_shapes(s.model, 1, 1),
+        "trt_profile_opt_shapes": _trt_shapes(s.model, batches[len(batches) // 2], seq),
+        "trt_profile_max_shapes": _trt_shapes(s.model, batches[-1], seq),
+    }
+    return RuntimeConfig(provider="tensorrt", trt_options=options)
+
+
+def _choose(s: _Session) -> tuple[Candidate | None, float, str]:
+    """The fastest passing candidate by geometric mean of its speedups over plain."""
+    best: Candidate | None = None
+    best_gain = 1.0
+    for candidate, latency in s.passing:
+        gain = math.exp(
+            statistics.fmean(math.log(s.plain_latency[b] / t) for b, t in latency.items())
+        )
+        if gain > best_gain:
+            best, best_gain = candidate, gain
+    cand, gain = best, best_gain
+    if cand is None or gain < _MIN_GAIN:
+        reason = (
+            "no candidate passed its accuracy gate"
+            if not s.passing
+            else f"no candidate beat plain by {(_MIN_GAIN - 1):.0%}"
+        )
+        return None, 1.0, f"plain ORT kept: {reason}"
+    return cand, gain, f"{cand.name}: fastest candidate that passed its gate"
+
+
+def optimize(
+    model: str | Path,
+    device: str = "cpu",
+    test_data: str | Path | Mapping[str, np.ndarray] | None = None,
+    output_dir: str | Path | None = None,
+    level: str = "o2",
+    tolerance: float | Mapping[str, float] | None = None,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    shape_buckets: Sequence[Sequence[int]] | None = None,
+    progress: bool | ProgressFn = True,
+    cache_dir: str | Path | None = None,
+    seq: int = 128,
+) -> OptimizeResult:
+    """Optimize an ONNX model for ``device`` and write a verified artifact.
+
+    Args:
+        model: path of the ONNX model.
+        device: ``cpu`` or ``cuda``.
+        test_data: inputs to verify with (npz path or dict of arrays, batch dim first); by default
+            drawn from the signature (and the report says so).
+        output_dir: where to write the artifact (default: next to the model, ``<stem>.blade``).
+        level: ``o1`` (lossless passes; fp16 on GPU) or ``o2`` (adds int8).
+        tolerance: overrides the gates: a float is the cosine floor of lossy tiers; a mapping
+            may set ``rel_l2``, ``cosine``, ``top1``.
+        batch_sizes: batch sizes to time; the speedup is taken at their median.
+        shape_buckets: ``[batch, seq]`` shapes for CUDA graphs (default: each batch size at the
+            test data's sequence length).
+        progress: True prints a line per pass; a callable gets ``(pass, status)``.
+        cache_dir: artifact cache (default ``~/.cache/autoai/blade``).
+        seq: sequence length of drawn test data.
+
+    Returns:
+        The artifact directory, the report and the speedup.
+
+    Raises:
+        InvalidModel: not ONNX, truncated, unsupported opset; nothing is written.
+        InvalidTestData: test data that does not fit the model; nothing is written.
+        RuntimeNotAvailable: ``device="cuda"`` without onnxruntime-gpu.
+        ValueError: bad ``device``, ``level`` or ``batch_sizes``.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if level not in ("o1", "o2"):
+        raise ValueError(f"level must be 'o1' or 'o2', got {level!r}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
+    info = inspect_model(model)
+    data = load_test_data(test_data, info) if test_data is not None else None
+    if device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeNotAvailable(
+                "device='cuda' needs onnxruntime-gpu: pip install 'autoai[gpu]'"
+            )
+    hw = detect_hardware(device)
+    synthetic = data is None
+    if data is None:
+        data = synthesize(info, rows=max(32, max(batch_sizes)), seq=seq)
+    seq_len = next(
+        (v.shape[1] for k, v in data.items() if k == info.token_input and v.ndim == 2), seq
+    )
+    buckets = (
+        [list(b) for b in shape_buckets]
+        if shape_buckets
+        else [[b, seq_len] for b in sorted(set(batch_sizes))]
+    )
+    out_dir = Path(output_dir) if output_dir else info.path.with_suffix(".blade")
+    key = _artifact.cache_key(info, hw, level, batch_sizes, buckets, tolerance, data, synthetic)
+    cached = _artifact.from_cache(key, out_dir, cache_dir)
+    if cached is not None:
+        if callable(progress) or progress:
+            _say(progress, "cache", "hit")
+        return OptimizeResult(out_dir, cached, float(cached["speedup"]))
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="blade-") as tmp:
+        report_progress = (
+            progress if callable(progress) else (_print_progress if progress else None)
+        )
+        s = _Session(info, hw, data, batch_sizes, tolerance, buckets, Path(tmp), report_progress)
+        (_gpu_passes if device == "cuda" else _cpu_passes)(s, level)
+        chosen, gain, why = _choose(s)
+        median_batch = sorted(s.batch_sizes)[len(s.batch_sizes) // 2]
+        speedup = _speedup_at(s, chosen, median_batch) if chosen is not None else 1.0
+        report = _artifact.build_report(
+            s, chosen, why, speedup, gain, synthetic, time.time() - started, key
+        )
+        _artifact.write(out_dir, s, chosen, report, cache_dir, key)
+    return OptimizeResult(out_dir, report, speedup)
+
+
+def _speedup_at(s: _Session, chosen: Candidate, batch: int) -> float:
+    for cand, latency in s.passing:
+        if cand is chosen:
+            return s.plain_latency[batch] / latency[batch]
+    return 1.0
+
+
+def _say(progress: bool | ProgressFn, name: str, status: str) -> None:
+    if callable(progress):
+        progress(name, status)
+    elif progress:
+        _print_progress(name, status)
+
+
+def _print_progress(name: str, status: str) -> None:
+    if status != "running":
+        print(f"blade: {name}: {status}", flush=True)
