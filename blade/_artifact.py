@@ -230,6 +230,7 @@ def write(
             "source_sha256": s.model.sha256,
             "hardware_key": s.hw.key(),
             "batchable": s.model.batchable,
+            "mask": {"input": s.model.mask_input, "outputs": s.token_outputs},
         }
         (tmp / "blade.json").write_text(json.dumps(doc, indent=2))
         n = min(REFERENCE_ROWS, next(iter(s.data.values())).shape[0])
@@ -270,6 +271,16 @@ class Artifact:
         self.runtime = RuntimeConfig.from_json(self.doc["runtime"])
         self.gate = Gate(**self.doc["gate"])
         self.tier: str = self.doc["tier"]
+
+    def masked(
+        self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Outputs with padded positions zeroed, as the stored reference is."""
+        from ._verify import masked
+
+        spec = self.doc.get("mask") or {}
+        mask = inputs.get(spec["input"]) if spec.get("input") else None
+        return masked(outputs, mask, spec.get("outputs", []))
 
     def reference(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         with np.load(self.dir / "reference.npz") as npz:

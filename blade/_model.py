@@ -125,20 +125,53 @@ def _opset(model: onnx.ModelProto, path: Path) -> int:
     return opset
 
 
+def _heads_of(shape: list[int | None], hidden: int) -> int:
+    """Heads of a ``[batch, seq, heads, head_size]`` reshape target (either may be -1), else 0."""
+    if len(shape) != 4 or shape[2] is None or shape[3] is None:
+        return 0
+    heads, size = shape[2], shape[3]
+    if heads == -1 and size > 0 and hidden % size == 0:
+        heads = hidden // size
+    if size == -1 and heads > 0 and hidden % heads == 0:
+        size = hidden // heads
+    return heads if heads > 0 and size > 0 and heads * size == hidden else 0
+
+
 def _detect_heads(model: onnx.ModelProto, hidden: int) -> int:
     """Heads from the Reshape constants that split the hidden dim into (heads, head_size)."""
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) == 1}
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) <= 1}
     for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
-                if attr.name == "value" and len(attr.t.dims) == 1:
+                if attr.name == "value" and len(attr.t.dims) <= 1:
                     consts[node.output[0]] = numpy_helper.to_array(attr.t)
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def shape_of(name: str) -> list[int | None] | None:
+        """The Reshape target: a constant, or a Concat of pieces some of which are constant
+        (exporters build [batch, seq, heads, head_size] from Shape ops and constants)."""
+        if name in consts:
+            return [int(v) for v in consts[name].tolist()]
+        node = producers.get(name)
+        if node is None or node.op_type != "Concat":
+            return None
+        dims: list[int | None] = []
+        for piece in node.input:
+            value = consts.get(piece)
+            if value is None:
+                src = producers.get(piece)
+                if src is not None and src.op_type == "Unsqueeze" and src.input[0] in consts:
+                    value = consts[src.input[0]].reshape(-1)
+            dims.extend([int(v) for v in value.tolist()] if value is not None else [None])
+        return dims
+
     votes: Counter[int] = Counter()
     for node in model.graph.node:
-        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in consts:
-            shape = [int(v) for v in consts[node.input[1]].tolist()]
-            if len(shape) == 4 and shape[2] > 0 and shape[3] > 0 and shape[2] * shape[3] == hidden:
-                votes[shape[2]] += 1
+        if node.op_type == "Reshape" and len(node.input) > 1:
+            shape = shape_of(node.input[1])
+            heads = _heads_of(shape, hidden) if shape is not None else 0
+            if heads:
+                votes[heads] += 1
     return int(votes.most_common(1)[0][0]) if votes else 0
 
 

@@ -23,7 +23,7 @@ from ._inputs import TestData, load_test_data, synthesize
 from ._model import ModelInfo, inspect_model
 from ._passes import Candidate
 from ._runtime import BladeRuntime, RuntimeConfig
-from ._verify import Gate, check, compare, gate_for
+from ._verify import Gate, check, compare, gate_for, masked
 
 __all__ = ["OptimizeResult", "optimize"]
 
@@ -107,24 +107,31 @@ class _Session:
         self.progress = progress
         self.chunk = max(self.batch_sizes)
         self.passes: list[dict[str, Any]] = []
+        self.mask = data.get(model.mask_input) if model.mask_input else None
+        self.token_outputs = list(_padding(model).get("pad_outputs", {}))
         reference_runtime = BladeRuntime(
             model.path, RuntimeConfig(provider="cpu", graph_level="disabled")
         )
-        self.reference = _run_all(reference_runtime, data, self.chunk)
+        self.reference = self.masked(_run_all(reference_runtime, data, self.chunk))
         self.plain_config = RuntimeConfig(provider=hw.device)
         plain = BladeRuntime(model.path, self.plain_config)
         self.plain_latency = {b: _time(plain, _rows(data, b)) for b in self.batch_sizes}
-        self.plain_metrics = compare(self.reference, _run_all(plain, data, self.chunk))
+        self.plain_metrics = compare(self.reference, self.masked(_run_all(plain, data, self.chunk)))
         self.passing: list[tuple[Candidate, dict[int, float]]] = []
+        self.last_latency: dict[int, float] = {}
+
+    def masked(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return masked(outputs, self.mask, self.token_outputs)
 
     def gate(self, tier: str) -> Gate:
         return gate_for(tier, self.tolerance)
 
-    def evaluate(self, candidate: Candidate) -> bool:
-        """Verify against the reference; time it when it passes; record it either way."""
+    def evaluate(self, candidate: Candidate, time_rejected: bool = False) -> bool:
+        """Verify against the reference; time it when it passes (or ``time_rejected``); record
+        it either way. A rejected candidate is never chosen, whatever its time."""
         gate = self.gate(candidate.tier)
         runtime = BladeRuntime(candidate.model_path, candidate.runtime)
-        metrics = compare(self.reference, _run_all(runtime, self.data, self.chunk))
+        metrics = compare(self.reference, self.masked(_run_all(runtime, self.data, self.chunk)))
         passed, reason = check(metrics, gate)
         entry: dict[str, Any] = {
             "name": candidate.name,
@@ -135,18 +142,22 @@ class _Session:
             "verdict": "passed" if passed else "rejected",
             "reason": reason,
         }
-        if passed:
+        if passed or time_rejected:
             latency = {b: _time(runtime, _rows(self.data, b)) for b in self.batch_sizes}
             entry["latency_ms"] = {
                 str(b): {"before": self.plain_latency[b] * 1e3, "after": t * 1e3}
                 for b, t in latency.items()
             }
             entry["speedup"] = {str(b): self.plain_latency[b] / t for b, t in latency.items()}
-            self.passing.append((candidate, latency))
+            if passed:
+                self.passing.append((candidate, latency))
+            self.last_latency = latency
         self.passes.append(entry)
         return passed
 
-    def attempt(self, name: str, build: Callable[[], Candidate | None]) -> Candidate | None:
+    def attempt(
+        self, name: str, build: Callable[[], Candidate | None], time_rejected: bool = False
+    ) -> Candidate | None:
         """Build and evaluate one candidate; a build that raises is recorded as failed."""
         if self.progress:
             self.progress(name, "running")
@@ -162,7 +173,7 @@ class _Session:
             return None
         if candidate is None:
             return None
-        ok = self.evaluate(candidate)
+        ok = self.evaluate(candidate, time_rejected)
         if self.progress:
             self.progress(name, "passed" if ok else "rejected")
         return candidate if ok else None
@@ -173,6 +184,30 @@ class _Session:
             self.progress(name, "skipped")
 
 
+def _fastest(s: _Session, candidates: Sequence[Candidate | None]) -> Candidate | None:
+    """Of the given candidates that passed, the one fastest at the median batch size (or None
+    when plain is faster than all of them)."""
+    batch = sorted(s.batch_sizes)[len(s.batch_sizes) // 2]
+    best, best_t = None, s.plain_latency[batch]
+    for cand, latency in s.passing:
+        if cand in candidates and latency[batch] < best_t:
+            best, best_t = cand, latency[batch]
+    return best
+
+
+def _trim(s: _Session, source: Path, runtime: RuntimeConfig) -> RuntimeConfig:
+    """Try cutting trailing padding (BERT-like models with a mask); the runtime to build on."""
+    if not (s.model.bert_like and s.model.mask_input and runtime.pad_inputs):
+        s.skip("trim-padding", "needs a BERT-like model with an attention-mask input")
+        return runtime
+    trimmed = RuntimeConfig(**{**runtime.json(), "trim_mask": s.model.mask_input})
+    notes = {"mask": s.model.mask_input, "outputs padded back": list(runtime.pad_outputs)}
+    got = s.attempt(
+        "trim-padding", lambda: Candidate("trim-padding", "lossless", source, trimmed, notes)
+    )
+    return trimmed if got is not None else runtime
+
+
 def _cpu_passes(s: _Session, level: str) -> None:
     base = s.model.path
     runtime = RuntimeConfig(provider="cpu", **_padding(s.model))
@@ -180,29 +215,45 @@ def _cpu_passes(s: _Session, level: str) -> None:
         "ort-graph",
         lambda: _passes.build_ort_graph(base, s.workdir / "ort-graph.onnx", runtime, "cpu"),
     )
+    fused = None
     if s.model.bert_like:
         fused = s.attempt(
             "transformer-fusion",
             lambda: _passes.build_fusion(s.model, base, s.workdir / "fused.onnx", runtime, "cpu"),
         )
     else:
-        fused = None
         s.skip(
             "transformer-fusion",
             "not a BERT-like model (no token-id input, embedding and layer norm)",
         )
+    start = _fastest(s, [fused, graph])
+    source = start.model_path if start else base
+    runtime = _trim(s, source, runtime)
     if level != "o2":
         s.skip("int8-dynamic", f"level {level}: lossy passes need level o2")
         return
-    start = fused or graph or None
-    source = start.model_path if start else base
     if not _passes.quantizable_nodes(source):
         s.skip("int8-dynamic", "no MatMul, Gemm or Attention with constant weights to quantize")
         return
+    s.last_latency = {}
     first = s.attempt(
-        "int8-dynamic", lambda: _passes.build_int8(source, s.workdir / "int8.onnx", runtime)
+        "int8-dynamic",
+        lambda: _passes.build_int8(source, s.workdir / "int8.onnx", runtime),
+        time_rejected=True,
     )
-    if first is not None or not (s.workdir / "int8.onnx").exists():
+    if first is not None or not s.last_latency:
+        return
+    # Recovery only makes int8 slower: when it does not beat the best fp32 candidate to begin
+    # with (CPUs without fast int8 dot products), there is nothing to recover.
+    batch = sorted(s.batch_sizes)[len(s.batch_sizes) // 2]
+    best = _fastest(s, [c for c, _ in s.passing])
+    best_t = {id(c): t for c, t in s.passing}.get(id(best), {}).get(batch, s.plain_latency[batch])
+    if s.last_latency[batch] >= best_t / _MIN_GAIN:
+        reason = (
+            f"int8 ran {s.last_latency[batch] * 1e3:.1f} ms at batch {batch} against "
+            f"{best_t * 1e3:.1f} ms for the best fp32 candidate: no speed to recover on this CPU"
+        )
+        s.skip("int8 precision recovery", reason)
         return
     # precision recovery: keep the nodes that add the most error in fp32, a few more each retry
     probe = _rows(s.data, min(8, next(iter(s.data.values())).shape[0]))
@@ -216,15 +267,24 @@ def _cpu_passes(s: _Session, level: str) -> None:
         keep = ranked[:k]
         out = s.workdir / f"int8-keep{k}.onnx"
         build = functools.partial(_passes.build_int8, source, out, runtime, keep)
-        got = s.attempt(f"int8-dynamic, {k} kept fp32", build)
-        if got is not None:
+        if s.attempt(f"int8-dynamic, {k} kept fp32", build) is not None:
             return
+
+
+def _graph_buckets(s: _Session, runtime: RuntimeConfig) -> list[list[int]]:
+    """CUDA-graph buckets: the configured ones, and with padding trimmed also shorter sequences
+    (a short request then replays a short graph)."""
+    if not runtime.trim_mask:
+        return s.buckets
+    longest = max(q for _, q in s.buckets)
+    seqs = sorted({q for q in (16, 32, 64, 128, 256, 512) if q < longest} | {longest})
+    return [[b, q] for b in sorted({b for b, _ in s.buckets}) for q in seqs]
 
 
 def _gpu_passes(s: _Session, level: str) -> None:
     base = s.model.path
-    plain = RuntimeConfig(provider="cuda")
-    s.attempt(
+    plain = RuntimeConfig(provider="cuda", **_padding(s.model))
+    graph = s.attempt(
         "ort-graph",
         lambda: _passes.build_ort_graph(base, s.workdir / "ort-graph.onnx", plain, "cuda"),
     )
@@ -236,12 +296,11 @@ def _gpu_passes(s: _Session, level: str) -> None:
         )
     else:
         s.skip("transformer-fusion", "not a BERT-like model")
-    source = fused.model_path if fused else base
-    graphed = RuntimeConfig(
-        provider="cuda", cuda_graph=True, buckets=s.buckets, **_padding(s.model)
-    )
+    start = _fastest(s, [fused, graph])
+    runtime = _trim(s, start.model_path if start else base, plain)
+    source = fused.model_path if fused else base  # fp16 gains most on the fused graph
     fp16 = s.attempt(
-        "fp16", lambda: _passes.build_fp16(s.model, source, s.workdir / "fp16.onnx", plain)
+        "fp16", lambda: _passes.build_fp16(s.model, source, s.workdir / "fp16.onnx", runtime)
     )
     if fp16 is None and (s.workdir / "fp16.onnx").exists():
         blocked: list[str] = []
@@ -249,15 +308,19 @@ def _gpu_passes(s: _Session, level: str) -> None:
             blocked += list(extra)
             out = s.workdir / f"fp16-{len(blocked)}.onnx"
             build = functools.partial(
-                _passes.build_fp16, s.model, source, out, plain, _default_block() + blocked
+                _passes.build_fp16, s.model, source, out, runtime, _default_block() + blocked
             )
             fp16 = s.attempt(f"fp16, {'+'.join(blocked)} kept fp32", build)
             if fp16 is not None:
                 break
-    for cand in [c for c in (fp16, fused) if c is not None]:
-        name = f"{cand.name}+cuda-graph"
-        notes = {**cand.notes, "buckets": s.buckets}
-        variant = Candidate(name, cand.tier, cand.model_path, graphed, notes)
+    best = fp16 or _fastest(s, [fused, graph])
+    if best is not None:
+        buckets = _graph_buckets(s, runtime)
+        graphed = RuntimeConfig(**{**runtime.json(), "cuda_graph": True, "buckets": buckets})
+        name = f"{best.name}+cuda-graph"
+        variant = Candidate(
+            name, best.tier, best.model_path, graphed, {**best.notes, "buckets": buckets}
+        )
         s.attempt(name, functools.partial(lambda v: v, variant))
     if s.hw.tensorrt is None:
         s.skip(

@@ -122,7 +122,7 @@ def build_fusion(
                 str(source),
                 model_type="bert",
                 num_heads=model.num_heads,
-                hidden_size=model.hidden_size,
+                hidden_size=model.hidden_size if model.num_heads else 0,
                 optimization_options=_fusion_options(model),
                 opt_level=0,
                 use_gpu=device == "cuda",

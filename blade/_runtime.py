@@ -53,6 +53,10 @@ class RuntimeConfig:
     pad_inputs: dict[str, list[int]] = field(default_factory=dict)
     pad_outputs: dict[str, int] = field(default_factory=dict)
     trt_options: dict[str, Any] = field(default_factory=dict)
+    trim_mask: str | None = None
+    """When set (the attention-mask input), trailing positions that are padding in every row are
+    cut off before running and the per-token outputs padded back with zeros: right-padded
+    batches cost what their longest real row costs. Real positions keep their position ids."""
 
     def json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,11 +123,34 @@ class BladeRuntime:
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for ``feed`` (numpy in, numpy out, fp32 IO)."""
+        mask_name = self.config.trim_mask
+        if mask_name is not None and mask_name in feed and feed[mask_name].ndim == 2:
+            mask = feed[mask_name]
+            seq = mask.shape[1]
+            used = np.flatnonzero(mask.any(axis=0))
+            length = int(used[-1]) + 1 if used.size else 1
+            if length < seq:
+                trimmed = {
+                    k: v[:, :length] if k in self.config.pad_inputs else v for k, v in feed.items()
+                }
+                return self._pad_back(self._run(trimmed), seq)
+        return self._run(feed)
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         graph = self._bucket(feed) if self._graphs else None
         if graph is not None:
             return graph.run(feed)
         outputs = self.session.run(self.output_names, dict(feed))
         return dict(zip(self.output_names, outputs, strict=True))
+
+    def _pad_back(self, outputs: dict[str, np.ndarray], seq: int) -> dict[str, np.ndarray]:
+        for name, axis in self.config.pad_outputs.items():
+            arr = outputs.get(name)
+            if arr is not None and arr.shape[axis] < seq:
+                widths = [(0, 0)] * arr.ndim
+                widths[axis] = (0, seq - arr.shape[axis])
+                outputs[name] = np.pad(arr, widths)
+        return outputs
 
     def _bucket(self, feed: Mapping[str, np.ndarray]) -> _GraphSession | None:
         first = next(iter(feed.values()))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["GATES", "Gate", "OutputMetrics", "check", "compare", "gate_for"]
+__all__ = ["GATES", "Gate", "OutputMetrics", "check", "compare", "gate_for", "masked"]
 
 _CLASSIFIER = re.compile(r"logit|prob|score|class|label|pred", re.IGNORECASE)
 
@@ -79,11 +79,28 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
 
 
+def masked(
+    outputs: Mapping[str, np.ndarray], mask: np.ndarray | None, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Zero the positions an attention mask marks as padding in the named per-token outputs
+    ([batch, seq, ...]): what a model computes there is never used, so it is not compared."""
+    if mask is None:
+        return dict(outputs)
+    out = dict(outputs)
+    for name in names:
+        arr = out.get(name)
+        if arr is not None and arr.ndim >= 2 and arr.shape[:2] == mask.shape:
+            keep = mask.astype(bool).reshape(mask.shape + (1,) * (arr.ndim - 2))
+            out[name] = np.where(keep, arr, 0)
+    return out
+
+
 def compare(
     reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
 ) -> dict[str, OutputMetrics]:
     """Metrics per output. Float outputs only; integer outputs must match exactly (their rel-L2
-    then is 0 or 1 and the cosine 1 or 0)."""
+    then is 0 or 1 and the cosine 1 or 0). Apply ``masked`` to both sides first for per-token
+    outputs of padded inputs."""
     metrics: dict[str, OutputMetrics] = {}
     for name, ref in reference.items():
         got = candidate[name]
