@@ -168,13 +168,15 @@ class BladeRuntime:
 class _GraphSession:
     """One captured CUDA graph: a session bound to device buffers of one bucket's shape."""
 
-    def __init__(self, runtime: BladeRuntime, batch: int, seq: int):
+    def __init__(self, runtime: BladeRuntime, batch: int, seq: int, device: str = "cuda"):
         ort = _ort()
         self.runtime = runtime
         self.batch, self.seq = batch, seq
-        cuda = ("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})
+        providers: list[Any] = ["CPUExecutionProvider"]  # tests: the same binding, no graph
+        if device == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})]
         self.session = ort.InferenceSession(
-            runtime.model_path, sess_options=runtime._opts, providers=[cuda]
+            runtime.model_path, sess_options=runtime._opts, providers=providers
         )
         self.shapes: dict[str, tuple[int, ...]] = {}
         sample: dict[str, np.ndarray] = {}
@@ -191,9 +193,9 @@ class _GraphSession:
         # output shapes of this bucket, from one ordinary run on a plain session
         plain = runtime.session.run(runtime.output_names, sample)
         self.binding = self.session.io_binding()
-        self.inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for n, a in sample.items()}
+        self.inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, device, 0) for n, a in sample.items()}
         self.outputs = {
-            n: ort.OrtValue.ortvalue_from_shape_and_type(list(o.shape), o.dtype, "cuda", 0)
+            n: ort.OrtValue.ortvalue_from_shape_and_type(list(o.shape), o.dtype, device, 0)
             for n, o in zip(runtime.output_names, plain, strict=True)
         }
         for name, value in self.inputs.items():

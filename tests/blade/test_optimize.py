@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from blade import InvalidModel, InvalidTestData, load_artifact, optimize
-from blade._runtime import BladeRuntime
+from blade._runtime import BladeRuntime, RuntimeConfig
 from tests.fixtures import onnx_models
 
 
@@ -183,3 +183,62 @@ def test_bad_input_writes_nothing(models: dict[str, Path], tmp_path: Path) -> No
     with pytest.raises(ValueError, match="device"):
         optimize(models["bert"], device="tpu", output_dir=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_bucketed_runs_pad_and_cut_back_like_a_plain_run(models: dict[str, Path]) -> None:
+    """The CUDA-graph bucket logic (bind fixed buffers, pad to the bucket, cut outputs back),
+    exercised on the CPU with the same code minus the graph capture."""
+    from blade._runtime import RuntimeConfig, _GraphSession
+
+    config = RuntimeConfig(
+        pad_inputs={"input_ids": [1, 0], "attention_mask": [1, 0]},
+        pad_outputs={"last_hidden_state": 1},
+    )
+    runtime = BladeRuntime(models["bert"], config)
+    bucket = _GraphSession(runtime, batch=4, seq=16, device="cpu")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, size=(3, 10), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    feed = {"input_ids": ids, "attention_mask": mask}
+    plain = runtime.run(feed)
+    got = bucket.run(feed)
+    assert got["last_hidden_state"].shape == (3, 10, 64) and got["sentence_embedding"].shape == (
+        3,
+        64,
+    )
+    np.testing.assert_allclose(
+        got["sentence_embedding"], plain["sentence_embedding"], rtol=1e-4, atol=1e-5
+    )
+    real = mask.astype(bool)
+    np.testing.assert_allclose(
+        got["last_hidden_state"][real], plain["last_hidden_state"][real], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_trimming_trailing_padding_changes_nothing_on_real_positions(
+    models: dict[str, Path],
+) -> None:
+    pads = {
+        "pad_inputs": {"input_ids": [1, 0], "attention_mask": [1, 0]},
+        "pad_outputs": {"last_hidden_state": 1},
+    }
+    plain = BladeRuntime(models["bert"], RuntimeConfig(**pads))  # type: ignore[arg-type]
+    trimmed = BladeRuntime(models["bert"], RuntimeConfig(trim_mask="attention_mask", **pads))  # type: ignore[arg-type]
+    ids = np.random.default_rng(1).integers(1, 100, size=(2, 32), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    mask[0, :5] = mask[1, :9] = 1
+    ids[mask == 0] = 0
+    a, b = (
+        plain.run({"input_ids": ids, "attention_mask": mask}),
+        trimmed.run({"input_ids": ids, "attention_mask": mask}),
+    )
+    assert b["last_hidden_state"].shape == a["last_hidden_state"].shape == (2, 32, 64)
+    np.testing.assert_allclose(
+        b["sentence_embedding"], a["sentence_embedding"], rtol=1e-4, atol=1e-5
+    )
+    real = mask.astype(bool)
+    np.testing.assert_allclose(
+        b["last_hidden_state"][real], a["last_hidden_state"][real], rtol=1e-4, atol=1e-5
+    )
+    assert (b["last_hidden_state"][:, 9:] == 0).all()  # past the longest row: cut, padded back
