@@ -67,6 +67,16 @@ def load_test_data(source: str | Path | Mapping[str, np.ndarray], model: ModelIn
                     f"test inputs disagree on the batch size ({rows} and {arr.shape[0]})"
                 )
             rows = arr.shape[0]
+        if (
+            name == model.token_input
+            and model.vocab_size
+            and arr.size
+            and (arr.min() < 0 or arr.max() >= model.vocab_size)
+        ):
+            raise InvalidTestData(
+                f"test input {name!r} holds token ids {int(arr.min())}..{int(arr.max())}; "
+                f"the model's vocabulary has {model.vocab_size} rows"
+            )
         out[name] = np.ascontiguousarray(arr.astype(info.dtype, copy=False))
     return out
 

@@ -66,6 +66,7 @@ def test_test_data_is_checked_against_the_signature(tmp_path: Path, tiny_bert: P
         ({"input_ids": ids.astype(np.float32), "attention_mask": ids}, "expects int64"),
         ({"input_ids": ids[0], "attention_mask": ids}, "has shape \\[8\\]"),
         ({"input_ids": ids, "attention_mask": ids[:2]}, "disagree on the batch size"),
+        ({"input_ids": ids * 500, "attention_mask": ids}, "vocabulary has 100 rows"),
     ]
     for data, message in bad:
         with pytest.raises(InvalidTestData, match=message):
