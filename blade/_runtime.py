@@ -78,6 +78,8 @@ def _providers(config: RuntimeConfig) -> list[Any]:
     cuda = ("CUDAExecutionProvider", {"device_id": 0})
     if config.provider == "cpu":
         return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA/cuDNN libraries from the NVIDIA or torch wheels
     if "CUDAExecutionProvider" not in available:
         raise RuntimeNotAvailable(
             "this artifact needs the CUDA execution provider: pip install 'autoai[gpu]' "

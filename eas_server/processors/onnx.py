@@ -111,6 +111,8 @@ class OnnxProcessor(Processor):
             providers = [
                 p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
             ]
+        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN libraries from the NVIDIA or torch wheels
         threads = self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.workers)
         try:
             self._sessions = [
