@@ -123,8 +123,10 @@ class BladeRuntime:
             for batch, seq in sorted(config.buckets):
                 self._graphs[(batch, seq)] = _GraphSession(self, batch, seq)
 
-    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs for ``feed`` (numpy in, numpy out, fp32 IO)."""
+    def run(
+        self, feed: Mapping[str, np.ndarray], outputs: frozenset[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Outputs for ``feed`` (numpy in, numpy out, fp32 IO); only ``outputs`` when given."""
         mask_name = self.config.trim_mask
         if mask_name is not None and mask_name in feed and feed[mask_name].ndim == 2:
             mask = feed[mask_name]
@@ -135,15 +137,20 @@ class BladeRuntime:
                 trimmed = {
                     k: v[:, :length] if k in self.config.pad_inputs else v for k, v in feed.items()
                 }
-                return self._pad_back(self._run(trimmed), seq)
-        return self._run(feed)
+                return self._pad_back(self._run(trimmed, outputs), seq)
+        return self._run(feed, outputs)
 
-    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(
+        self, feed: Mapping[str, np.ndarray], wanted: frozenset[str] | None
+    ) -> dict[str, np.ndarray]:
         graph = self._bucket(feed) if self._graphs else None
         if graph is not None:
-            return graph.run(feed)
-        outputs = self.session.run(self.output_names, dict(feed))
-        return dict(zip(self.output_names, outputs, strict=True))
+            return graph.run(feed, wanted)
+        names = (
+            self.output_names if wanted is None else [n for n in self.output_names if n in wanted]
+        )
+        results = self.session.run(names, dict(feed))
+        return dict(zip(names, results, strict=True))
 
     def _pad_back(self, outputs: dict[str, np.ndarray], seq: int) -> dict[str, np.ndarray]:
         for name, axis in self.config.pad_outputs.items():
@@ -207,7 +214,9 @@ class _GraphSession:
         self.session.run_with_iobinding(self.binding)  # warm-up, then capture
         self.session.run_with_iobinding(self.binding)
 
-    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(
+        self, feed: Mapping[str, np.ndarray], wanted: frozenset[str] | None = None
+    ) -> dict[str, np.ndarray]:
         cfg = self.runtime.config
         rows = next(iter(feed.values())).shape[0]
         length = 0
@@ -222,6 +231,8 @@ class _GraphSession:
         self.session.run_with_iobinding(self.binding)
         out: dict[str, np.ndarray] = {}
         for name, value in self.outputs.items():
+            if wanted is not None and name not in wanted:
+                continue  # a device-to-host copy saved (per-token outputs are large)
             arr = value.numpy()[:rows]
             axis = cfg.pad_outputs.get(name)
             if axis is not None and length:

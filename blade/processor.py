@@ -128,11 +128,13 @@ class BladeProcessor(Processor):
         assert self.artifact is not None
         return "cpu" if self.artifact.runtime.provider == "cpu" else "gpu"
 
-    def run(self, inputs: dict[str, np.ndarray], worker: int) -> Mapping[str, np.ndarray]:
+    def run(
+        self, inputs: dict[str, np.ndarray], worker: int, outputs: frozenset[str] | None = None
+    ) -> Mapping[str, np.ndarray]:
         from eas_server import InvalidInput, ProcessorError
 
         try:
-            return self._runtimes[worker].run(inputs)
+            return self._runtimes[worker].run(inputs, outputs)
         except Exception as exc:
             kind = type(exc).__name__
             if kind in ("InvalidArgument", "InvalidGraph") or "INVALID_ARGUMENT" in str(exc):

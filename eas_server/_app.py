@@ -294,8 +294,9 @@ class EasApp:
         except ProtocolError as exc:
             raise InvalidInput(str(exc)) from exc
         plan = plan_request(request, self.model)
+        wanted = frozenset(plan.outputs) if len(plan.outputs) < len(self.model.outputs) else None
         result = await self.batcher.infer(
-            plan.feed, priority=plan.priority, timeout_s=plan.timeout_s
+            plan.feed, priority=plan.priority, timeout_s=plan.timeout_s, outputs=wanted
         )
         try:
             payload, json_length = encode_response(

@@ -48,8 +48,9 @@ __all__ = ["BatchObserver", "BatchResult", "DynamicBatcher", "RunFn"]
 
 log = logging.getLogger("eas_server.batching")
 
-RunFn = Callable[[dict[str, np.ndarray], int], Mapping[str, np.ndarray]]
-"""``run(inputs, worker_index) -> outputs``, called on a worker thread."""
+RunFn = Callable[[dict[str, np.ndarray], int, frozenset[str] | None], Mapping[str, np.ndarray]]
+"""``run(inputs, worker_index, outputs) -> outputs``, called on a worker thread; ``outputs`` names
+what the batch's requests asked for (None: all), so a runtime need not fetch the rest."""
 
 
 class BatchObserver(Protocol):
@@ -89,6 +90,7 @@ class _Entry:
     request: _Request
     chunk: bool = False
     queued: bool = field(default=True)
+    outputs: frozenset[str] | None = None
 
 
 _Outcome = dict[str, np.ndarray] | Exception
@@ -193,7 +195,12 @@ class DynamicBatcher:
             self._threads.append(thread)
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_s: float | None = None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        outputs: frozenset[str] | None = None,
     ) -> BatchResult:
         """Queue one request and wait for its outputs.
 
@@ -201,6 +208,7 @@ class DynamicBatcher:
             inputs: validated arrays; all share the batch dim when ``batchable``.
             priority: 1 (highest) .. ``priority_levels``; 0 means the default level.
             timeout_s: longest time in the queue.
+            outputs: the outputs wanted (None: all); the result may hold more.
 
         Raises:
             QueueFull, QueueTimeout, ShuttingDown: 503 conditions.
@@ -230,6 +238,7 @@ class DynamicBatcher:
             future = self._loop.create_future()
             chunk = len(parts) > 1
             entry = _Entry(part, part_rows, group, future, now, deadline, level, request, chunk)
+            entry.outputs = outputs
             entries.append(entry)
             self._enqueue(entry)
         self._pump()
@@ -434,20 +443,28 @@ class DynamicBatcher:
             job = self._jobs.get()
             if job is None:
                 return
-            results = self._execute([e.inputs for e in job.batch], index)
+            wanted: frozenset[str] | None = frozenset()
+            for e in job.batch:
+                wanted = None if wanted is None or e.outputs is None else wanted | e.outputs
+            results = self._execute([e.inputs for e in job.batch], index, wanted)
             elapsed = time.monotonic() - job.started
             try:
                 loop.call_soon_threadsafe(self._finish, job, elapsed, results)
             except RuntimeError:  # the loop is closed: the server is gone
                 return
 
-    def _execute(self, items: list[Mapping[str, np.ndarray]], worker: int) -> list[_Outcome]:
+    def _execute(
+        self,
+        items: list[Mapping[str, np.ndarray]],
+        worker: int,
+        wanted: frozenset[str] | None = None,
+    ) -> list[_Outcome]:
         """Run one batch. On failure run halves, so that a bad request fails alone instead of
         poisoning the requests it was batched with."""
         rows = [rows_of(it) for it in items] if self.batchable else [1] * len(items)
         try:
             merged, lengths = merge(items, self._padding)
-            outputs = self._run(merged, worker)
+            outputs = self._run(merged, worker, wanted)
             if self.batchable:
                 total = sum(rows)
                 for name, arr in outputs.items():
@@ -460,7 +477,8 @@ class DynamicBatcher:
         except Exception as exc:
             if len(items) > 1:
                 mid = len(items) // 2
-                return self._execute(items[:mid], worker) + self._execute(items[mid:], worker)
+                first, second = items[:mid], items[mid:]
+                return self._execute(first, worker, wanted) + self._execute(second, worker, wanted)
             if isinstance(exc, EasServerError):
                 return [exc]
             log.warning("runtime failed: %s", exc)

@@ -86,7 +86,7 @@ class Processor(abc.ABC):
     def warmup(self) -> None:
         """Run the model once per worker on synthetic inputs (first-run costs off the hot path)."""
         for worker in range(self.workers):
-            self.run(self.sample_inputs(), worker)
+            self.run(self.sample_inputs(), worker, None)
 
     def sample_inputs(self, rows: int = 1, variable: int = 8) -> dict[str, np.ndarray]:
         """Synthetic inputs: zeros (token id 0 is valid in every vocabulary), variable dims set to
@@ -104,8 +104,11 @@ class Processor(abc.ABC):
         return feed
 
     @abc.abstractmethod
-    def run(self, inputs: dict[str, np.ndarray], worker: int) -> Mapping[str, np.ndarray]:
-        """Run one batch on worker ``worker``'s session.
+    def run(
+        self, inputs: dict[str, np.ndarray], worker: int, outputs: frozenset[str] | None = None
+    ) -> Mapping[str, np.ndarray]:
+        """Run one batch on worker ``worker``'s session; ``outputs`` (None: all) are the ones to
+        return (more is allowed).
 
         Raises:
             InvalidInput: the runtime rejected the values (e.g. an index out of range).

@@ -164,21 +164,28 @@ class OnnxProcessor(Processor):
         providers = self._sessions[0].get_providers() if self._sessions else []
         return "gpu" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
 
-    def run(self, inputs: dict[str, np.ndarray], worker: int) -> Mapping[str, np.ndarray]:
+    def run(
+        self, inputs: dict[str, np.ndarray], worker: int, outputs: frozenset[str] | None = None
+    ) -> Mapping[str, np.ndarray]:
         feed = inputs
         if self._string_inputs:
             feed = dict(inputs)
             for name in self._string_inputs:
                 feed[name] = _to_str(inputs[name], name)
         try:
-            results = self._sessions[worker].run(self._output_names, feed)
+            names = (
+                self._output_names
+                if outputs is None
+                else [n for n in self._output_names if n in outputs]
+            )
+            results = self._sessions[worker].run(names, feed)
         except Exception as exc:
             kind = type(exc).__name__
             if kind in ("InvalidArgument", "InvalidGraph") or "INVALID_ARGUMENT" in str(exc):
                 raise InvalidInput(f"the model rejected the input: {exc}") from exc
             raise ProcessorError(f"{kind}: {exc}") from exc
-        out = dict(zip(self._output_names, results, strict=True))
-        for name in self._string_outputs:
+        out = dict(zip(names, results, strict=True))
+        for name in self._string_outputs & out.keys():
             out[name] = np.vectorize(
                 lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object]
             )(out[name])

@@ -25,7 +25,9 @@ class FakeProcessor:
         self.entered = threading.Event()
         self.compute_s = compute_s
 
-    def run(self, inputs: dict[str, np.ndarray], worker: int) -> Mapping[str, np.ndarray]:
+    def run(
+        self, inputs: dict[str, np.ndarray], worker: int, outputs: frozenset[str] | None = None
+    ) -> Mapping[str, np.ndarray]:
         self.entered.set()
         self.gate.wait(10)
         x = inputs["x"]
@@ -288,3 +290,22 @@ def test_many_concurrent_clients_get_full_batches_and_two_workers_run_in_paralle
         await batcher.close()
 
     run(body)
+
+
+def test_the_runtime_is_asked_for_the_outputs_the_batch_wants() -> None:
+    seen: list[frozenset[str] | None] = []
+
+    def run(
+        inputs: dict[str, np.ndarray], worker: int, outputs: frozenset[str] | None
+    ) -> Mapping[str, np.ndarray]:
+        seen.append(outputs)
+        return {"y": inputs["x"], "z": inputs["x"]}
+
+    async def body() -> None:
+        batcher = DynamicBatcher(run, max_batch_size=8, max_delay_s=0)
+        await batcher.infer(rows(1), outputs=frozenset({"y"}))
+        await batcher.infer(rows(1))
+        await batcher.close()
+
+    asyncio.run(body())
+    assert seen == [frozenset({"y"}), None]
