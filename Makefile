@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv install install-test zookeeper check test bench-store clean
+.PHONY: venv install install-test zookeeper check test models demo bench-store bench-serving bench-blade clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(VENV)/bin/activate:
 venv: $(VENV)/bin/activate
 
 install: venv
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[server,zk]'
 
 install-test: venv
 	$(PIP) install -q -e '.[test]'
@@ -31,8 +31,24 @@ check: install-test
 test: install-test zookeeper check
 	AUTOAI_REQUIRE_ZK=1 $(VENV)/bin/pytest
 
+# Example models into ~/.cache/autoai/models (all-MiniLM-L6-v2 with torch; a generated BERT-like
+# stand-in when torch cannot be installed). Nothing large is written into the repository.
+models: install
+	-$(PIP) install -q -e '.[models]'
+	$(PY) scripts/build_models.py
+
+demo: install models
+	$(PY) scripts/demo.py
+
 bench-store: install-test zookeeper
 	$(PY) benchmarks/store_propagation.py
+
+bench-serving: install models
+	$(PIP) install -q -e '.[bench]'
+	$(PY) benchmarks/serving/run.py
+
+bench-blade: install models
+	$(PY) benchmarks/blade/cpu.py --full-length
 
 clean:
 	rm -rf $(VENV) build *.egg-info
