@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,9 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from serving import bodies, ceiling, harness, loadgen, report
-from serving.harness import Skip
-from serving.report import Row
+from serving import bodies, ceiling, harness, loadgen, report, rounds
 
 HERE = Path(__file__).resolve().parent
 NAME = "minilm"
@@ -40,13 +38,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default="sentence_embedding", help="the output requested")
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per wrk run")
     p.add_argument("--servers", default=",".join(harness.SERVERS), help="comma-separated")
     p.add_argument("--formats", default=",".join(bodies.FORMATS), help="json,binary")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op")
     p.add_argument("--no-overhead", action="store_true", help="skip the identity-model run")
     p.add_argument("--json", type=Path, default=None, help="default: results/serving-<time>.json")
-    p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-ups: a smoke run")
+    p.add_argument("--rounds", type=int, default=None, help="default 3 (--quick: 1)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="re-runs of a run that had other work beside it (> 0.2 cores busy elsewhere)",
+    )
+    p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-ups, 1 round")
     return p.parse_args(argv)
 
 
@@ -62,7 +67,7 @@ def load_sample(path: Path, seq: int) -> dict[str, npt.NDArray[Any]]:
         return {k: npz[k][:, :seq] for k in ("input_ids", "attention_mask")}
 
 
-def _meta(args: argparse.Namespace, duration: float) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, duration: float, n_rounds: int) -> dict[str, Any]:
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -84,6 +89,7 @@ def _meta(args: argparse.Namespace, duration: float) -> dict[str, Any]:
         "model": str(args.model),
         "seq": args.seq,
         "duration_s": duration,
+        "rounds": n_rounds,
         "intra_op_threads": args.threads,
         "batching": {
             "max_batch_size": harness.MAX_BATCH_SIZE,
@@ -92,68 +98,16 @@ def _meta(args: argparse.Namespace, duration: float) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How every server is measured in this run."""
+def _overhead_group(plan: rounds.Plan, duration: float) -> rounds.Group:
+    """naive and ours on an identity model (FP32 [1, 4]) at concurrency 1: the HTTP path alone."""
+    sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for tests.fixtures
+    from tests.fixtures.onnx_models import identity
 
-    formats: list[str]
-    concurrencies: list[int]
-    duration_s: float
-    warmup_s: float
-    threads: int
-    workdir: Path
-    wrk: str
-
-
-def _measure_server(
-    plan: Plan,
-    kind: str,
-    model: Path,
-    name: str,
-    requests: list[dict[str, npt.NDArray[Any]]],
-    output: str,
-    expected: npt.NDArray[Any],
-) -> list[Row]:
-    """Start `kind`, then probe and load it with each body format; always stops it."""
-    rows = [Row(kind, fmt) for fmt in plan.formats]
-    try:
-        server = harness.start(kind, model, name, plan.workdir, plan.threads)
-    except Skip as exc:
-        for row in rows:
-            row.note = str(exc).splitlines()[0]
-        print(f"skip     {kind}: {exc}")
-        return rows
-    print(f"started  {kind} (pid {server.pid}) at {server.url}")
-    try:
-        for row in rows:
-            prepared = [bodies.encode(r, [output], row.fmt) for r in requests]
-            stem = f"{name}-{row.fmt}"
-            paths = bodies.write(prepared, plan.workdir / "bodies", stem)
-            script = loadgen.write_lua(paths, prepared, plan.workdir / f"{stem}.lua")
-            url = f"{server.url}/v2/models/{name}/infer"
-
-            def check(body: bodies.Body = prepared[0]) -> None:
-                harness.probe(server, name, body, output, expected)
-
-            try:
-                check()
-                harness.load_row(
-                    row,
-                    server,
-                    url,
-                    script,
-                    plan.concurrencies,
-                    plan.duration_s,
-                    plan.warmup_s,
-                    plan.wrk,
-                    settle=check,
-                )
-            except Skip as exc:
-                row.note = str(exc)
-                print(f"skip     {kind} / {row.fmt}: {exc}")
-    finally:
-        server.stop()
-    return rows
+    model = identity(plan.workdir, "FP32", n=4)
+    x = [{"x": np.arange(4, dtype=np.float32).reshape(1, 4)}]
+    return rounds.Group(
+        ["naive", "ours"], model, "identity", x, "y", x[0]["x"], [1], min(duration, 10.0)
+    )
 
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -161,6 +115,7 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
+    began = time.monotonic()
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if not args.model.exists():
@@ -173,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = sorted(int(c) for c in args.concurrency.split(","))
     duration, warmup, ceiling_s = (3.0, 1.0, 1.0) if args.quick else (args.duration, 3.0, 3.0)
     wrk = loadgen.ensure_wrk()
-    meta = _meta(args, duration)
+    n_rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
+    if n_rounds < 1 or args.retries < 0:
+        raise SystemExit("--rounds must be at least 1 and --retries at least 0")
+    meta = _meta(args, duration, n_rounds)
     print(f"{meta['cpu']}, {meta['cores']} cores; onnxruntime {meta['onnxruntime']}; {meta['wrk']}")
     print(f"model {args.model} (seq {args.seq}); inputs {inputs}")
     meta["loadavg_start"] = os.getloadavg()[0]
@@ -186,32 +144,43 @@ def main(argv: list[str] | None = None) -> int:
             " every number (see the 'rest of the machine' CPU column)"
         )
 
-    ceil = ceiling.measure(args.model, sample, BATCHES, ceiling_s, args.threads, [args.output])
-    rates = ", ".join(f"b{b} {r:.0f}" for b, r in ceil.examples_per_s.items())
-    print(f"ceiling  examples/s: {rates}")
     requests = bodies.rows(sample, REQUESTS)
     expected = ceiling.reference(args.model, requests[0], args.output, args.threads)
+    bench = ceiling.InProcess(args.model, sample, args.threads, [args.output])
 
-    rows: list[Row] = []
-    overhead: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
-        formats = args.formats.split(",")
-        plan = Plan(formats, concurrencies, duration, warmup, args.threads, Path(tmp), wrk)
-        for kind in args.servers.split(","):
-            rows += _measure_server(plan, kind, args.model, NAME, requests, args.output, expected)
-        if not args.no_overhead:
-            sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for tests.fixtures
-            from tests.fixtures.onnx_models import identity
-
-            ident = identity(plan.workdir, "FP32", n=4)
-            x = [{"x": np.arange(4, dtype=np.float32).reshape(1, 4)}]
-            plan = replace(plan, concurrencies=[1], duration_s=min(duration, 10.0))
-            for kind in ("naive", "ours"):
-                overhead += _measure_server(plan, kind, ident, "identity", x, "y", x[0]["x"])
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp, ExitStack() as stack:
+        plan = rounds.Plan(
+            args.formats.split(","), n_rounds, warmup, args.threads, Path(tmp), wrk, args.retries
+        )
+        main_group = rounds.Group(
+            args.servers.split(","),
+            args.model,
+            NAME,
+            requests,
+            args.output,
+            expected,
+            concurrencies,
+            duration,
+        )
+        groups = [main_group] if args.no_overhead else [main_group, _overhead_group(plan, duration)]
+        fleet = rounds.Fleet()
+        started = [rounds.start(plan, group, fleet, stack) for group in groups]
+        for group, (_, cells) in zip(groups, started, strict=True):
+            rounds.warm_up(plan, fleet, cells, max(group.concurrencies))
+        sweep, sweep_reruns = rounds.ceiling(plan, fleet, bench, BATCHES, ceiling_s)
+        rates = ", ".join(f"b{b} {r:.0f}" for b, r in sweep.examples_per_s.items())
+        print(f"ceiling  examples/s: {rates}  (other cores {sweep.other_cpu:.2f})")
+        step = rounds.CeilingStep(bench, sorted({sweep.best_batch, 1}, reverse=True), ceiling_s)
+        step.reruns = sweep_reruns
+        blocks = [(group, cells) for group, (_, cells) in zip(groups, started, strict=True)]
+        rounds.run(plan, fleet, blocks, step)
+    rows = started[0][0]
+    overhead = started[1][0] if len(started) > 1 else []
     meta["loadavg_end"] = os.getloadavg()[0]
-    report.render(ceil, rows, overhead, args.seq)
+    meta["wall_s"] = round(time.monotonic() - began, 1)
+    report.render(sweep, step.results, rows, overhead, args.seq, step.reruns)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report.write_json(
-        args.json or HERE / "results" / f"serving-{stamp}.json", meta, ceil, rows, overhead
-    )
+    path = args.json or HERE / "results" / f"serving-{stamp}.json"
+    report.write_json(path, meta, sweep, step.results, rows, overhead, step.reruns)
+    print(f"wall time {meta['wall_s'] / 60:.1f} min")
     return 0

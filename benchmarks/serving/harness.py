@@ -1,12 +1,13 @@
-"""Starting each kind of server, checking one answer, and loading it at each concurrency."""
+"""Starting each kind of server, checking one answer, and waiting until the servers are idle."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 
 from serving import bodies, loadgen, mlserver_peer
-from serving.report import Row
 from serving.servers import Server, ServerStartError, start_listening
 
 HERE = Path(__file__).resolve().parent
@@ -86,36 +86,36 @@ def probe(
         raise Skip(f"probe answer differs: shape {got.shape}, max abs diff {diff:.3g}")
 
 
-def load_row(
-    row: Row,
-    server: Server,
-    url: str,
-    script: Path,
-    concurrencies: Sequence[int],
-    duration_s: float,
-    warmup_s: float,
-    wrk: str,
-    settle: Callable[[], None],
-) -> None:
-    """Warm up, then one wrk run per concurrency; results go into `row.points`.
+def wait_quiet(
+    servers: Sequence[Server],
+    threshold: float = 0.1,
+    window_s: float = 0.5,
+    timeout_s: float = 300.0,
+) -> bool:
+    """Wait until the machine, apart from this process, uses under `threshold` cores over
+    `window_s`: the servers (idle now) and whatever else runs here.
 
-    `settle` (one blocking request) runs before each measured run: when wrk stops, up to
-    `concurrency` requests are still queued in the server, and the next run must not start
-    behind them.
+    Called after every load run (once the loaded server has answered one more request, which
+    queues behind whatever wrk left in it): the next run, or the in-process ceiling, must not
+    share the CPU with a server still working off its queue, nor with other work on this
+    machine. False (and a warning) when it is still busy after `timeout_s`.
     """
-    if warmup_s > 0:
-        loadgen.run(wrk, url, script, max(concurrencies), warmup_s, server.pid)
-    for c in concurrencies:
-        if server.proc.poll() is not None:
-            row.note = f"server exited with {server.proc.returncode} during the run"
-            return
-        settle()
-        result = loadgen.run(wrk, url, script, c, duration_s, server.pid)
-        row.points[c] = result
-        failed = result.non_2xx + result.socket_errors
-        print(
-            f"  {row.server:8} {row.fmt:6} c={c:<3} {result.rps:8.0f} req/s"
-            f"  p50 {result.p50 * 1e3:7.2f} ms  p99 {result.p99 * 1e3:7.2f} ms"
-            f"  cores: wrk {result.wrk_cpu:.2f} server {result.server_cpu:.2f}"
-            f" other {result.other_cpu:.2f}" + (f"  FAILED {failed}" if failed else "")
-        )
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    while True:
+        machine, own = loadgen.machine_cpu(), time.process_time()
+        in_servers = sum(loadgen.process_tree_cpu(s.pid) for s in servers)
+        time.sleep(window_s)
+        busy = (loadgen.machine_cpu() - machine - (time.process_time() - own)) / window_s
+        if busy < threshold:
+            return True
+        if not waited and time.monotonic() > deadline - timeout_s + 5:  # a short wait is normal
+            waited = True
+            print(f"waiting  for a quiet machine ({busy:.2f} cores busy)")
+        if time.monotonic() > deadline:
+            in_servers = sum(loadgen.process_tree_cpu(s.pid) for s in servers) - in_servers
+            print(
+                f"warning: still {busy:.2f} cores busy after {timeout_s:.0f} s"
+                f" ({in_servers / window_s:.2f} in the servers): going on"
+            )
+            return False

@@ -5,54 +5,22 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from serving.ceiling import Ceiling
-from serving.loadgen import LoadResult
-
-# Issue 3's targets on this 2-core machine.
-CEILING_TARGET = 0.9  # req/s at the highest concurrency vs the best-batch in-process ceiling
-NAIVE_TARGET = 1.0  # req/s at concurrency 1 vs the naive server (same body format)
-TAIL_TARGET = 2.0  # p99 <= 2 x p50 at every concurrency
-
-
-@dataclass
-class Row:
-    """One server x body format: a wrk result per concurrency, or why there is none."""
-
-    server: str
-    fmt: str
-    points: dict[int, LoadResult] = field(default_factory=dict)
-    note: str = ""
-
-
-@dataclass
-class Targets:
-    ceiling_ratio: float
-    naive_ratio: float
-    tail_ok: bool
-
-    def marks(self, is_naive: bool) -> str:
-        def mark(ok: bool) -> str:
-            return "✓" if ok else "✗"
-
-        parts = [f"ceil {mark(self.ceiling_ratio >= CEILING_TARGET)}"]
-        if not is_naive:
-            parts.append(f"naive {mark(self.naive_ratio >= NAIVE_TARGET)}")
-        parts.append(f"p99 {mark(self.tail_ok)}")
-        return " ".join(parts)
-
-
-def targets(row: Row, ceiling: Ceiling, naive: Row | None) -> Targets | None:
-    if not row.points:
-        return None
-    low, high = min(row.points), max(row.points)
-    base = naive.points.get(low) if naive is not None else None
-    naive_ratio = row.points[low].rps / base.rps if base and base.rps else math.nan
-    tail_ok = all(p.p99 <= TAIL_TARGET * p.p50 for p in row.points.values())
-    return Targets(row.points[high].rps / ceiling.best, naive_ratio, tail_ok)
+from serving.results import (
+    BUSY_LIMIT,
+    CEILING_TARGET,
+    NAIVE_TARGET,
+    TAIL_TARGET,
+    Row,
+    Targets,
+    median,
+    summary,
+    targets,
+)
 
 
 def _ms(seconds: float) -> str:
@@ -63,9 +31,18 @@ def _ratio(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def _spread(med: float, values: Sequence[float]) -> str:
+    """`median [min-max]` of per-round ratios; the median alone for one round."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return _ratio(med)
+    return f"{_ratio(med)} [{min(finite):.2f}-{max(finite):.2f}]"
+
+
 def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -78,22 +55,43 @@ def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) ->
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(escape(c) for c in r))
     console = Console(width=220)  # wide enough for every column when stdout is not a terminal
-    console.print(f"\n[bold]{title}[/bold]", highlight=False)
+    console.print(f"\n[bold]{escape(title)}[/bold]", highlight=False)
     console.print(table)
 
 
-def render(ceiling: Ceiling, rows: Sequence[Row], overhead: Sequence[Row], seq: int) -> None:
+def _ceilings(sweep: Ceiling, ceilings: Sequence[Ceiling], seq: int) -> None:
     _table(
-        f"In-process onnxruntime ceiling (seq {seq}, intra-op threads {ceiling.threads})",
+        f"In-process onnxruntime ceiling (seq {seq}, intra-op threads {sweep.threads}),"
+        " all batch sizes, before the rounds",
         ["batch", "examples/s", "ms/batch"],
-        [
-            [str(b), f"{r:.0f}", _ms(ceiling.latency_s[b])]
-            for b, r in ceiling.examples_per_s.items()
-        ],
+        [[str(b), f"{r:.0f}", _ms(sweep.latency_s[b])] for b, r in sweep.examples_per_s.items()],
     )
-    concurrencies = sorted({c for row in rows for c in row.points})
+    batches = list(ceilings[0].examples_per_s) if ceilings else []
+    per_round = [
+        [str(i + 1), *(f"{c.examples_per_s[b]:.0f}" for b in batches), f"{c.other_cpu:.2f}"]
+        for i, c in enumerate(ceilings)
+    ]
+    medians = [median([c.examples_per_s[b] for c in ceilings]) for b in batches]
+    per_round.append(["median", *(f"{m:.0f}" for m in medians), "-"])
+    _table(
+        "Ceiling in each round (examples/s; other: cores busy outside this process meanwhile)",
+        ["round", *(f"batch {b}" for b in batches), "other"],
+        per_round,
+    )
+
+
+def render(
+    sweep: Ceiling,
+    ceilings: Sequence[Ceiling],
+    rows: Sequence[Row],
+    overhead: Sequence[Row],
+    seq: int,
+    ceiling_reruns: int = 0,
+) -> None:
+    _ceilings(sweep, ceilings, seq)
+    concurrencies = sorted({c for row in rows for c in row.concurrencies})
     if not concurrencies:
         print("\nno server produced results")
     naive = {row.fmt: row for row in rows if row.server == "naive"}
@@ -104,48 +102,79 @@ def render(ceiling: Ceiling, rows: Sequence[Row], overhead: Sequence[Row], seq: 
         headers += [f"x ceil@{concurrencies[-1]}", f"x naive@{concurrencies[0]}", "targets"]
     table_rows, cpu_rows = [], []
     for row in rows:
-        t = targets(row, ceiling, naive.get(row.fmt))
+        t = targets(row, ceilings, naive.get(row.fmt))
         if t is None:
             print(f"skipped  {row.server} / {row.fmt}: {row.note}")
             continue
+        sums = {c: summary(row, c) for c in concurrencies}
         cells = [row.server, row.fmt]
-        cells += [f"{row.points[c].rps:.0f}" if c in row.points else "-" for c in concurrencies]
-        cells += [
-            f"{_ms(row.points[c].p50)}/{_ms(row.points[c].p99)}" if c in row.points else "-"
-            for c in concurrencies
-        ]
+        cells += [f"{s.rps:.0f}" if s else "-" for s in sums.values()]
+        cells += [f"{_ms(s.p50)}/{_ms(s.p99)}" if s else "-" for s in sums.values()]
         is_naive = row.server == "naive"
         cells += [
-            _ratio(t.ceiling_ratio),
-            "-" if is_naive else _ratio(t.naive_ratio),
+            _spread(t.ceiling_ratio, t.ceiling_ratios),
+            "-" if is_naive else _spread(t.naive_ratio, t.naive_ratios),
             t.marks(is_naive),
         ]
         table_rows.append(cells)
-        failures = sum(p.non_2xx + p.socket_errors for p in row.points.values())
-        cpu = [f"{p.wrk_cpu:.2f}/{p.server_cpu:.2f}/{p.other_cpu:.2f}" for p in row.points.values()]
+        cpu = [
+            f"{s.wrk_cpu:.2f}/{s.server_cpu:.2f}/{s.other_cpu:.2f}" if s else "-"
+            for s in sums.values()
+        ]
+        failures = sum(s.failures for s in sums.values() if s)
         cpu_rows.append([row.server, row.fmt, *cpu, str(failures)])
-    best = f"{ceiling.best:.0f} ex/s at batch {ceiling.best_batch}"
-    _table(f"Closed loop, one example per request (ceiling {best})", headers, table_rows)
+        if row.note:
+            print(f"note     {row.server} / {row.fmt}: {row.note}")
+    n = max((len(r.rounds) for r in rows), default=0)
+    best = median([c.best for c in ceilings])
+    batch = ceilings[0].best_batch if ceilings else sweep.best_batch
     _table(
-        "CPU (cores) in each run: wrk / server tree / rest of the machine;"
-        " failed: non-2xx + socket errors",
+        f"Closed loop, one example per request: median over {n} rounds (ceiling {best:.0f} ex/s"
+        f" at batch {batch}); x ceil, x naive: median [min-max] of the per-round ratios to the"
+        " same round's ceiling / naive server",
+        headers,
+        table_rows,
+    )
+    _table(
+        "CPU (cores) in each run: wrk / server tree / rest of the machine (medians over rounds;"
+        " rest: the largest); failed: non-2xx + socket errors, all rounds",
         ["server", "body", *[f"c={c}" for c in concurrencies], "failed"],
         cpu_rows,
     )
     over_rows = [
-        [r.server, r.fmt, f"{p.p50 * 1e6:.0f}", f"{p.p99 * 1e6:.0f}", f"{p.rps:.0f}"]
+        [r.server, r.fmt, f"{s.p50 * 1e6:.0f}", f"{s.p99 * 1e6:.0f}", f"{s.rps:.0f}"]
         for r in overhead
-        for p in r.points.values()
+        for s in (summary(r, c) for c in r.concurrencies)
+        if s is not None
     ]
     if over_rows:
         _table(
-            "Per-request overhead: identity model, batch 1, concurrency 1",
+            "Per-request overhead: identity model, batch 1, concurrency 1"
+            f" (median over {n} rounds)",
             ["server", "body", "p50 µs", "p99 µs", "req/s"],
             over_rows,
         )
     for r in overhead:
-        if not r.points:
+        if not r.concurrencies:
             print(f"skipped  overhead {r.server} / {r.fmt}: {r.note}")
+    _busy_warning([*rows, *overhead], ceilings, ceiling_reruns)
+
+
+def _busy_warning(
+    rows: Sequence[Row], ceilings: Sequence[Ceiling], ceiling_reruns: int, limit: float = BUSY_LIMIT
+) -> None:
+    """Say how many runs shared the machine with other work (more than `limit` cores)."""
+    runs = [p.other_cpu for r in rows for points in r.rounds for p in points.values()]
+    runs += [c.other_cpu for c in ceilings]
+    busy = sum(1 for cores in runs if cores > limit)
+    reruns = sum(r.reruns for r in rows) + ceiling_reruns
+    if reruns:
+        print(f"\n{reruns} runs were measured again: other work shared the machine")
+    if busy:
+        print(
+            f"\nwarning: in {busy} of {len(runs)} runs more than {limit} cores were busy outside"
+            " the server, wrk and this process: those numbers are spoiled"
+        )
 
 
 def _finite(value: Any) -> Any:
@@ -159,38 +188,50 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _ceiling_json(c: Ceiling) -> dict[str, Any]:
+    return {
+        "examples_per_s": c.examples_per_s,
+        "batch_latency_s": c.latency_s,
+        "other_cpu": c.other_cpu,
+    }
+
+
+def _row_json(row: Row, t: Targets | None) -> dict[str, Any]:
+    medians = {c: summary(row, c) for c in row.concurrencies}
+    return {
+        "server": row.server,
+        "format": row.fmt,
+        "note": row.note,
+        "reruns": row.reruns,
+        "median": {c: asdict(s) for c, s in medians.items() if s is not None},
+        "rounds": [[asdict(p) for p in points.values()] for points in row.rounds],
+        "targets": asdict(t) if t else None,
+    }
+
+
 def write_json(
     path: Path,
     meta: dict[str, Any],
-    ceiling: Ceiling,
+    sweep: Ceiling,
+    ceilings: Sequence[Ceiling],
     rows: Sequence[Row],
     overhead: Sequence[Row],
+    ceiling_reruns: int = 0,
 ) -> None:
     naive = {row.fmt: row for row in rows if row.server == "naive"}
-
-    def row_json(row: Row) -> dict[str, Any]:
-        t = targets(row, ceiling, naive.get(row.fmt))
-        return {
-            "server": row.server,
-            "format": row.fmt,
-            "note": row.note,
-            "points": [asdict(p) for p in row.points.values()],
-            "targets": asdict(t) if t else None,
-        }
-
     doc = {
         "meta": meta,
         "ceiling": {
-            "threads": ceiling.threads,
-            "examples_per_s": ceiling.examples_per_s,
-            "batch_latency_s": ceiling.latency_s,
-            "best_batch": ceiling.best_batch,
-            "best": ceiling.best,
-            "batch1": ceiling.batch1,
+            "threads": sweep.threads,
+            "sweep": {**_ceiling_json(sweep), "best_batch": sweep.best_batch},
+            "rounds": [_ceiling_json(c) for c in ceilings],
+            "reruns": ceiling_reruns,
+            "best": median([c.best for c in ceilings]),
+            "batch1": median([c.batch1 for c in ceilings]),
         },
         "targets": {"ceiling": CEILING_TARGET, "naive": NAIVE_TARGET, "p99_over_p50": TAIL_TARGET},
-        "rows": [row_json(r) for r in rows],
-        "overhead": [row_json(r) for r in overhead],
+        "rows": [_row_json(r, targets(r, ceilings, naive.get(r.fmt))) for r in rows],
+        "overhead": [_row_json(r, None) for r in overhead],  # no targets on the identity model
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_finite(doc), indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,9 @@
 Compares, on all-MiniLM-L6-v2 (from `scripts/build_models.py`'s cache) with one tokenized
 example per request: the in-process onnxruntime ceiling, a naive FastAPI + onnxruntime server,
 ours (`eas-server`) and MLServer with adaptive batching, under closed-loop wrk load with OIP JSON
-and binary bodies; then the per-request overhead on an identity model. See README.md.
+and binary bodies; then the per-request overhead on an identity model. All servers stay up and
+are measured in interleaved rounds (`--rounds`), so drift of the machine's speed hits them alike.
+See README.md.
 """
 
 import sys
