@@ -142,7 +142,11 @@ class _Runner:
     async def run(self) -> int:
         s = self.settings
         processor = create_processor(
-            s.processor, s.model, workers=s.workers, intra_op_threads=s.intra_op_threads
+            s.processor,
+            s.model,
+            workers=s.workers,
+            intra_op_threads=s.intra_op_threads,
+            spinning=s.ort_spinning,
         )
         await asyncio.to_thread(processor.load)
         await asyncio.to_thread(processor.warmup)

@@ -128,8 +128,9 @@ class ServerSettings(BaseSettings):
     """Runtime sessions run in parallel (EAS ``rpc.worker_threads``)."""
     intra_op_threads: int | None = Field(None, ge=1)
     """Threads per session (default: cores / workers)."""
-    ort_spinning: bool = False
-    """Let ONNX Runtime's intra-op threads spin between ops (lower latency, burns idle CPU)."""
+    ort_spinning: bool = True
+    """Let ONNX Runtime's intra-op threads spin between ops (its default: 3-4% more throughput
+    here, measured in-process); ``false`` frees the CPU they burn while waiting."""
     priority_levels: int = Field(2, ge=1)
     """Priority levels; requests without ``parameters.priority`` get the lowest."""
     max_request_rows: int = Field(1024, ge=1)

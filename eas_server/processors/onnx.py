@@ -55,9 +55,9 @@ def ort_datatype(ort_type: str) -> str:
         raise ModelLoadError(f"unsupported tensor type {ort_type}") from None
 
 
-def session_options(intra_op_threads: int, spinning: bool = False) -> Any:
-    """Options every session here uses: all graph optimizations and a fixed intra-op pool.
-    Spinning is off by default: on a small machine spinning threads take CPU the HTTP loop needs."""
+def session_options(intra_op_threads: int, spinning: bool = True) -> Any:
+    """Options every session here uses: all graph optimizations, a fixed intra-op pool, and
+    spinning as asked (ORT's default is on)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
