@@ -180,7 +180,15 @@ class _Session:
             return None
         if candidate is None:
             return None
-        ok = self.evaluate(candidate, time_rejected)
+        try:
+            ok = self.evaluate(candidate, time_rejected)
+        except Exception as exc:  # the runtime refused it (e.g. a CUDA graph over CPU nodes)
+            log.info("pass %s failed to run: %s", name, exc)
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+            self.passes.append({"name": name, "verdict": "failed", "reason": reason})
+            if self.progress:
+                self.progress(name, "failed")
+            return None
         if self.progress:
             self.progress(name, "passed" if ok else "rejected")
         return candidate if ok else None

@@ -43,7 +43,9 @@ def test_gpu_optimize_verifies_fp16_and_cuda_graphs(bert: Path, tmp_path: Path) 
     )
     names = {p["name"]: p for p in result.report["passes"]}
     assert names["fp16"]["verdict"] == "passed"
-    assert any(n.endswith("+cuda-graph") for n in names)
+    graph = next(p for n, p in names.items() if n.endswith("+cuda-graph"))
+    # either captured and verified, or refused by ORT (nodes left on the CPU) and recorded
+    assert graph["verdict"] in ("passed", "rejected") or "CUDAExecutionProvider" in graph["reason"]
     art = load_artifact(result.artifact_dir)
     inputs, expected = art.reference()
     got = art.masked(inputs, BladeRuntime(art.model_path, art.runtime).run(inputs))
