@@ -199,6 +199,11 @@ class _Session:
             self.progress(name, "skipped")
 
 
+def _ready(candidate: Candidate) -> Callable[[], Candidate]:
+    """A build step for a candidate that needs no building (a runtime variant of another)."""
+    return lambda: candidate
+
+
 def _fastest(s: _Session, candidates: Sequence[Candidate | None]) -> Candidate | None:
     """Of the given candidates that passed, the one fastest at the median batch size (or None
     when plain is faster than all of them)."""
@@ -218,7 +223,7 @@ def _trim(s: _Session, source: Path, runtime: RuntimeConfig) -> RuntimeConfig:
     trimmed = RuntimeConfig(**{**runtime.json(), "trim_mask": s.model.mask_input})
     notes = {"mask": s.model.mask_input, "outputs padded back": list(runtime.pad_outputs)}
     got = s.attempt(
-        "trim-padding", lambda: Candidate("trim-padding", "lossless", source, trimmed, notes)
+        "trim-padding", _ready(Candidate("trim-padding", "lossless", source, trimmed, notes))
     )
     return trimmed if got is not None else runtime
 
@@ -336,7 +341,7 @@ def _gpu_passes(s: _Session, level: str) -> None:
         variant = Candidate(
             name, best.tier, best.model_path, graphed, {**best.notes, "buckets": buckets}
         )
-        s.attempt(name, functools.partial(lambda v: v, variant))
+        s.attempt(name, _ready(variant))
     if s.hw.tensorrt is None:
         s.skip(
             "tensorrt",
@@ -344,10 +349,8 @@ def _gpu_passes(s: _Session, level: str) -> None:
         )
     else:
         trt = _trt_config(s)
-        s.attempt(
-            "tensorrt-fp16",
-            lambda: Candidate("tensorrt-fp16", "fp16", base, trt, {"trt": trt.trt_options}),
-        )
+        notes = {"trt": trt.trt_options}
+        s.attempt("tensorrt-fp16", _ready(Candidate("tensorrt-fp16", "fp16", base, trt, notes)))
 
 
 def _default_block() -> list[str]:
