@@ -202,6 +202,7 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
                 item = writer.get("routes")
                 revision = 0 if item is None else item.revision
             i += 1
+            time.sleep(0.01)  # about 700 publishes in all: history_keep (1000) must hold them
 
     reader.add_listener("routes", recorder)
     thread = threading.Thread(target=stream)
