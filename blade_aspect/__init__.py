@@ -1,0 +1,36 @@
+"""blade_aspect: the one place where blade and plain differ.
+
+```python
+plan = blade_aspect.on_deploy("model.onnx", {"blade": True})  # optimize or not; processor
+entry = blade_aspect.on_publish({"version": "3", "weight": 90}, deployment, fallback_version="2")
+cls = blade_aspect.on_call(route)                                    # EasClient or BladeClient
+```
+"""
+
+from ._aspect import (
+    BLADE,
+    PLAIN,
+    DeployPlan,
+    call_options,
+    is_blade,
+    on_call,
+    on_deploy,
+    on_publish,
+    wants_blade,
+)
+from ._errors import AspectError, InvalidDeploySpec, InvalidRouteRequest
+
+__all__ = [
+    "BLADE",
+    "PLAIN",
+    "AspectError",
+    "DeployPlan",
+    "InvalidDeploySpec",
+    "InvalidRouteRequest",
+    "call_options",
+    "is_blade",
+    "on_call",
+    "on_deploy",
+    "on_publish",
+    "wants_blade",
+]
