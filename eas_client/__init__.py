@@ -1,12 +1,18 @@
 """Client side of the Open Inference Protocol: the pure codec shared with the server, and clients.
 
 ```python
+with eas_client.EasClient(store="zk://zk1:2181/autoai", service="intent-cls-3") as client:
+    outputs = client.infer({"input_ids": ids, "attention_mask": mask})
+
 body, header_length = eas_client.encode_request({"x": array}, outputs=["y"])
 response = eas_client.decode_response(answer_body, answer_header_length)
 response.outputs["y"]
 ```
 """
 
+from ._async import AsyncEasClient
+from ._balancer import RetryBudget
+from ._client import EasClient
 from ._codec import (
     InferRequest,
     InferResponse,
@@ -34,10 +40,14 @@ from ._errors import (
     TransportError,
     Unauthorized,
 )
+from ._metrics import ClientMetrics
 
 __all__ = [
     "DATATYPES",
+    "AsyncEasClient",
+    "ClientMetrics",
     "ConnectError",
+    "EasClient",
     "EasClientError",
     "InferRequest",
     "InferResponse",
@@ -47,6 +57,7 @@ __all__ = [
     "ProtocolError",
     "RequestInput",
     "RequestedOutput",
+    "RetryBudget",
     "ServerError",
     "ServiceUnavailable",
     "TimeoutException",
