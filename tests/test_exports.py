@@ -7,7 +7,15 @@ import types
 
 import pytest
 
-PACKAGES = ["config_store", "eas_client", "eas_server"]
+PACKAGES = [
+    "config_store",
+    "eas_client",
+    "eas_server",
+    "blade",
+    "blade_client",
+    "blade_aspect",
+    "autoai.sdk",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

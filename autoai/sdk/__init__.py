@@ -1,0 +1,47 @@
+"""autoai.sdk: call models by name; the published route tables decide where each call goes.
+
+```python
+from autoai.sdk import ModelClient
+with ModelClient("zk://127.0.0.1:2181/autoai") as client:
+    out = client.predict("intent-cls", {"input_ids": ids, "attention_mask": mask})
+```
+The client watches each model's route table in the store (pushed, cached in memory and in the
+local snapshot), splits calls between versions by weight or by a sticky key, mirrors a fraction
+to a shadow version, and hands each call to the client ``blade_aspect.on_call`` picks for the
+route (``EasClient`` or ``BladeClient``), which finds live instances and retries elsewhere.
+"""
+
+from ._async import AsyncModelClient
+from ._client import ModelClient
+from ._compare import Comparison, compare_outputs
+from ._errors import (
+    InvalidInput,
+    InvalidRouteTable,
+    ModelClientError,
+    ModelNotFound,
+    VersionNotFound,
+)
+from ._routes import BladeMeta, Route, RouteTable, Shadow, Signature, TensorSpec, parse_route_table
+from ._selector import RouteSelector
+from ._signature import check_inputs
+
+__all__ = [
+    "AsyncModelClient",
+    "BladeMeta",
+    "Comparison",
+    "InvalidInput",
+    "InvalidRouteTable",
+    "ModelClient",
+    "ModelClientError",
+    "ModelNotFound",
+    "Route",
+    "RouteSelector",
+    "RouteTable",
+    "Shadow",
+    "Signature",
+    "TensorSpec",
+    "VersionNotFound",
+    "check_inputs",
+    "compare_outputs",
+    "parse_route_table",
+]

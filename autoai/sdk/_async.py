@@ -1,0 +1,105 @@
+"""``AsyncModelClient``: the asyncio twin of ``ModelClient`` (same routing, awaiting clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from ._base import Inputs, Outputs, _BaseModelClient, _Routing
+from ._routes import Route
+
+__all__ = ["AsyncModelClient"]
+
+log = logging.getLogger("autoai.sdk")
+
+
+class AsyncModelClient(_BaseModelClient):
+    """Call models by name from asyncio code.
+
+    ```python
+    async with AsyncModelClient(store_url) as client:
+        out = await client.predict("intent-cls", inputs)
+    ```
+    The first call of a model waits for its route table in a worker thread; later calls never
+    block the event loop. Shadow calls are tasks of the caller's loop, off the caller's latency.
+    Takes the same arguments as ``ModelClient`` (``shadow_concurrency`` instead of threads).
+    """
+
+    _asynchronous = True
+
+    def __init__(self, store: Any, *, shadow_concurrency: int = 8, **options: Any) -> None:
+        super().__init__(store, **options)
+        self._shadow_limit = shadow_concurrency
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        key: str | bytes | None = None,
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> Outputs:
+        """Run ``model`` on ``inputs`` (see ``ModelClient.predict``)."""
+        sub = self._subscriptions.get(model)
+        if sub is None or not sub.first.is_set():
+            await asyncio.to_thread(self._subscribe, model)
+        routing, route = self._route(model, inputs, key, version)
+        client = self._client(routing.table, route)
+        result: Outputs = await client.infer(inputs, outputs, timeout)
+        shadow = self._shadow_route(routing, version)
+        if shadow is not None:
+            self._mirror(routing, shadow, inputs, outputs, result)
+        return result
+
+    def _mirror(
+        self,
+        routing: _Routing,
+        route: Route,
+        inputs: Inputs,
+        outputs: Sequence[str] | None,
+        primary: Outputs,
+    ) -> None:
+        table = routing.table
+        if len(self._shadow_tasks) >= self._shadow_limit:
+            labels = {"model": table.model, "version": route.version, "processor": route.processor}
+            self._metrics.shadow_requests.labels(**labels, outcome="dropped").inc()
+            return
+        client = self._client(table, route)
+
+        async def run() -> None:
+            try:
+                shadow: Outputs | None = await client.infer(inputs, outputs, None)
+            except Exception as exc:
+                log.warning("shadow call to %s %s failed: %s", table.model, route.version, exc)
+                shadow = None
+            self._compare(table, route, primary, shadow)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop watching, wait for shadow calls, close the clients (and an owned store)."""
+        clients = self._cancel()
+        if self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+        await asyncio.to_thread(self._close_store)
+
+    async def __aenter__(self) -> AsyncModelClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,267 @@
+"""What ``ModelClient`` and ``AsyncModelClient`` share: the watched route tables, route choice,
+the input check, the per-route clients, the shadow comparison and the client-side metrics.
+
+The call path is a dict lookup (model -> state), one ``RouteSelector.pick`` and one dict lookup
+(route -> client); the store is only touched the first time a model is called (to subscribe) and
+on the error path (to list what is published). Route tables arrive through a store listener on the
+store's thread and replace the model's state in one assignment, so a call sees either the old
+revision or the new one, never a mix; the next call after the listener fired uses the new one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import blade_aspect
+from config_store import ConfigItem, ConfigStore, ConfigStoreError, open_store
+from eas_client import ClientMetrics
+
+from ._compare import compare_outputs
+from ._errors import InvalidRouteTable, ModelNotFound
+from ._routes import Route, RouteTable, parse_route_table
+from ._selector import RouteSelector
+from ._signature import check_inputs
+
+__all__ = ["GROUP", "Inputs", "Outputs"]
+
+log = logging.getLogger("autoai.sdk")
+
+GROUP = "models"
+"""The store group of route tables (one document per model)."""
+
+Inputs = Mapping[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _Routing:
+    """One revision of a model's route table, ready for calls (replaced as a whole)."""
+
+    table: RouteTable
+    selector: RouteSelector
+
+
+class _Subscription:
+    """A model's listener and its current routing (None: not published)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.routing: _Routing | None = None
+        self.first = threading.Event()
+        self.error: InvalidRouteTable | None = None
+        self.handle: Any = None
+
+
+class _BaseModelClient:
+    """Routing state and policy; subclasses only call clients (blocking or awaiting)."""
+
+    _asynchronous = False
+
+    def __init__(
+        self,
+        store: str | ConfigStore,
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        registry: Any = None,
+        subscribe_timeout: float = 10.0,
+        snapshot_dir: str | None = None,
+        **client_options: Any,
+    ) -> None:
+        """Args:
+        store: the store URL (``zk://...`` or ``sqlite:///...``; opened and owned) or an open
+            ``ConfigStore`` (shared, not closed).
+        token: the services' token, sent with every call.
+        timeout: seconds per call, retries included (``predict(timeout=)`` overrides).
+        registry: the prometheus_client registry of the client-side metrics (default: the
+            global one).
+        subscribe_timeout: how long the first call of a model waits for its route table.
+        snapshot_dir: the store's local snapshot directory, when opening by URL.
+        **client_options: passed to every ``EasClient`` (``max_attempts``, ``binary``,
+            ``transport``, ``retry_budget``, ...).
+        """
+        if isinstance(store, str):
+            options: dict[str, Any] = {}
+            if snapshot_dir is not None:
+                options["snapshot_dir"] = snapshot_dir
+            self._store = open_store(store, **options)
+            self._owns_store = True
+        else:
+            self._store = store
+            self._owns_store = False
+        self._token = token
+        self._timeout = timeout
+        self._subscribe_timeout = subscribe_timeout
+        self._client_options = client_options
+        self._metrics = ClientMetrics(registry)
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._clients: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- route tables ---------------------------------------------------------------------
+
+    def _subscribe(self, model: str) -> _Subscription:
+        """Start watching a model's route table (first call of the model), and wait for it."""
+        with self._lock:
+            sub = self._subscriptions.get(model)
+            if sub is None:
+                sub = _Subscription(model)
+                self._subscriptions[model] = sub
+                sub.handle = self._store.add_listener(
+                    model, functools.partial(self._on_table, sub), group=GROUP
+                )
+        sub.first.wait(self._subscribe_timeout)
+        return sub
+
+    def _on_table(self, sub: _Subscription, item: ConfigItem | None) -> None:
+        """Listener: parse a new revision once and swap it in (runs on the store's thread)."""
+        try:
+            if item is None:
+                sub.routing = None
+                sub.error = None
+                return
+            try:
+                table = parse_route_table(item.content, revision=item.revision)
+            except InvalidRouteTable as exc:
+                # Keep serving the last good revision; a call on a never-valid model says why.
+                log.error(
+                    "route table of %s revision %s refused: %s", sub.model, item.revision, exc
+                )
+                sub.error = exc
+                return
+            old = sub.routing
+            sub.routing = _Routing(table, RouteSelector(table))
+            sub.error = None
+            self._export_revision(old.table if old else None, table)
+        finally:
+            sub.first.set()
+
+    def _export_revision(self, old: RouteTable | None, new: RouteTable) -> None:
+        """``autoai_client_route_revision``: one series per route of the table in use."""
+        gauge = self._metrics.route_revision
+        current = {(new.model, r.version, r.processor) for r in new.routes}
+        for route in old.routes if old else ():
+            labels = (old.model if old else "", route.version, route.processor)
+            if labels not in current:
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass
+        for labels in current:
+            gauge.labels(*labels).set(new.revision)
+
+    def _routing(self, model: str) -> _Routing:
+        sub = self._subscriptions.get(model)
+        if sub is None or not sub.first.is_set():
+            sub = self._subscribe(model)  # first call of the model, or racing it: wait
+        routing = sub.routing
+        if routing is None:
+            if sub.error is not None:
+                raise sub.error
+            raise ModelNotFound(model, self._published())
+        return routing
+
+    def _published(self) -> list[str]:
+        try:
+            return self._store.keys(GROUP)
+        except ConfigStoreError:
+            return [m for m, s in self._subscriptions.items() if s.routing is not None]
+
+    def _route(
+        self, model: str, inputs: Inputs, key: str | bytes | None, version: str | None
+    ) -> tuple[_Routing, Route]:
+        routing = self._routing(model)
+        route = routing.table.route(version) if version is not None else routing.selector.pick(key)
+        check_inputs(routing.table.signature, inputs)
+        return routing, route
+
+    # -- clients --------------------------------------------------------------------------
+
+    def _client(self, table: RouteTable, route: Route) -> Any:
+        """The client of a route, made once per (model, version, service, processor, blade)."""
+        blade = json.dumps(route.raw.get("blade"), sort_keys=True)
+        key = (table.model, route.version, route.service, route.processor, blade)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._make_client(table, route)
+                self._clients[key] = client
+        return client
+
+    def _make_client(self, table: RouteTable, route: Route) -> Any:
+        cls = blade_aspect.on_call(route, asynchronous=self._asynchronous)
+        extra = blade_aspect.call_options(
+            route, lambda version: self._client(table, table.route(version))
+        )
+        return cls(
+            store=self._store,
+            service=route.service,
+            token=self._token,
+            timeout=self._timeout,
+            metrics=self._metrics,
+            labels={"model": table.model, "version": route.version, "processor": route.processor},
+            **self._client_options,
+            **extra,
+        )
+
+    # -- shadow ---------------------------------------------------------------------------
+
+    def _shadow_route(self, routing: _Routing, version: str | None) -> Route | None:
+        """The shadow route when this call should be mirrored (never for pinned calls)."""
+        shadow = routing.table.shadow
+        if shadow is None or version is not None or not routing.selector.shadow_due():
+            return None
+        return shadow.route
+
+    def _compare(
+        self, table: RouteTable, route: Route, primary: Outputs, shadow: Outputs | None
+    ) -> None:
+        """Record one shadow comparison (``shadow`` None: the shadow call failed)."""
+        labels = {"model": table.model, "version": route.version, "processor": route.processor}
+        if shadow is None:
+            self._metrics.shadow_requests.labels(**labels, outcome="error").inc()
+            return
+        result = compare_outputs(primary, shadow)
+        agree = result.cosine >= 0.99 and (
+            result.top1_agreement is None or result.top1_agreement >= 0.99
+        )
+        self._metrics.shadow_agreement.labels(**labels).observe(result.cosine)
+        outcome = "agree" if agree else "disagree"
+        self._metrics.shadow_requests.labels(**labels, outcome=outcome).inc()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def routes(self, model: str) -> RouteTable:
+        """The route table a call of ``model`` uses now (subscribing on first use).
+
+        Raises:
+            ModelNotFound: nothing is published for the model.
+        """
+        return self._routing(model).table
+
+    def _cancel(self) -> list[Any]:
+        """Stop the listeners; return the clients to close."""
+        with self._lock:
+            self._closed = True
+            for sub in self._subscriptions.values():
+                if sub.handle is not None:
+                    sub.handle.cancel()
+            clients = list(self._clients.values())
+            self._clients.clear()
+        return clients
+
+    def _close_store(self) -> None:
+        if self._owns_store:
+            self._store.close()
