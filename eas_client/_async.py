@@ -8,6 +8,7 @@ threads and only swap the balancer's instance set under its lock, which never bl
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -18,8 +19,9 @@ import httpx
 import numpy as np
 
 from ._balancer import RetryBudget
-from ._base import Answer, Outputs, Pools, _BaseEasClient
+from ._base import ORIGIN_EXTENSION, Answer, Outputs, Pools, _Attempt, _BaseEasClient
 from ._metrics import ClientMetrics
+from ._wire import AsyncPool, WirePools, request_head
 
 if TYPE_CHECKING:
     from config_store import ConfigStore
@@ -112,6 +114,13 @@ class AsyncEasClient(_BaseEasClient):
             else _InstancePools(httpx.Limits(max_connections=n, max_keepalive_connections=n))
         )
         self._http = httpx.AsyncClient(transport=transport or self._pools, trust_env=False)
+        # The default transport (eas_client._wire) for plain-HTTP instances; httpx for an
+        # injected transport and for https instances.
+        self._wire: WirePools[AsyncPool] | None = (
+            None
+            if transport is not None
+            else WirePools(lambda host, port: AsyncPool(host, port, n))
+        )
         self._started = store is None
         self._start_lock = anyio.Lock()
 
@@ -135,26 +144,39 @@ class AsyncEasClient(_BaseEasClient):
         if self._retired and self._pools is not None:
             for origin in self._reapable():
                 await self._pools.discard(origin)
+                if self._wire is not None:
+                    self._wire.discard(origin)
         call = self._call(inputs, outputs, timeout)
-        post = self._http.post
         try:
             attempt = next(call)
             while True:
-                answer: Answer
-                try:
-                    answer = await post(
-                        attempt.url,
-                        content=attempt.body,
-                        headers=attempt.headers,
-                        extensions=attempt.extensions,
-                    )
-                except httpx.HTTPError as exc:
-                    answer = exc
-                attempt = call.send(answer)
+                attempt = call.send(await self._send(attempt))
         except StopIteration as done:
             return cast(Outputs, done.value)
         finally:
             call.close()
+
+    async def _send(self, attempt: _Attempt) -> Answer:
+        """Make one exchange; the answer or the exception, for the call loop to judge."""
+        origin = attempt.extensions[ORIGIN_EXTENSION]
+        if self._wire is not None and origin.startswith("http://"):
+            pool = self._wire.get(origin)
+            limits = attempt.extensions["timeout"]
+            deadline = time.monotonic() + limits["read"]
+            head = request_head("POST", attempt.url[len(origin) :], origin[7:], attempt.headers)
+            try:
+                return await pool.request(head, {}, attempt.body, deadline, limits["connect"])
+            except OSError as exc:
+                return exc
+        try:
+            return await self._http.post(
+                attempt.url,
+                content=attempt.body,
+                headers=attempt.headers,
+                extensions=attempt.extensions,
+            )
+        except httpx.HTTPError as exc:
+            return exc
 
     async def aclose(self) -> None:
         """Stop discovery, close the store if the client opened it, close connections.
@@ -169,6 +191,8 @@ class AsyncEasClient(_BaseEasClient):
                 await anyio.to_thread.run_sync(self._stop_discovery)
         finally:
             await self._http.aclose()
+            if self._wire is not None:
+                self._wire.close()
 
     async def __aenter__(self) -> AsyncEasClient:
         await self._start()

@@ -3,9 +3,10 @@ decoding, error conversion, and the call loop with its retry policy.
 
 The call loop is written once, as a generator (:meth:`_BaseEasClient._call`): it yields an
 :class:`_Attempt` (POST this body to this URL, with these headers and timeouts) and is sent back
-what happened: the ``httpx.Response``, or the ``httpx.HTTPError`` that was raised. ``EasClient``
-drives it with ``httpx.Client.post``, ``AsyncEasClient`` with ``await httpx.AsyncClient.post``;
-neither makes a decision of its own. Closing the generator (the caller gave up, the task was
+what happened: the answer (a ``Reply`` of the default transport, ``eas_client._wire``, or an
+``httpx.Response`` when a transport was injected or the instance is ``https``), or the exception
+that was raised. ``EasClient`` drives it blocking, ``AsyncEasClient`` awaiting; neither makes a
+decision of its own. Closing the generator (the caller gave up, the task was
 cancelled) releases the instance it was calling.
 
 Retry policy: a connect error or dropped connection, a timeout that leaves time, and a 503 are
@@ -43,6 +44,7 @@ from ._errors import (
     Unauthorized,
 )
 from ._metrics import CallMetrics, ClientMetrics
+from ._wire import Reply
 
 if TYPE_CHECKING:
     from config_store import ConfigStore, Instance, Listener
@@ -52,7 +54,7 @@ __all__ = ["ORIGIN_EXTENSION", "Outputs", "Pools"]
 log = logging.getLogger("eas_client")
 
 Outputs = dict[str, np.ndarray[Any, Any]]
-Answer = httpx.Response | httpx.HTTPError
+Answer = httpx.Response | Reply | httpx.HTTPError | OSError
 
 #: Request extension naming the instance's connection pool (see ``Pools``).
 ORIGIN_EXTENSION: Final = "eas_client.origin"
@@ -157,13 +159,14 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if 0 <= seconds < math.inf else None
 
 
-def _transport_error(exc: httpx.HTTPError, url: str) -> EasClientError:
-    """The one conversion of httpx exceptions into ours (the caller chains it)."""
+def _transport_error(exc: httpx.HTTPError | OSError, url: str) -> EasClientError:
+    """The one conversion of transport exceptions (httpx's, or the socket errors of the default
+    transport) into ours (chained)."""
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     error: EasClientError
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         error = TimeoutException(f"no answer from {url} in time ({detail})", url=url)
-    elif isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+    elif isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | OSError):
         error = ConnectError(f"connection to {url} failed or was dropped ({detail})", url=url)
     elif isinstance(exc, httpx.DecodingError):
         error = ProtocolError(f"the answer of {url} could not be decoded ({detail})")
@@ -432,7 +435,7 @@ class _BaseEasClient:
         """Release ``endpoint`` with its verdict; return the outputs or a retryable error, raise
         the errors that must not be retried."""
         target = endpoint.target
-        if isinstance(answer, httpx.Response):
+        if isinstance(answer, Reply | httpx.Response):
             status = answer.status_code
             self._balancer.release(endpoint, status != 503)
             if status == 200:
@@ -475,12 +478,12 @@ class _BaseEasClient:
         return body, {**self._headers, "inference-header-content-length": str(length)}
 
     @staticmethod
-    def _decode(response: httpx.Response) -> Outputs:
+    def _decode(response: Reply | httpx.Response) -> Outputs:
         length = response.headers.get("inference-header-content-length")
         return decode_response(response.content, length).outputs
 
     @staticmethod
-    def _server_error(response: httpx.Response) -> ServerError:
+    def _server_error(response: Reply | httpx.Response) -> ServerError:
         return ServerError.from_status(
             response.status_code,
             decode_error(response.content),

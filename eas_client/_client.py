@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -11,8 +12,9 @@ import httpx
 import numpy as np
 
 from ._balancer import RetryBudget
-from ._base import Answer, Outputs, Pools, _BaseEasClient
+from ._base import ORIGIN_EXTENSION, Answer, Outputs, Pools, _Attempt, _BaseEasClient
 from ._metrics import ClientMetrics
+from ._wire import SyncPool, WirePools, request_head
 
 if TYPE_CHECKING:
     from config_store import ConfigStore
@@ -139,6 +141,11 @@ class EasClient(_BaseEasClient):
             else _InstancePools(httpx.Limits(max_connections=n, max_keepalive_connections=n))
         )
         self._http = httpx.Client(transport=transport or self._pools, trust_env=False)
+        # The default transport (eas_client._wire) for plain-HTTP instances; httpx for an
+        # injected transport and for https instances.
+        self._wire: WirePools[SyncPool] | None = (
+            None if transport is not None else WirePools(lambda host, port: SyncPool(host, port, n))
+        )
         try:
             self._start_discovery()
         except BaseException:
@@ -177,26 +184,39 @@ class EasClient(_BaseEasClient):
         if self._retired and self._pools is not None:
             for origin in self._reapable():
                 self._pools.discard(origin)
+                if self._wire is not None:
+                    self._wire.discard(origin)
         call = self._call(inputs, outputs, timeout)
-        post = self._http.post
         try:
             attempt = next(call)
             while True:
-                answer: Answer
-                try:
-                    answer = post(
-                        attempt.url,
-                        content=attempt.body,
-                        headers=attempt.headers,
-                        extensions=attempt.extensions,
-                    )
-                except httpx.HTTPError as exc:
-                    answer = exc
-                attempt = call.send(answer)
+                attempt = call.send(self._send(attempt))
         except StopIteration as done:
             return cast(Outputs, done.value)
         finally:
             call.close()
+
+    def _send(self, attempt: _Attempt) -> Answer:
+        """Make one exchange; the answer or the exception, for the call loop to judge."""
+        origin = attempt.extensions[ORIGIN_EXTENSION]
+        if self._wire is not None and origin.startswith("http://"):
+            pool = self._wire.get(origin)
+            limits = attempt.extensions["timeout"]
+            deadline = time.monotonic() + limits["read"]
+            head = request_head("POST", attempt.url[len(origin) :], origin[7:], attempt.headers)
+            try:
+                return pool.request(head, {}, attempt.body, deadline, limits["connect"])
+            except OSError as exc:
+                return exc
+        try:
+            return self._http.post(
+                attempt.url,
+                content=attempt.body,
+                headers=attempt.headers,
+                extensions=attempt.extensions,
+            )
+        except httpx.HTTPError as exc:
+            return exc
 
     def close(self) -> None:
         """Stop discovery, close the store if the client opened it, close connections.
@@ -210,6 +230,8 @@ class EasClient(_BaseEasClient):
             self._stop_discovery()
         finally:
             self._http.close()
+            if self._wire is not None:
+                self._wire.close()
 
     def __enter__(self) -> EasClient:
         return self

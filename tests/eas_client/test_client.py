@@ -209,8 +209,8 @@ def test_instances_follow_registrations(
         for _ in range(10):
             client.infer({"x": X})
         # the pool of the instance that left was closed once nothing was in flight on it
-        assert client._pools is not None
-        assert client._pools._pools._pools.keys() == {second.url}
+        assert client._wire is not None
+        assert client._wire._pools.keys() == {second.url}
 
 
 def test_a_store_object_is_shared_and_a_url_is_owned(

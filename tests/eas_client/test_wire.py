@@ -1,0 +1,220 @@
+"""The default transport against real sockets: keep-alive reuse, a connection the server closed
+while idle, answers cut short or malformed, chunked bodies, deadlines and the pool bound."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from eas_client._wire import AsyncPool, BadAnswer, PoolTimeout, SyncPool, request_head
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+HEAD = request_head("POST", "/v2/models/m/infer", "127.0.0.1", {"content-type": "x"})
+
+Handler = Callable[[socket.socket, int], None]
+
+
+class Server:
+    """A loopback server running ``handler(connection, index)`` per accepted connection."""
+
+    def __init__(self, handler: Handler):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.accepted = 0
+        self.requests = 0
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.handler, args=(conn, self.accepted), daemon=True).start()
+
+    def read_request(self, conn: socket.socket) -> bool:
+        """Read one request (head + content-length body); False at EOF."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        self.requests += 1
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Handler], Server]]:
+    servers: list[Server] = []
+
+    def start(handler: Handler) -> Server:
+        servers.append(Server(handler))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _deadline(seconds: float = 2.0) -> float:
+    return time.monotonic() + seconds
+
+
+def test_keep_alive_connections_are_reused(serve: Callable[[Handler], Server]) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        while server.read_request(conn):
+            conn.sendall(OK)
+
+    server = serve(handler)
+    pool = SyncPool("127.0.0.1", server.port, 4)
+    for _ in range(5):
+        reply = pool.request(HEAD, {}, b"{}", _deadline(), 1.0)
+        assert (reply.status_code, reply.content) == (200, b"{}")
+        assert reply.headers["content-type"] == "application/json"
+    assert server.accepted == 1
+    pool.close()
+
+
+def test_a_connection_closed_while_idle_is_replaced_transparently(
+    serve: Callable[[Handler], Server],
+) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        if server.read_request(conn):
+            conn.sendall(OK)
+        conn.close()  # like uvicorn's keep-alive timeout, without saying so in the answer
+
+    server = serve(handler)
+    pool = SyncPool("127.0.0.1", server.port, 4)
+    for _ in range(3):
+        assert pool.request(HEAD, {}, b"{}", _deadline(), 1.0).status_code == 200
+    pool.close()
+    assert server.accepted == 3
+
+
+def test_an_answer_cut_short_is_an_error_not_a_resend(
+    serve: Callable[[Handler], Server],
+) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        if server.read_request(conn):
+            conn.sendall(OK[:-1])
+        conn.close()
+
+    server = serve(handler)
+    pool = SyncPool("127.0.0.1", server.port, 4)
+    with pytest.raises(BadAnswer, match="in the middle of its answer"):
+        pool.request(HEAD, {}, b"{}", _deadline(), 1.0)
+    assert server.requests == 1
+
+
+def test_a_malformed_answer_is_refused(serve: Callable[[Handler], Server]) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        if server.read_request(conn):
+            conn.sendall(b"HTTP/9 banana\r\n\r\n")
+        conn.close()
+
+    server = serve(handler)
+    with pytest.raises(BadAnswer, match="malformed HTTP answer"):
+        SyncPool("127.0.0.1", server.port, 1).request(HEAD, {}, b"{}", _deadline(), 1.0)
+
+
+def test_chunked_answers_are_read_whole(serve: Callable[[Handler], Server]) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        if server.read_request(conn):
+            conn.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n"
+                b'retry-after: 1\r\n\r\n5\r\n{"err\r\n9\r\nor": "x"}\r\n0\r\n\r\n'
+            )
+
+    server = serve(handler)
+    pool = SyncPool("127.0.0.1", server.port, 1)
+    reply = pool.request(HEAD, {}, b"{}", _deadline(), 1.0)
+    pool.close()
+    assert reply.status_code == 503
+    assert reply.headers["retry-after"] == "1"
+    assert reply.content == b'{"error": "x"}'
+
+
+def test_a_silent_server_times_out_at_the_deadline(serve: Callable[[Handler], Server]) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read_request(conn)
+        time.sleep(3)
+        conn.close()
+
+    server = serve(handler)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        SyncPool("127.0.0.1", server.port, 1).request(HEAD, {}, b"{}", _deadline(0.3), 1.0)
+    assert 0.25 < time.monotonic() - started < 1.5
+
+
+def test_a_refused_connection_is_an_os_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again at once: nothing listens there
+    with pytest.raises(ConnectionRefusedError):
+        SyncPool("127.0.0.1", port, 1).request(HEAD, {}, b"{}", _deadline(), 1.0)
+
+
+def test_the_pool_bounds_concurrent_connections(serve: Callable[[Handler], Server]) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        while server.read_request(conn):
+            time.sleep(0.5)
+            conn.sendall(OK)
+
+    server = serve(handler)
+    pool = SyncPool("127.0.0.1", server.port, 1)
+    first = threading.Thread(target=pool.request, args=(HEAD, {}, b"{}", _deadline(), 1.0))
+    first.start()
+    time.sleep(0.1)  # the only connection is busy for another 0.4 s
+    with pytest.raises(PoolTimeout, match="no free connection"):
+        pool.request(HEAD, {}, b"{}", _deadline(0.2), 1.0)
+    first.join()
+    assert server.accepted == 1
+    pool.close()
+
+
+def test_async_pool_reuses_replaces_and_times_out(serve: Callable[[Handler], Server]) -> None:
+    def handler(conn: socket.socket, index: int) -> None:
+        while server.read_request(conn):
+            if server.requests == 4:
+                time.sleep(2)  # the fourth request gets no answer in time
+            conn.sendall(OK)
+            if index == 1 and server.requests == 2:
+                conn.close()  # the first connection dies while idle after two answers
+                return
+
+    server = serve(handler)
+
+    async def main() -> None:
+        pool = AsyncPool("127.0.0.1", server.port, 4)
+        for _ in range(3):
+            reply = await pool.request(HEAD, {}, b"{}", _deadline(), 1.0)
+            assert reply.status_code == 200
+        with pytest.raises(TimeoutError):
+            await pool.request(HEAD, {}, b"{}", _deadline(0.3), 1.0)
+        pool.close()
+
+    asyncio.run(main())
+    assert server.accepted >= 2
