@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv install install-test zookeeper check test models demo bench-store bench-serving bench-blade clean
+.PHONY: venv install install-test zookeeper check test models demo bench-store bench-serving bench-blade bench-sdk clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench-store: install-test zookeeper
 bench-serving: install models
 	$(PIP) install -q -e '.[bench]'
 	$(PY) benchmarks/serving/run.py
+
+# SDK: route selection, overhead over a direct EasClient and throughput (needs tritonclient from the
+# test extras), publish-to-first-call with 100 SDK processes on both backends.
+bench-sdk: install-test zookeeper
+	$(PY) benchmarks/sdk/route_selection.py
+	$(PY) benchmarks/sdk/overhead.py
+	$(PY) benchmarks/sdk/propagation.py --json benchmarks/sdk/results/propagation.json
 
 bench-blade: install models
 	$(PY) benchmarks/blade/cpu.py --full-length

@@ -212,5 +212,7 @@ def _rendezvous_buckets(routes: Sequence[Route]) -> array[int]:
         u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
         scores[i] = route.weight / -np.log(u)
     winners = scores.argmax(axis=0)
-    typecode = "H" if len(routes) <= 0xFFFF else "L"
-    return array(typecode, winners.tolist())
+    small = len(routes) <= 0xFFFF
+    out = array("H" if small else "L")
+    out.frombytes(winners.astype(np.uint16 if small else np.dtype(f"u{out.itemsize}")).tobytes())
+    return out
