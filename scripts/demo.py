@@ -7,12 +7,16 @@
    (sqlite, ~/.autoai/demo/store.db);
 4. traffic to each instance found in the store, at concurrency 1 and 8, with the client-side and
    server-side QPS and RT side by side, as in the original Blade write-up's tables;
-5. SIGTERM to both: they deregister, drain and exit.
+5. a route table published by hand (plain 90 / blade 10, built by blade_aspect.on_publish) and
+   traffic through the SDK (`autoai.sdk.ModelClient`): the split as published, per-version RT from
+   the client-side metrics, then blade promoted to 100% and a rollback to the first revision;
+6. SIGTERM to both: they deregister, drain and exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -27,8 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blade import optimize, render_report  # noqa: E402
-from config_store import open_store  # noqa: E402
+import blade_aspect  # noqa: E402
+from autoai.sdk import ModelClient  # noqa: E402
+from blade import render_report  # noqa: E402
+from config_store import ConfigStore, open_store  # noqa: E402
 from eas_client import encode_request  # noqa: E402
 
 CACHE = Path(os.environ.get("AUTOAI_CACHE", Path.home() / ".cache" / "autoai")) / "models"
@@ -104,18 +110,89 @@ async def load(
     return latencies
 
 
+def route_table(entries: list[dict[str, object]]) -> bytes:
+    doc = {"schema_version": 1, "model": "minilm", "revision": 0, "routes": entries}
+    return json.dumps(doc).encode()
+
+
+def sdk_demo(
+    store: ConfigStore, plan: blade_aspect.DeployPlan, data: dict[str, np.ndarray]
+) -> None:
+    """Publish 90/10, route 400 calls through the SDK, promote, roll back."""
+    from prometheus_client import CollectorRegistry
+
+    plain = {"service": "minilm-1", "processor": "onnx"}
+    tuned = {"service": "minilm-2", "processor": plan.processor, "blade": plan.blade}
+
+    def entries(w1: int, w2: int) -> list[dict[str, object]]:
+        return [
+            blade_aspect.on_publish({"version": "1", "weight": w1}, plain),
+            blade_aspect.on_publish({"version": "2", "weight": w2}, tuned, fallback_version="1"),
+        ]
+
+    first = store.publish("minilm", route_table(entries(90, 10)))
+    registry = CollectorRegistry()
+    rows = [{k: v[i : i + 1] for k, v in data.items()} for i in range(len(data["input_ids"]))]
+    with ModelClient(store, registry=registry) as client:
+
+        def traffic(n: int) -> dict[str, int]:
+            seen = {"1": 0, "2": 0}
+            for i in range(n):
+                client.predict("minilm", rows[i % len(rows)], outputs=["sentence_embedding"])
+            for version in seen:
+                labels = {"model": "minilm", "version": version}
+                for processor in ("onnx", "blade"):
+                    value = registry.get_sample_value(
+                        "autoai_client_requests_total",
+                        {**labels, "processor": processor, "outcome": "ok"},
+                    )
+                    seen[version] += int(value or 0)
+            return seen
+
+        def rt(version: str, processor: str) -> str:
+            labels = {"model": "minilm", "version": version, "processor": processor}
+            total = registry.get_sample_value("autoai_client_request_duration_seconds_sum", labels)
+            count = registry.get_sample_value(
+                "autoai_client_request_duration_seconds_count", labels
+            )
+            return f"{total / count * 1e3:.2f} ms" if total and count else "-"
+
+        counts = traffic(400)
+        print(f"\nSDK, route table revision {first} (v1 plain 90 / v2 {plan.processor} 10):")
+        print(f"  calls per version {counts}; mean client RT v1 {rt('1', 'onnx')}, "
+              f"v2 {rt('2', plan.processor)}")  # fmt: skip
+        promoted = store.publish("minilm", route_table(entries(0, 100)))
+        while client.routes("minilm").revision != promoted:
+            time.sleep(0.01)
+        before = counts["2"]
+        counts = traffic(100)
+        print(
+            f"  revision {promoted}: v2 promoted to 100%: {counts['2'] - before} of 100 calls on v2"
+        )
+        old = next(h for h in store.history("minilm", limit=100) if h.revision == first)
+        rolled = store.publish("minilm", old.content)
+        while client.routes("minilm").revision != rolled:
+            time.sleep(0.01)
+        print(
+            f"  revision {rolled}: rolled back to revision {old.revision} (90/10) "
+            f"{client.routes('minilm').routes[0].weight}/{client.routes('minilm').routes[1].weight}"
+        )
+
+
 def main() -> int:
     model, data, label = example_model()
     print(f"example model: {label} ({model})\n")
     out = HOME / "minilm.blade"
-    result = optimize(model, device="cpu", test_data=data, output_dir=out, batch_sizes=(1, 8))
-    print(render_report(result.report) + "\n")
+    spec = {"blade": {"test_data": data, "batch_sizes": [1, 8]}}
+    plan = blade_aspect.on_deploy(model, spec, output_dir=out, progress=True)
+    assert plan.report is not None
+    print(render_report(plan.report) + "\n" + f"deploy plan: {plan.reason}\n")
     store_url = f"sqlite://{HOME / 'store.db'}"
-    blade_args = ["--model", str(result.artifact_dir), "--processor", "blade", "--name", "minilm"]
-    blade_args += ["--service", "minilm-1-blade", "--store", store_url]
+    blade_args = ["--model", str(plan.model_path), "--processor", plan.processor]
+    blade_args += ["--name", "minilm", "--version", "2", "--store", store_url]
     servers = {
         "onnx": start_server(["--model", str(model), "--name", "minilm", "--store", store_url]),
-        "blade": start_server(blade_args),
+        plan.processor if plan.processor != "onnx" else "onnx (v2)": start_server(blade_args),
     }
     bodies = []
     for i in range(len(data["input_ids"])):
@@ -124,7 +201,7 @@ def main() -> int:
         bodies.append((body, length or 0))
     with open_store(store_url, snapshot_dir=HOME / "snapshot", failover_dir=False) as store:
         time.sleep(0.5)
-        found = {s: store.instances(s) for s in ("minilm-1", "minilm-1-blade")}
+        found = {s: store.instances(s) for s in ("minilm-1", "minilm-2")}
         print(
             "instances in the store:", {s: [i.address for i in v] for s, v in found.items()}, "\n"
         )
@@ -150,13 +227,14 @@ def main() -> int:
                 server = f"{d['requests'] / elapsed:10.1f} {rt:6.2f} {queue:8.2f} {compute:10.2f}"
                 server += f" {mean_batch:5.1f}"
                 print(f"{name:9} {concurrency:>3} | {client} | {server}")
+        sdk_demo(store, plan, data)
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
         codes = [proc.wait(60) for proc, _ in servers.values()]
-        left = {s: store.instances(s) for s in ("minilm-1", "minilm-1-blade")}
+        left = {s: store.instances(s) for s in ("minilm-1", "minilm-2")}
         remaining = sum(len(v) for v in left.values())
         print(f"\nSIGTERM: exit codes {codes}; instances left in the store: {remaining}")
-    print(f"blade artifact: {result.artifact_dir}  (speedup {result.speedup:.2f}x at batch 8)")
+    print(f"blade artifact: {plan.model_path}  ({plan.reason})")
     return 0
 
 
