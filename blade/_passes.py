@@ -108,6 +108,54 @@ def _fusion_options(model: ModelInfo) -> Any:
     return opts
 
 
+def _scalar(graph: onnx.GraphProto, name: str) -> float | None:
+    """The value of a scalar constant (initializer or Constant node), else None."""
+    for init in graph.initializer:
+        if init.name == name:
+            array = onnx.numpy_helper.to_array(init)
+            return float(array.reshape(-1)[0]) if array.size == 1 else None
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    array = onnx.numpy_helper.to_array(attr.t)
+                    return float(array.reshape(-1)[0]) if array.size == 1 else None
+    return None
+
+
+def divide_attention_scale(graph: onnx.GraphProto) -> int:
+    """Rewrite ``Softmax(Add(Mul(MatMul(q, k), c), mask))`` as ``Div(MatMul(q, k), 1 / c)``.
+
+    Exporters scale attention scores with a Mul; the mask term is a Mul too, and ORT's attention
+    fusion, which takes the first Mul parent of the Add for the mask, then fails on every layer.
+    A Div by the reciprocal is the form it matches (``1 / c`` is exact for power-of-two head sizes;
+    otherwise within one float rounding, which the lossless gate checks). Returns the rewrites.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    rewritten = 0
+    for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
+        add = producer.get(softmax.input[0])
+        if add is None or add.op_type != "Add":
+            continue
+        for name in add.input:
+            mul = producer.get(name)
+            if mul is None or mul.op_type != "Mul":
+                continue
+            matmul = producer.get(mul.input[0])
+            scale = _scalar(graph, mul.input[1])
+            if matmul is None or matmul.op_type != "MatMul" or not scale:
+                continue
+            reciprocal = f"{mul.name or mul.output[0]}/reciprocal"
+            graph.initializer.append(
+                onnx.numpy_helper.from_array(np.array(1.0 / scale, dtype=np.float32), reciprocal)
+            )
+            mul.op_type = "Div"
+            mul.input[1] = reciprocal
+            rewritten += 1
+            break
+    return rewritten
+
+
 def build_fusion(
     model: ModelInfo, source: Path, out: Path, runtime: RuntimeConfig, device: str
 ) -> Candidate:
@@ -115,6 +163,11 @@ def build_fusion(
     the heads and hidden size detected from the graph."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    proto = onnx.load(str(source))
+    rescaled = divide_attention_scale(proto.graph)
+    if rescaled:
+        source = out.with_name(out.stem + ".prefusion.onnx")
+        onnx.save(proto, str(source))
     failure = None
     with _quiet():
         try:
@@ -136,6 +189,8 @@ def build_fusion(
         raise ValueError("no transformer pattern matched: nothing to fuse")
     fused.save_model_to_file(str(out))
     notes = {"fused": stats, "num_heads": model.num_heads, "hidden_size": model.hidden_size}
+    if rescaled:
+        notes["attention_scale_to_div"] = rescaled
     return Candidate("transformer-fusion", "lossless", out, runtime, notes)
 
 
