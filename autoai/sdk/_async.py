@@ -34,6 +34,7 @@ class AsyncModelClient(_BaseModelClient):
         super().__init__(store, **options)
         self._shadow_limit = shadow_concurrency
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def predict(
         self,
@@ -49,6 +50,11 @@ class AsyncModelClient(_BaseModelClient):
         sub = self._subscriptions.get(model)
         if sub is None or not sub.first.is_set():
             await asyncio.to_thread(self._subscribe, model)
+        if self._retired:
+            for stale in self._due():
+                task = asyncio.get_running_loop().create_task(stale.aclose())
+                self._closing.add(task)  # kept referenced until done, awaited on close
+                task.add_done_callback(self._closing.discard)
         routing, route = self._route(model, inputs, key, version)
         client = self._client(routing.table, route)
         result: Outputs = await client.infer(inputs, outputs, timeout)
@@ -87,8 +93,8 @@ class AsyncModelClient(_BaseModelClient):
     async def aclose(self) -> None:
         """Stop watching, wait for shadow calls, close the clients (and an owned store)."""
         clients = self._cancel()
-        if self._shadow_tasks:
-            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        if self._shadow_tasks or self._closing:
+            await asyncio.gather(*self._shadow_tasks, *self._closing, return_exceptions=True)
         for client in clients:
             await client.aclose()
         await asyncio.to_thread(self._close_store)

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,7 @@ class _BaseModelClient:
         registry: Any = None,
         subscribe_timeout: float = 10.0,
         snapshot_dir: str | None = None,
+        retire_after: float = 30.0,
         **client_options: Any,
     ) -> None:
         """Args:
@@ -85,6 +87,8 @@ class _BaseModelClient:
             global one).
         subscribe_timeout: how long the first call of a model waits for its route table.
         snapshot_dir: the store's local snapshot directory, when opening by URL.
+        retire_after: seconds a route's client lives on after a revision dropped the route (calls
+            still in flight finish), before it is closed.
         **client_options: passed to every ``EasClient`` (``max_attempts``, ``binary``,
             ``transport``, ``retry_budget``, ...).
         """
@@ -104,6 +108,11 @@ class _BaseModelClient:
         self._metrics = ClientMetrics(registry)
         self._subscriptions: dict[str, _Subscription] = {}
         self._clients: dict[tuple[str, ...], Any] = {}
+        # Keys of the clients each client was built with (a blade client's fallback): retiring
+        # one retires its dependents too, so that none keeps calling through a closed client.
+        self._depends: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+        self._retire_after = retire_after
+        self._retired: list[tuple[float, Any]] = []  # (close at, client), oldest first
         self._lock = threading.RLock()
         self._closed = False
 
@@ -142,6 +151,7 @@ class _BaseModelClient:
             sub.routing = _Routing(table, RouteSelector(table))
             sub.error = None
             self._export_revision(old.table if old else None, table)
+            self._retire_stale(table)
         finally:
             sub.first.set()
 
@@ -186,25 +196,33 @@ class _BaseModelClient:
 
     # -- clients --------------------------------------------------------------------------
 
+    @staticmethod
+    def _key(model: str, route: Route) -> tuple[str, ...]:
+        blade = json.dumps(route.raw.get("blade"), sort_keys=True)
+        return (model, route.version, route.service, route.processor, blade)
+
     def _client(self, table: RouteTable, route: Route) -> Any:
         """The client of a route, made once per (model, version, service, processor, blade)."""
-        blade = json.dumps(route.raw.get("blade"), sort_keys=True)
-        key = (table.model, route.version, route.service, route.processor, blade)
+        key = self._key(table.model, route)
         client = self._clients.get(key)
         if client is not None:
             return client
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._make_client(table, route)
+                client = self._make_client(table, route, key)
                 self._clients[key] = client
         return client
 
-    def _make_client(self, table: RouteTable, route: Route) -> Any:
+    def _make_client(self, table: RouteTable, route: Route, key: tuple[str, ...]) -> Any:
         cls = blade_aspect.on_call(route, asynchronous=self._asynchronous)
-        extra = blade_aspect.call_options(
-            route, lambda version: self._client(table, table.route(version))
-        )
+
+        def resolve(version: str) -> Any:
+            other = table.route(version)
+            self._depends.setdefault(self._key(table.model, other), set()).add(key)
+            return self._client(table, other)
+
+        extra = blade_aspect.call_options(route, resolve)
         return cls(
             store=self._store,
             service=route.service,
@@ -215,6 +233,35 @@ class _BaseModelClient:
             **self._client_options,
             **extra,
         )
+
+    def _retire_stale(self, table: RouteTable) -> None:
+        """Set aside the clients of ``table.model`` that the new revision no longer routes to
+        (and the clients built on them); they are closed ``retire_after`` seconds later."""
+        live = {self._key(table.model, r) for r in table.routes}
+        if table.shadow is not None:
+            live.add(self._key(table.model, table.shadow.route))
+        with self._lock:
+            stale = [k for k in self._clients if k[0] == table.model and k not in live]
+            seen: set[tuple[str, ...]] = set()
+            while stale:
+                key = stale.pop()
+                if key in seen:
+                    continue
+                seen.add(key)
+                stale.extend(self._depends.pop(key, ()))
+                client = self._clients.pop(key, None)
+                if client is not None:
+                    self._retired.append((time.monotonic() + self._retire_after, client))
+
+    def _due(self) -> list[Any]:
+        """Retired clients whose grace period is over (taken out of the list)."""
+        if not self._retired:
+            return []
+        now = time.monotonic()
+        with self._lock:
+            due = [c for t, c in self._retired if t <= now]
+            self._retired = [(t, c) for t, c in self._retired if t > now]
+        return due
 
     # -- shadow ---------------------------------------------------------------------------
 
@@ -258,8 +305,9 @@ class _BaseModelClient:
             for sub in self._subscriptions.values():
                 if sub.handle is not None:
                     sub.handle.cancel()
-            clients = list(self._clients.values())
+            clients = list(self._clients.values()) + [c for _, c in self._retired]
             self._clients.clear()
+            self._retired.clear()
         return clients
 
     def _close_store(self) -> None:

@@ -85,6 +85,9 @@ class ModelClient(_BaseModelClient):
             eas_client.NoInstanceAvailable: no live instance answered within the retry budget.
             eas_client.EasClientError: the other transport and server errors.
         """
+        if self._retired:
+            for stale in self._due():
+                stale.close()
         routing, route = self._route(model, inputs, key, version)
         result: Outputs = self._client(routing.table, route).infer(inputs, outputs, timeout)
         shadow = self._shadow_route(routing, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -186,3 +187,46 @@ def test_embedded_store_routes_the_same_way(sqlite_fleet: Fleet) -> None:
         revision = sqlite_fleet.publish(route_table([{"version": "2", "weight": 100}]))
         wait_for(lambda: client.routes(MODEL).revision == revision, what="the new revision")
         assert tag_of(inputs, client.predict(MODEL, inputs)) == 2
+
+
+def test_clients_of_routes_a_revision_dropped_are_closed_after_the_grace_period(
+    zk_fleet: Fleet,
+) -> None:
+    zk_fleet.publish(route_table([{"version": "1", "weight": 50}, {"version": "2", "weight": 50}]))
+    inputs = x()
+    with ModelClient(zk_fleet.url, registry=CollectorRegistry(), retire_after=0.2) as client:
+        for _ in range(4):
+            client.predict(MODEL, inputs)
+        first = dict(client._clients)
+        assert {k[1] for k in first} == {"1", "2"}
+        revision = zk_fleet.publish(route_table([{"version": "2", "weight": 100}]))
+        wait_for(lambda: client.routes(MODEL).revision == revision, what="the new revision")
+        assert {k[1] for k in client._clients} == {"2"}  # version 1's client set aside
+        old = next(c for k, c in first.items() if k[1] == "1")
+        assert not old._closed  # calls still in flight on it may finish
+        time.sleep(0.3)
+        assert tag_of(inputs, client.predict(MODEL, inputs)) == 2  # this call closes it
+        assert old._closed
+        assert (
+            next(c for k, c in first.items() if k[1] == "2")
+            is client._clients[next(iter(client._clients))]
+        )  # the surviving route kept its client (and its connections)
+
+
+def test_a_blade_client_is_retired_with_the_fallback_client_it_calls(zk_fleet: Fleet) -> None:
+    meta = {
+        "engine": "ort-cpu",
+        "profiles": {"batch": [1, 8], "seq": [1, 4]},
+        "fallback_version": "1",
+    }
+    blade = {"version": "3", "weight": 100, "processor": "blade", "blade": meta}
+    zk_fleet.publish(route_table([blade, {"version": "1", "weight": 0}]))
+    with ModelClient(zk_fleet.url, registry=CollectorRegistry(), retire_after=60) as client:
+        assert tag_of(x(n=4), client.predict(MODEL, x(n=4))) == 3
+        assert tag_of(x(n=6), client.predict(MODEL, x(n=6))) == 1  # seq 6: the fallback
+        assert {k[1] for k in client._clients} == {"1", "3"}
+        moved = {"version": "1", "weight": 0, "service": f"{MODEL}-2"}  # v1 now served elsewhere
+        revision = zk_fleet.publish(route_table([blade, moved]))
+        wait_for(lambda: client.routes(MODEL).revision == revision, what="the new revision")
+        assert client._clients == {}  # v1's client went, and the blade client built on it
+        assert tag_of(x(n=6), client.predict(MODEL, x(n=6))) == 2  # fallback: the new service
