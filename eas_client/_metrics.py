@@ -11,7 +11,7 @@ where named:
 | ``autoai_client_requests_total`` | Counter | ``outcome``: ok error timeout unavailable invalid |
 | ``autoai_client_retries_total`` | Counter | |
 | ``autoai_client_route_revision`` | Gauge | |
-| ``autoai_client_shadow_requests_total`` | Counter | ``outcome``: agree, disagree, error |
+| ``autoai_client_shadow_requests_total`` | Counter | ``outcome``: agree, disagree, error, dropped |
 | ``autoai_client_shadow_agreement`` | Histogram of cosine similarity, buckets near 1 | |
 | ``autoai_client_fallbacks_total`` | Counter | ``reason`` (free text, few values) |
 
@@ -31,7 +31,7 @@ __all__ = ["LABELS", "OUTCOMES", "SHADOW_OUTCOMES", "CallMetrics", "ClientMetric
 
 LABELS: Final = ("model", "version", "processor")
 OUTCOMES: Final = ("ok", "error", "timeout", "unavailable", "invalid")
-SHADOW_OUTCOMES: Final = ("agree", "disagree", "error")
+SHADOW_OUTCOMES: Final = ("agree", "disagree", "error", "dropped")
 
 _DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 _DURATION_BUCKETS_ALL: Final = (*_DURATION_BUCKETS, 1.0, 2.5, 5.0, 10.0)
@@ -59,7 +59,7 @@ class ClientMetrics:
         requests: calls by ``outcome`` (Counter).
         retries: retries made (Counter).
         route_revision: revision of the route table in use (Gauge).
-        shadow_requests: shadow calls by ``outcome`` agree / disagree / error (Counter).
+        shadow_requests: shadow calls by ``outcome`` agree / disagree / error / dropped (Counter).
         shadow_agreement: cosine similarity of shadow and primary outputs (Histogram).
         fallbacks: calls served by a fallback route, by ``reason`` (Counter).
 
@@ -116,7 +116,7 @@ class ClientMetrics:
         )
         self.shadow_requests = Counter(
             "autoai_client_shadow_requests_total",
-            "Shadow (mirrored) calls by outcome (agree, disagree, error)",
+            "Shadow (mirrored) calls by outcome (agree, disagree, error, dropped)",
             (*labels, "outcome"),
             registry=registry,
         )

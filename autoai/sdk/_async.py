@@ -73,8 +73,7 @@ class AsyncModelClient(_BaseModelClient):
     ) -> None:
         table = routing.table
         if len(self._shadow_tasks) >= self._shadow_limit:
-            labels = {"model": table.model, "version": route.version, "processor": route.processor}
-            self._metrics.shadow_requests.labels(**labels, outcome="dropped").inc()
+            self._count_shadow(table, route, "dropped")
             return
         client = self._client(table, route)
 

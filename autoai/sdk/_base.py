@@ -276,17 +276,21 @@ class _BaseModelClient:
         self, table: RouteTable, route: Route, primary: Outputs, shadow: Outputs | None
     ) -> None:
         """Record one shadow comparison (``shadow`` None: the shadow call failed)."""
-        labels = {"model": table.model, "version": route.version, "processor": route.processor}
         if shadow is None:
-            self._metrics.shadow_requests.labels(**labels, outcome="error").inc()
+            self._count_shadow(table, route, "error")
             return
         result = compare_outputs(primary, shadow)
         agree = result.cosine >= 0.99 and (
             result.top1_agreement is None or result.top1_agreement >= 0.99
         )
-        self._metrics.shadow_agreement.labels(**labels).observe(result.cosine)
-        outcome = "agree" if agree else "disagree"
-        self._metrics.shadow_requests.labels(**labels, outcome=outcome).inc()
+        labels = (table.model, route.version, route.processor)
+        self._metrics.shadow_agreement.labels(*labels).observe(result.cosine)
+        self._count_shadow(table, route, "agree" if agree else "disagree")
+
+    def _count_shadow(self, table: RouteTable, route: Route, outcome: str) -> None:
+        """``autoai_client_shadow_requests_total``: agree, disagree, error or dropped."""
+        labels = (table.model, route.version, route.processor, outcome)
+        self._metrics.shadow_requests.labels(*labels).inc()
 
     # -- lifecycle ------------------------------------------------------------------------
 

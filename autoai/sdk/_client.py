@@ -105,8 +105,7 @@ class ModelClient(_BaseModelClient):
     ) -> None:
         table = routing.table
         if not self._shadow_slots.acquire(blocking=False):
-            labels = {"model": table.model, "version": route.version, "processor": route.processor}
-            self._metrics.shadow_requests.labels(**labels, outcome="dropped").inc()
+            self._count_shadow(table, route, "dropped")
             return
         client = self._client(table, route)
 
