@@ -15,6 +15,8 @@ PACKAGES = [
     "blade_client",
     "blade_aspect",
     "autoai.sdk",
+    "autoai.api",
+    "autoai.repository",
 ]
 
 

@@ -1,0 +1,29 @@
+"""Settings of the control plane (``AUTOAI_`` environment variables, or arguments)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ControlSettings"]
+
+
+def _home() -> Path:
+    return Path.home() / ".autoai"
+
+
+class ControlSettings(BaseSettings):
+    """Where the control plane keeps its state and who may change it."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTOAI_", extra="forbid")
+
+    store_url: str = Field(default_factory=lambda: f"sqlite:///{_home() / 'store.db'}")
+    """The config store: ``zk://...`` or ``sqlite:///...`` (embedded default)."""
+    repo_dir: Path = Field(default_factory=lambda: _home() / "repo")
+    """The model repository directory."""
+    admin_token: str | None = None
+    """Bearer token required on every write (None: writes are open, for a local demo)."""
+    protect_reads: bool = False
+    """Require the admin token on reads too."""

@@ -1,0 +1,313 @@
+"""Model files by content, model records in the config store.
+
+Files live under ``root/blobs/sha256/<2 hex>/<64 hex>.onnx``, written to a temporary file and
+renamed, so a reader never sees half a file and the same bytes registered twice are stored once.
+Each model's record (its versions, their digests and signatures) is one JSON document in the
+store's ``control`` group, key ``model.<name>``, updated with compare-and-swap: two control-plane
+replicas registering at once get versions N and N+1, never the same N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from config_store import ConfigStore, Conflict as StoreConflict
+
+from ..errors import Conflict, InvalidRequest, NotFound
+
+__all__ = ["MAX_MODEL_BYTES", "Model", "ModelRepository", "ModelVersion", "validate_name"]
+
+GROUP: Final = "control"
+MAX_MODEL_BYTES: Final = 2 * 1024**3  # ONNX's protobuf limit: larger models use external data
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_CAS_ATTEMPTS: Final = 20
+
+
+def validate_name(name: object) -> str:
+    """A model name: 1-63 of ``a-z 0-9 -``, starting and ending alphanumeric (a DNS label, so
+    that services and Kubernetes objects can be named after it).
+
+    Raises:
+        InvalidRequest: the name is not of that form.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"model name {name!r} is invalid: expected 1-63 characters of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit",
+            {"name": name},
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version.
+
+    Attributes:
+        name: the model.
+        version: ``"1"``, ``"2"``, ... in registration order.
+        sha256: digest of the ONNX file (its key in the repository).
+        size: bytes.
+        signature: ``{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}`` with OIP
+            datatypes and -1 for dynamic dimensions.
+        source: where it came from (upload file name or URI).
+        created: registration time (Unix seconds).
+        path: the stored file.
+    """
+
+    name: str
+    version: str
+    sha256: str
+    size: int
+    signature: dict[str, Any]
+    source: str
+    created: float
+    path: str
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model and its versions, oldest first."""
+
+    name: str
+    versions: tuple[ModelVersion, ...] = field(default=())
+
+    def json(self) -> dict[str, Any]:
+        return {"name": self.name, "versions": [v.json() for v in self.versions]}
+
+
+def _signature(path: Path) -> dict[str, Any]:
+    """Inputs and outputs with OIP datatypes, read from the graph."""
+    from blade import BladeError
+    from blade._model import inspect_model
+    from eas_client import datatype_of
+
+    try:
+        info = inspect_model(path)
+    except BladeError as exc:
+        raise InvalidRequest(f"not a usable ONNX model: {exc}") from exc
+
+    def tensors(items: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": t.name, "datatype": datatype_of(t.dtype), "shape": list(t.shape)}
+            for t in items
+        ]
+
+    return {"inputs": tensors(info.inputs), "outputs": tensors(info.outputs)}
+
+
+class ModelRepository:
+    """Registered models: files by digest under ``root``, records in ``store``.
+
+    Args:
+        root: the repository directory (created when missing).
+        store: the config store holding the records.
+        is_deployed: tells whether a version is deployed (deletion is refused then); the control
+            plane passes its deployment service's check.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        store: ConfigStore,
+        is_deployed: Callable[[str, str], bool] | None = None,
+    ):
+        self.root = Path(root)
+        self.store = store
+        self._is_deployed = is_deployed or (lambda name, version: False)
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _blob(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest[:2] / f"{digest}.onnx"
+
+    def _store_bytes(self, data: bytes) -> tuple[str, Path]:
+        if not data:
+            raise InvalidRequest("the model file is empty")
+        if len(data) > MAX_MODEL_BYTES:
+            raise InvalidRequest(
+                f"the model file has {len(data)} bytes, more than {MAX_MODEL_BYTES}",
+                {"size": len(data), "limit": MAX_MODEL_BYTES},
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._blob(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return digest, path
+
+    @staticmethod
+    def read_uri(uri: str, *, timeout: float = 60.0) -> bytes:
+        """The bytes behind a ``file://`` or ``http(s)://`` URI.
+
+        Raises:
+            InvalidRequest: another scheme, or the file / URL cannot be read.
+        """
+        parts = urlsplit(uri)
+        if parts.scheme == "file":
+            try:
+                return Path(parts.path).read_bytes()
+            except OSError as exc:
+                raise InvalidRequest(f"cannot read {uri}: {exc.strerror}", {"uri": uri}) from exc
+        if parts.scheme in ("http", "https"):
+            import httpx
+
+            try:
+                with httpx.stream("GET", uri, timeout=timeout, follow_redirects=True) as answer:
+                    answer.raise_for_status()
+                    chunks, size = [], 0
+                    for chunk in answer.iter_bytes():
+                        size += len(chunk)
+                        if size > MAX_MODEL_BYTES:
+                            raise InvalidRequest(f"{uri} is larger than {MAX_MODEL_BYTES} bytes")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+            except httpx.HTTPError as exc:
+                raise InvalidRequest(f"cannot download {uri}: {exc}", {"uri": uri}) from exc
+        raise InvalidRequest(
+            f"unsupported URI scheme {parts.scheme!r}: expected file://, http:// or https://",
+            {"uri": uri},
+        )
+
+    # -- records --------------------------------------------------------------------------
+
+    def _record(self, name: str) -> tuple[dict[str, Any], int | None]:
+        item = self.store.get(f"model.{name}", group=GROUP)
+        if item is None:
+            return {"schema_version": 1, "name": name, "versions": [], "next": 1}, None
+        return json.loads(item.content), item.revision
+
+    def register(self, name: str, data: bytes | Path, *, source: str | None = None) -> ModelVersion:
+        """Store a model file and record it as the model's next version.
+
+        Args:
+            name: the model name (created on first registration).
+            data: the ONNX file's bytes, or its path.
+            source: where it came from, for the record (default: the path, or "upload").
+
+        Raises:
+            InvalidRequest: a bad name, an empty, oversized or unreadable file, not an ONNX model.
+        """
+        validate_name(name)
+        if isinstance(data, Path):
+            file = data
+            source = source or str(file)
+            try:
+                data = file.read_bytes()
+            except OSError as exc:
+                raise InvalidRequest(f"cannot read {file}: {exc.strerror}") from exc
+        digest, path = self._store_bytes(data)
+        signature = _signature(path)
+        for _ in range(_CAS_ATTEMPTS):
+            record, revision = self._record(name)
+            # Numbers are never reused, not even those of deleted versions: a number may still be
+            # in a published route table's history.
+            number = int(record.get("next", 1))
+            record["next"] = number + 1
+            version = ModelVersion(
+                name=name,
+                version=str(number),
+                sha256=digest,
+                size=len(data),
+                signature=signature,
+                source=source or "upload",
+                created=time.time(),
+                path=str(path),
+            )
+            record["versions"].append(version.json())
+            try:
+                self.store.publish(
+                    f"model.{name}",
+                    json.dumps(record).encode(),
+                    group=GROUP,
+                    expected_revision=revision or 0,
+                )
+            except StoreConflict:
+                continue  # another replica registered meanwhile: take the next number
+            return version
+        raise Conflict(f"model {name!r} kept changing while registering; try again")
+
+    def models(self) -> list[Model]:
+        """Every registered model, by name."""
+        names = [k.removeprefix("model.") for k in self.store.keys(GROUP) if k.startswith("model.")]
+        return [self.model(n) for n in sorted(names)]
+
+    def model(self, name: str) -> Model:
+        """A model and its versions.
+
+        Raises:
+            NotFound: no such model.
+        """
+        record, revision = self._record(validate_name(name))
+        if revision is None:
+            raise NotFound(f"model {name!r} is not registered", {"name": name})
+        return Model(name, tuple(ModelVersion(**v) for v in record["versions"]))
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        """One version of a model.
+
+        Raises:
+            NotFound: no such model or version (the message lists the versions).
+        """
+        model = self.model(name)
+        for v in model.versions:
+            if v.version == version:
+                return v
+        have = [v.version for v in model.versions]
+        raise NotFound(
+            f"model {name!r} has no version {version!r}; versions: {have}",
+            {"name": name, "version": version, "versions": have},
+        )
+
+    def delete(self, name: str, version: str) -> None:
+        """Forget a version (its file stays while another version shares the digest; the model
+        stays, with its version counter, when its last version goes).
+
+        Raises:
+            NotFound: no such model or version.
+            Conflict: the version is deployed.
+        """
+        target = self.version(name, version)
+        if self._is_deployed(name, version):
+            raise Conflict(
+                f"model {name!r} version {version!r} is deployed: undeploy it first",
+                {"name": name, "version": version},
+            )
+        for _ in range(_CAS_ATTEMPTS):
+            record, revision = self._record(name)
+            record["versions"] = [v for v in record["versions"] if v["version"] != version]
+            try:
+                self.store.publish(
+                    f"model.{name}",
+                    json.dumps(record).encode(),
+                    group=GROUP,
+                    expected_revision=revision,
+                )
+            except StoreConflict:
+                continue
+            break
+        else:
+            raise Conflict(f"model {name!r} kept changing while deleting; try again")
+        if not any(v.sha256 == target.sha256 for m in self.models() for v in m.versions):
+            Path(target.path).unlink(missing_ok=True)

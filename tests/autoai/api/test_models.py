@@ -1,0 +1,95 @@
+"""The models API through the real app (lifespan, embedded store, repository on disk)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from autoai.api import ControlSettings, create_app
+from tests.fixtures import onnx_models
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = ControlSettings(
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+        repo_dir=tmp_path / "repo",
+        admin_token=TOKEN,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_upload_list_show_delete(client: TestClient, tmp_path: Path) -> None:
+    model = onnx_models.classifier(tmp_path)
+    with model.open("rb") as f:
+        created = client.post(
+            "/api/v1/models", data={"name": "intent-cls"}, files={"file": f}, headers=AUTH
+        )
+    assert created.status_code == 201, created.text
+    assert created.json()["version"] == "1"
+    assert created.json()["signature"]["inputs"][0]["datatype"] == "FP32"
+    by_uri = client.post(
+        "/api/v1/models", json={"name": "intent-cls", "uri": f"file://{model}"}, headers=AUTH
+    )
+    assert by_uri.status_code == 201 and by_uri.json()["version"] == "2"
+    listed = client.get("/api/v1/models").json()["models"]
+    assert [(m["name"], len(m["versions"])) for m in listed] == [("intent-cls", 2)]
+    assert client.get("/api/v1/models/intent-cls/versions/2").json()["source"] == f"file://{model}"
+    assert client.delete("/api/v1/models/intent-cls/versions/1", headers=AUTH).status_code == 204
+    assert [v["version"] for v in client.get("/api/v1/models/intent-cls").json()["versions"]] == [
+        "2"
+    ]
+
+
+def test_writes_need_the_admin_token(client: TestClient) -> None:
+    body = {"name": "m", "uri": "file:///nowhere.onnx"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        answer = client.post("/api/v1/models", json=body, headers=headers)
+        assert answer.status_code == 401
+        assert "admin token" in answer.json()["error"]
+    assert client.delete("/api/v1/models/m/versions/1").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"json": {"name": "m"}}, 400, "needs 'name' and 'uri'"),
+        ({"json": {"name": "Bad Name", "uri": "file:///x"}}, 400, "cannot read"),
+        ({"json": {"name": "m", "uri": "ftp://x/y.onnx"}}, 400, "unsupported URI scheme"),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "expected",
+        ),
+        ({"data": {"name": "m"}, "files": {"file": ("m.onnx", b"garbage")}}, 400, "not a usable"),
+        ({"data": {"name": "m"}, "files": {"other": ("m.onnx", b"x")}}, 400, "'file'"),
+    ],
+)
+def test_bad_registrations_are_4xx_with_a_reason(
+    client: TestClient, kwargs: dict[str, object], status: int, message: str
+) -> None:
+    headers = {**AUTH, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+    answer = client.post("/api/v1/models", headers=headers, **kwargs)  # type: ignore[arg-type]
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    assert client.get("/api/v1/models").json()["models"] == []
+
+
+def test_unknown_models_and_versions_are_404(client: TestClient, tmp_path: Path) -> None:
+    assert client.get("/api/v1/models/nope").status_code == 404
+    client.post(
+        "/api/v1/models",
+        json={"name": "m", "uri": f"file://{onnx_models.identity(tmp_path)}"},
+        headers=AUTH,
+    )
+    answer = client.get("/api/v1/models/m/versions/7")
+    assert answer.status_code == 404
+    assert answer.json()["detail"]["versions"] == ["1"]
+    assert client.get("/healthz").json() == {"status": "ok"}
