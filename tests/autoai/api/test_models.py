@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,27 +58,32 @@ def test_writes_need_the_admin_token(client: TestClient) -> None:
     assert client.delete("/api/v1/models/m/versions/1").status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "status", "message"),
-    [
-        ({"json": {"name": "m"}}, 400, "needs 'name' and 'uri'"),
-        ({"json": {"name": "Bad Name", "uri": "file:///x"}}, 400, "cannot read"),
-        ({"json": {"name": "m", "uri": "ftp://x/y.onnx"}}, 400, "unsupported URI scheme"),
-        (
-            {"content": b"{not json", "headers": {"content-type": "application/json"}},
-            400,
-            "expected",
-        ),
-        ({"data": {"name": "m"}, "files": {"file": ("m.onnx", b"garbage")}}, 400, "not a usable"),
-        ({"data": {"name": "m"}, "files": {"other": ("m.onnx", b"x")}}, 400, "'file'"),
-    ],
-)
-def test_bad_registrations_are_4xx_with_a_reason(
-    client: TestClient, kwargs: dict[str, object], status: int, message: str
+BAD: list[tuple[dict[str, Any], str]] = [
+    ({"json": {"name": "m"}}, "needs 'name' and 'uri'"),
+    ({"json": {"name": "Bad Name", "uri": "file:///x"}}, "cannot read"),
+    ({"json": {"name": "m", "uri": "ftp://x/y.onnx"}}, "unsupported URI scheme"),
+    ({"content": b"{not json", "type": "application/json"}, "expected"),
+    ({"data": {"name": "m"}, "files": {"file": ("m.onnx", b"garbage")}}, "not a usable"),
+    ({"data": {"name": "m"}, "files": {"other": ("m.onnx", b"x")}}, "'file'"),
+]
+
+
+@pytest.mark.parametrize(("case", "message"), BAD)
+def test_bad_registrations_are_400_with_a_reason(
+    client: TestClient, case: dict[str, Any], message: str
 ) -> None:
-    headers = {**AUTH, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
-    answer = client.post("/api/v1/models", headers=headers, **kwargs)  # type: ignore[arg-type]
-    assert answer.status_code == status, answer.text
+    headers = dict(AUTH)
+    if "type" in case:
+        headers["content-type"] = case["type"]
+    answer = client.post(
+        "/api/v1/models",
+        headers=headers,
+        json=case.get("json"),
+        content=case.get("content"),
+        data=case.get("data"),
+        files=case.get("files"),
+    )
+    assert answer.status_code == 400, answer.text
     assert message in answer.json()["error"]
     assert client.get("/api/v1/models").json()["models"] == []
 
