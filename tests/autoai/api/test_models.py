@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from autoai.api import ControlSettings, create_app
 from tests.fixtures import onnx_models
@@ -16,46 +16,59 @@ TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+pytestmark = pytest.mark.anyio
+
+
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process (httpx.ASGITransport), with its lifespan run around the test."""
     settings = ControlSettings(
         store_url=f"sqlite:///{tmp_path / 'store.db'}",
         repo_dir=tmp_path / "repo",
         admin_token=TOKEN,
     )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
+            yield c
 
 
-def test_upload_list_show_delete(client: TestClient, tmp_path: Path) -> None:
+async def test_upload_list_show_delete(client: httpx.AsyncClient, tmp_path: Path) -> None:
     model = onnx_models.classifier(tmp_path)
     with model.open("rb") as f:
-        created = client.post(
+        created = await client.post(
             "/api/v1/models", data={"name": "intent-cls"}, files={"file": f}, headers=AUTH
         )
     assert created.status_code == 201, created.text
     assert created.json()["version"] == "1"
     assert created.json()["signature"]["inputs"][0]["datatype"] == "FP32"
-    by_uri = client.post(
+    by_uri = await client.post(
         "/api/v1/models", json={"name": "intent-cls", "uri": f"file://{model}"}, headers=AUTH
     )
     assert by_uri.status_code == 201 and by_uri.json()["version"] == "2"
-    listed = client.get("/api/v1/models").json()["models"]
+    listed = (await client.get("/api/v1/models")).json()["models"]
     assert [(m["name"], len(m["versions"])) for m in listed] == [("intent-cls", 2)]
-    assert client.get("/api/v1/models/intent-cls/versions/2").json()["source"] == f"file://{model}"
-    assert client.delete("/api/v1/models/intent-cls/versions/1", headers=AUTH).status_code == 204
-    assert [v["version"] for v in client.get("/api/v1/models/intent-cls").json()["versions"]] == [
-        "2"
-    ]
+    shown = (await client.get("/api/v1/models/intent-cls/versions/2")).json()
+    assert shown["source"] == f"file://{model}"
+    deleted = await client.delete("/api/v1/models/intent-cls/versions/1", headers=AUTH)
+    assert deleted.status_code == 204
+    model_doc = (await client.get("/api/v1/models/intent-cls")).json()
+    assert [v["version"] for v in model_doc["versions"]] == ["2"]
 
 
-def test_writes_need_the_admin_token(client: TestClient) -> None:
+async def test_writes_need_the_admin_token(client: httpx.AsyncClient) -> None:
     body = {"name": "m", "uri": "file:///nowhere.onnx"}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        answer = client.post("/api/v1/models", json=body, headers=headers)
+        answer = await client.post("/api/v1/models", json=body, headers=headers)
         assert answer.status_code == 401
         assert "admin token" in answer.json()["error"]
-    assert client.delete("/api/v1/models/m/versions/1").status_code == 401
+    assert (await client.delete("/api/v1/models/m/versions/1")).status_code == 401
 
 
 BAD: list[tuple[dict[str, Any], str]] = [
@@ -69,13 +82,13 @@ BAD: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("case", "message"), BAD)
-def test_bad_registrations_are_400_with_a_reason(
-    client: TestClient, case: dict[str, Any], message: str
+async def test_bad_registrations_are_400_with_a_reason(
+    client: httpx.AsyncClient, case: dict[str, Any], message: str
 ) -> None:
     headers = dict(AUTH)
     if "type" in case:
         headers["content-type"] = case["type"]
-    answer = client.post(
+    answer = await client.post(
         "/api/v1/models",
         headers=headers,
         json=case.get("json"),
@@ -85,17 +98,19 @@ def test_bad_registrations_are_400_with_a_reason(
     )
     assert answer.status_code == 400, answer.text
     assert message in answer.json()["error"]
-    assert client.get("/api/v1/models").json()["models"] == []
+    assert (await client.get("/api/v1/models")).json()["models"] == []
 
 
-def test_unknown_models_and_versions_are_404(client: TestClient, tmp_path: Path) -> None:
-    assert client.get("/api/v1/models/nope").status_code == 404
-    client.post(
+async def test_unknown_models_and_versions_are_404(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    assert (await client.get("/api/v1/models/nope")).status_code == 404
+    await client.post(
         "/api/v1/models",
         json={"name": "m", "uri": f"file://{onnx_models.identity(tmp_path)}"},
         headers=AUTH,
     )
-    answer = client.get("/api/v1/models/m/versions/7")
+    answer = await client.get("/api/v1/models/m/versions/7")
     assert answer.status_code == 404
     assert answer.json()["detail"]["versions"] == ["1"]
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
