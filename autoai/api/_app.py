@@ -19,7 +19,10 @@ from fastapi.responses import JSONResponse
 
 from config_store import ConfigStore, open_store
 
+from ..deployments import DeploymentService
 from ..errors import Conflict, ControlPlaneError, InvalidRequest, NotFound, Unauthorized
+from ..jobs import JobRunner
+from ..orchestrators import LocalOrchestrator
 from ..repository import ModelRepository
 from ._settings import ControlSettings
 
@@ -36,10 +39,18 @@ STATUS: Final[dict[type[ControlPlaneError], int]] = {
 class Services:
     """What the routes use; built once per app."""
 
-    def __init__(self, settings: ControlSettings, store: ConfigStore, repository: ModelRepository):
+    def __init__(self, settings: ControlSettings, store: ConfigStore):
         self.settings = settings
         self.store = store
-        self.repository = repository
+        self.jobs = JobRunner()
+        self.deployments: DeploymentService
+        self.repository = ModelRepository(
+            settings.repo_dir, store, is_deployed=lambda n, v: self.deployments.is_deployed(n, v)
+        )
+        orchestrator = LocalOrchestrator(store, settings.store_url, settings.run_dir)
+        self.deployments = DeploymentService(
+            store, self.repository, orchestrator, self.jobs, settings.repo_dir / "artifacts"
+        )
 
 
 def services(request: Request) -> Services:
@@ -75,10 +86,10 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.store_url)
         try:
-            repository = ModelRepository(settings.repo_dir, store)
-            app.state.services = Services(settings, store, repository)
+            app.state.services = Services(settings, store)
             yield
         finally:
+            app.state.services.jobs.wait(timeout=30)
             store.close()
 
     app = FastAPI(
@@ -107,7 +118,8 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    from .routers import models
+    from .routers import deployments, models
 
     app.include_router(models.router)
+    app.include_router(deployments.router)
     return app

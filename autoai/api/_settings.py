@@ -23,6 +23,8 @@ class ControlSettings(BaseSettings):
     """The config store: ``zk://...`` or ``sqlite:///...`` (embedded default)."""
     repo_dir: Path = Field(default_factory=lambda: _home() / "repo")
     """The model repository directory."""
+    run_dir: Path = Field(default_factory=lambda: _home() / "run")
+    """Service JSONs and logs of the instances the local orchestrator starts."""
     admin_token: str | None = None
     """Bearer token required on every write (None: writes are open, for a local demo)."""
     protect_reads: bool = False

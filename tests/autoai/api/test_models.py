@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from autoai.api import ControlSettings, create_app
 from tests.fixtures import onnx_models
 
-TOKEN = "s3cret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
+from .conftest import AUTH, TOKEN
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in process (httpx.ASGITransport), with its lifespan run around the test."""
-    settings = ControlSettings(
-        store_url=f"sqlite:///{tmp_path / 'store.db'}",
-        repo_dir=tmp_path / "repo",
-        admin_token=TOKEN,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
-            yield c
 
 
 async def test_upload_list_show_delete(client: httpx.AsyncClient, tmp_path: Path) -> None:

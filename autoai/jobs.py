@@ -1,0 +1,117 @@
+"""Long work (deploys, optimizations) as jobs: a thread each, state a client can poll.
+
+```python
+job = jobs.submit("deploy intent-cls 3", work)   # work(job) -> result dict; job.step(...) reports
+jobs.get(job.id).json()   # {"id", "kind", "state", "progress", "step", "log", "result", "error"}
+```
+States: ``pending`` -> ``running`` -> ``succeeded`` | ``failed``. Jobs live in memory for the
+control plane's lifetime (a restarted control plane reconciles deployments from the store, not
+from jobs).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ControlPlaneError, NotFound
+
+__all__ = ["Job", "JobRunner"]
+
+_LOG_LINES = 200
+
+
+class Job:
+    """One unit of long work and what it reported."""
+
+    def __init__(self, kind: str, title: str):
+        self.id = uuid.uuid4().hex[:12]
+        self.kind = kind
+        self.title = title
+        self.state = "pending"
+        self.progress = 0.0
+        self.current = ""
+        self.log: deque[str] = deque(maxlen=_LOG_LINES)
+        self.result: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.created = time.time()
+        self.finished: float | None = None
+        self.done = threading.Event()
+
+    def step(self, name: str, progress: float | None = None) -> None:
+        """Report the current step (and progress in 0..1)."""
+        self.current = name
+        if progress is not None:
+            self.progress = max(self.progress, min(1.0, progress))
+        self.say(name)
+
+    def say(self, line: str) -> None:
+        self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "title": self.title,
+            "state": self.state,
+            "progress": round(self.progress, 3),
+            "step": self.current,
+            "log": list(self.log),
+            "result": self.result,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+        }
+
+
+class JobRunner:
+    """Runs jobs on their own threads and keeps them for polling."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, title: str, work: Callable[[Job], dict[str, Any]]) -> Job:
+        job = Job(kind, title)
+        with self._lock:
+            self._jobs[job.id] = job
+
+        def run() -> None:
+            job.state = "running"
+            try:
+                job.result = work(job)
+                job.progress = 1.0
+                job.state = "succeeded"
+                job.say("done")
+            except ControlPlaneError as exc:
+                job.error = {"error": str(exc), "detail": exc.detail}
+                job.state = "failed"
+                job.say(f"failed: {exc}")
+            except Exception as exc:  # a job's failure is its result, never a crashed thread
+                job.error = {"error": f"{type(exc).__name__}: {exc}", "detail": {}}
+                job.state = "failed"
+                job.say(f"failed: {type(exc).__name__}: {exc}")
+            finally:
+                job.finished = time.time()
+                job.done.set()
+
+        threading.Thread(target=run, name=f"job-{job.id}", daemon=True).start()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """Raises: NotFound: no such job."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", {"job": job_id})
+        return job
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for every job (shutdown, tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for job in list(self._jobs.values()):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            job.done.wait(left)

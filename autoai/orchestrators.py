@@ -1,0 +1,181 @@
+"""Where instances run. ``LocalOrchestrator`` starts ``eas-server`` processes on this host.
+
+Each instance is a detached process (its own session, so it outlives the control plane), started
+from a service JSON the orchestrator writes (EAS keys: ``name``, ``version``, ``processor``,
+``model_path``, ``metadata.rpc.*``) plus ``--store`` and ``--service``; it registers itself in the
+store when ready. The orchestrator waits for every instance to register, and on failure stops what
+it started and reports the instance's last log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from config_store import ConfigStore
+
+from .errors import ControlPlaneError
+
+__all__ = ["InstanceRecord", "LocalOrchestrator", "StartFailed"]
+
+
+class StartFailed(ControlPlaneError):
+    """An instance did not become ready; ``detail["log"]`` holds its last lines."""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A started instance: enough to find, adopt or stop it later."""
+
+    pid: int
+    args: list[str]
+    log: str
+    started: float
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+class LocalOrchestrator:
+    """Starts and stops ``eas-server`` processes on this host.
+
+    Args:
+        store: where instances register (the control plane's store).
+        store_url: the URL the instances open (the same store).
+        run_dir: service JSONs and logs go here.
+    """
+
+    def __init__(self, store: ConfigStore, store_url: str, run_dir: str | Path):
+        self.store = store
+        self.store_url = store_url
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Children started by this control plane, kept so that they are reaped when they exit
+        # (instances adopted after a restart are not our children and need no reaping).
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(
+        self,
+        service: str,
+        service_json: Mapping[str, Any],
+        instances: int,
+        *,
+        timeout: float = 120.0,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[InstanceRecord]:
+        """Start ``instances`` processes of one service and wait until all registered.
+
+        Raises:
+            StartFailed: a process exited or did not register in time (all started ones are
+                stopped again; the detail has the log tail).
+        """
+        config = self.run_dir / f"{service}.json"
+        config.write_text(json.dumps(service_json, indent=2))
+        started: list[InstanceRecord] = []
+        try:
+            for i in range(instances):
+                log = self.run_dir / f"{service}.{int(time.time() * 1000)}.{i}.log"
+                args = [
+                    sys.executable, "-m", "eas_server", "--config", str(config),
+                    "--store", self.store_url, "--service", service, "--port", "0",
+                ]  # fmt: skip
+                with log.open("ab") as out:
+                    proc = subprocess.Popen(
+                        args,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # detached: survives the control plane
+                    )
+                self._children[proc.pid] = proc
+                started.append(InstanceRecord(proc.pid, args, str(log), time.time()))
+                if progress:
+                    progress(f"started instance {i + 1}/{instances} (pid {proc.pid})")
+            self._wait_registered(service, started, timeout)
+        except BaseException:
+            self.stop(started)
+            raise
+        return started
+
+    def _wait_registered(
+        self, service: str, started: Sequence[InstanceRecord], timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            live = {i.payload.get("pid") for i in self.store.instances(service)}
+            if all(r.pid in live for r in started):
+                return
+            for record in started:
+                if not self.alive(record):
+                    raise StartFailed(
+                        f"instance pid {record.pid} of {service} exited before it was ready",
+                        {"service": service, "log": _tail(Path(record.log))},
+                    )
+            if time.monotonic() > deadline:
+                raise StartFailed(
+                    f"{service}: instances did not register within {timeout:g} s",
+                    {"service": service, "log": _tail(Path(started[-1].log))},
+                )
+            time.sleep(0.1)
+
+    def stop(self, records: Sequence[InstanceRecord], timeout: float = 30.0) -> None:
+        """SIGTERM (drain), then SIGKILL after ``timeout``; only the PIDs given."""
+        for record in records:
+            if _alive(record.pid):
+                try:
+                    os.kill(record.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for record in records:
+            while _alive(record.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(record.pid):
+                try:
+                    os.kill(record.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            child = self._children.pop(record.pid, None)
+            if child is not None:
+                child.wait(timeout)
+
+    def alive(self, record: InstanceRecord) -> bool:
+        child = self._children.get(record.pid)
+        if child is not None:
+            return child.poll() is None
+        return _alive(record.pid)
+
+    def close(self) -> None:
+        """Forget the children (they keep running, detached); reap those already gone."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]

@@ -1,0 +1,116 @@
+"""Deploy through the API: real eas-server processes started detached by the local orchestrator,
+registered in the embedded store, called, drained; failures leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from autoai.api import ControlSettings
+from config_store import open_store
+from eas_client import EasClient
+from tests.fixtures import onnx_models
+
+from .conftest import AUTH
+
+pytestmark = pytest.mark.anyio
+
+
+async def _register(client: httpx.AsyncClient, tmp_path: Path, tag: float = 5.0) -> str:
+    model = onnx_models.tagged(tmp_path, tag)
+    answer = await client.post(
+        "/api/v1/models", json={"name": "tagger", "uri": f"file://{model}"}, headers=AUTH
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["version"])
+
+
+async def _finish(client: httpx.AsyncClient, job: str, timeout: float = 90) -> dict[str, Any]:
+    for _ in range(int(timeout / 0.1)):
+        doc: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job}")).json()
+        if doc["state"] in ("succeeded", "failed"):
+            return doc
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job} did not finish")
+
+
+@pytest.mark.slow
+async def test_deploy_call_undeploy(
+    client: httpx.AsyncClient, settings: ControlSettings, tmp_path: Path
+) -> None:
+    version = await _register(client, tmp_path)
+    spec = {"processor": "onnx", "metadata": {"instance": 2, "rpc": {"max_batch_size": 8}}}
+    answer = await client.post(
+        f"/api/v1/models/tagger/versions/{version}/deploy", json=spec, headers=AUTH
+    )
+    assert answer.status_code == 202, answer.text
+    job = await _finish(client, answer.json()["job"])
+    assert job["state"] == "succeeded", job
+    deployment = (await client.get(f"/api/v1/models/tagger/versions/{version}/deployment")).json()
+    assert deployment["service"] == "tagger-1" and deployment["processor"] == "onnx"
+    assert [(i["alive"], i["ready"]) for i in deployment["instances"]] == [(True, True)] * 2
+    x = np.ones((2, 3), np.float32)
+    with open_store(settings.store_url, snapshot_dir=False) as store:
+        with EasClient(store=store, service="tagger-1") as eas:
+            np.testing.assert_allclose(eas.infer({"x": x})["y"], x + 5)
+        again = await client.post(
+            f"/api/v1/models/tagger/versions/{version}/deploy", json=spec, headers=AUTH
+        )
+        assert again.status_code == 409
+        refused = await client.delete(f"/api/v1/models/tagger/versions/{version}", headers=AUTH)
+        assert refused.status_code == 409  # deployed versions cannot be deleted
+        pids = [i["pid"] for i in deployment["instances"]]
+        gone = await client.delete(f"/api/v1/models/tagger/versions/{version}/deploy", headers=AUTH)
+        assert gone.status_code == 204
+        assert store.instances("tagger-1") == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    missing = await client.get(f"/api/v1/models/tagger/versions/{version}/deployment")
+    assert missing.status_code == 404
+
+
+async def test_bad_deploy_requests_are_refused_at_once(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    version = await _register(client, tmp_path)
+    url = f"/api/v1/models/tagger/versions/{version}/deploy"
+    cases = [
+        ({"processor": "tensorflow"}, 400, "expected 'onnx' or 'blade'"),
+        ({"metadata": {"instance": 0}}, 400, "metadata.instance is 0"),
+        ({"processor": "onnx", "blade": True}, 400, "contradicts"),
+    ]
+    for spec, code, message in cases:
+        answer = await client.post(url, json=spec, headers=AUTH)
+        assert answer.status_code == code, answer.text
+        assert message in answer.json()["error"]
+    assert (await client.post(url, json=[1, 2], headers=AUTH)).status_code == 422
+    unknown = await client.post("/api/v1/models/tagger/versions/9/deploy", json={}, headers=AUTH)
+    assert unknown.status_code == 404
+    assert (await client.post(url, json={})).status_code == 401
+    assert (await client.get("/api/v1/jobs/nope")).status_code == 404
+
+
+@pytest.mark.slow
+async def test_a_deploy_whose_instance_cannot_start_fails_and_leaves_nothing(
+    client: httpx.AsyncClient, settings: ControlSettings, tmp_path: Path
+) -> None:
+    version = await _register(client, tmp_path)
+    spec = {"metadata": {"rpc": {"max_batch_size": 0}}}  # the server refuses this setting
+    answer = await client.post(
+        f"/api/v1/models/tagger/versions/{version}/deploy", json=spec, headers=AUTH
+    )
+    job = await _finish(client, answer.json()["job"])
+    assert job["state"] == "failed"
+    assert "exited before it was ready" in job["error"]["error"]
+    assert any("--max-batch-size" in line for line in job["error"]["detail"]["log"])
+    missing = await client.get(f"/api/v1/models/tagger/versions/{version}/deployment")
+    assert missing.status_code == 404
+    with open_store(settings.store_url, snapshot_dir=False) as store:
+        assert store.instances("tagger-1") == []
