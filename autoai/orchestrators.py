@@ -24,7 +24,7 @@ from config_store import ConfigStore
 
 from .errors import ControlPlaneError
 
-__all__ = ["InstanceRecord", "LocalOrchestrator", "StartFailed"]
+__all__ = ["InstanceRecord", "LocalOrchestrator", "StartFailed", "process_alive"]
 
 
 class StartFailed(ControlPlaneError):
@@ -51,18 +51,45 @@ def _tail(path: Path, lines: int = 20) -> list[str]:
         return []
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+# Started through a short-lived launcher, so that instances are not children of the control plane:
+# nothing of ours must reap them, and they outlive it (their own session, parent init).
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,"
+    " stderr=subprocess.STDOUT, start_new_session=True)\n"
+    "print(p.pid)\n"
+)
+
+
+def _launch(args: Sequence[str], log: Path) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(log), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise StartFailed(
+            f"could not launch {args[:4]}: {done.stderr.strip()[-500:]}", {"log": _tail(log)}
+        )
+    return int(done.stdout.strip())
 
 
 class LocalOrchestrator:
@@ -79,9 +106,6 @@ class LocalOrchestrator:
         self.store_url = store_url
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Children started by this control plane, kept so that they are reaped when they exit
-        # (instances adopted after a restart are not our children and need no reaping).
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(
         self,
@@ -108,18 +132,10 @@ class LocalOrchestrator:
                     sys.executable, "-m", "eas_server", "--config", str(config),
                     "--store", self.store_url, "--service", service, "--port", "0",
                 ]  # fmt: skip
-                with log.open("ab") as out:
-                    proc = subprocess.Popen(
-                        args,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # detached: survives the control plane
-                    )
-                self._children[proc.pid] = proc
-                started.append(InstanceRecord(proc.pid, args, str(log), time.time()))
+                pid = _launch(args, log)
+                started.append(InstanceRecord(pid, args, str(log), time.time()))
                 if progress:
-                    progress(f"started instance {i + 1}/{instances} (pid {proc.pid})")
+                    progress(f"started instance {i + 1}/{instances} (pid {pid})")
             self._wait_registered(service, started, timeout)
         except BaseException:
             self.stop(started)
@@ -150,32 +166,23 @@ class LocalOrchestrator:
     def stop(self, records: Sequence[InstanceRecord], timeout: float = 30.0) -> None:
         """SIGTERM (drain), then SIGKILL after ``timeout``; only the PIDs given."""
         for record in records:
-            if _alive(record.pid):
+            if process_alive(record.pid):
                 try:
                     os.kill(record.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout
         for record in records:
-            while _alive(record.pid) and time.monotonic() < deadline:
+            while process_alive(record.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(record.pid):
+            if process_alive(record.pid):
                 try:
                     os.kill(record.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            child = self._children.pop(record.pid, None)
-            if child is not None:
-                child.wait(timeout)
+            while process_alive(record.pid) and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
 
-    def alive(self, record: InstanceRecord) -> bool:
-        child = self._children.get(record.pid)
-        if child is not None:
-            return child.poll() is None
-        return _alive(record.pid)
-
-    def close(self) -> None:
-        """Forget the children (they keep running, detached); reap those already gone."""
-        for pid, child in list(self._children.items()):
-            if child.poll() is not None:
-                del self._children[pid]
+    @staticmethod
+    def alive(record: InstanceRecord) -> bool:
+        return process_alive(record.pid)

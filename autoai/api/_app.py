@@ -23,6 +23,7 @@ from ..deployments import DeploymentService
 from ..errors import Conflict, ControlPlaneError, InvalidRequest, NotFound, Unauthorized
 from ..jobs import JobRunner
 from ..orchestrators import LocalOrchestrator
+from ..releases import ReleaseService
 from ..repository import ModelRepository
 from ._settings import ControlSettings
 
@@ -51,6 +52,7 @@ class Services:
         self.deployments = DeploymentService(
             store, self.repository, orchestrator, self.jobs, settings.repo_dir / "artifacts"
         )
+        self.releases = ReleaseService(store, self.repository, self.deployments)
 
 
 def services(request: Request) -> Services:
@@ -118,8 +120,9 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    from .routers import deployments, models
+    from .routers import deployments, models, releases
 
     app.include_router(models.router)
     app.include_router(deployments.router)
+    app.include_router(releases.router)
     return app

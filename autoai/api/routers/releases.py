@@ -1,0 +1,40 @@
+"""Publish a model's route table, list its releases, roll back."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.concurrency import run_in_threadpool
+
+from ...errors import InvalidRequest
+from .._app import Services, require_read, require_write, services
+
+router = APIRouter(prefix="/api/v1/models/{name}", tags=["releases"])
+
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.post("/publish", dependencies=[Depends(require_write)])
+async def publish(
+    name: str, svc: Svc, request: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
+    """``{"routes": [{"version", "weight"}], "sticky_key", "shadow", "expected_revision",
+    "reason"}``: validated, then one compare-and-swap write of the route table."""
+    return await run_in_threadpool(svc.releases.publish, name, request)
+
+
+@router.get("/releases", dependencies=[Depends(require_read)])
+async def releases(name: str, svc: Svc, limit: int = 20) -> dict[str, Any]:
+    return {"releases": await run_in_threadpool(svc.releases.releases, name, limit)}
+
+
+@router.post("/rollback", dependencies=[Depends(require_write)])
+async def rollback(
+    name: str, svc: Svc, request: Annotated[dict[str, Any] | None, Body()] = None
+) -> dict[str, Any]:
+    """Republish an earlier revision (``{"revision": null}``: the previous one)."""
+    revision = (request or {}).get("revision")
+    if revision is not None and (not isinstance(revision, int) or isinstance(revision, bool)):
+        raise InvalidRequest(f"revision is {revision!r}, expected an integer or null")
+    return {"revision": await run_in_threadpool(svc.releases.rollback, name, revision)}

@@ -1,0 +1,122 @@
+"""End to end through REST on the embedded store: register two versions, deploy both, publish
+90/10, SDK calls split as published, promote, roll back; bad publishes change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from autoai.api import ControlSettings
+from autoai.sdk import ModelClient
+from tests.fixtures import onnx_models
+
+from .conftest import AUTH
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+X = {"x": np.zeros((1, 4), np.float32)}
+
+
+async def _ok(answer: httpx.Response, code: int = 200) -> dict[str, Any]:
+    assert answer.status_code == code, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def _deploy(client: httpx.AsyncClient, version: str) -> None:
+    url = f"/api/v1/models/tagger/versions/{version}/deploy"
+    job = (await _ok(await client.post(url, json={}, headers=AUTH), 202))["job"]
+    for _ in range(900):
+        doc = (await client.get(f"/api/v1/jobs/{job}")).json()
+        if doc["state"] != "running" and doc["state"] != "pending":
+            assert doc["state"] == "succeeded", doc
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("deploy did not finish")
+
+
+def _split(sdk: ModelClient, calls: int = 200) -> Counter[int]:
+    return Counter(round(float(sdk.predict("tagger", X)["y"][0, 0])) for _ in range(calls))
+
+
+async def test_register_deploy_publish_route_promote_roll_back(
+    client: httpx.AsyncClient, settings: ControlSettings, tmp_path: Path
+) -> None:
+    for tag in (1.0, 2.0):
+        model = onnx_models.tagged(tmp_path, tag)
+        body = {"name": "tagger", "uri": f"file://{model}"}
+        await _ok(await client.post("/api/v1/models", json=body, headers=AUTH), 201)
+    for version in ("1", "2"):
+        await _deploy(client, version)
+    url = "/api/v1/models/tagger"
+    routes = {"routes": [{"version": "1", "weight": 90}, {"version": "2", "weight": 10}]}
+    first = await _ok(await client.post(f"{url}/publish", json=routes, headers=AUTH))
+    table = first["table"]
+    assert [(r["version"], r["service"], r["processor"]) for r in table["routes"]] == [
+        ("1", "tagger-1", "onnx"),
+        ("2", "tagger-2", "onnx"),
+    ]
+    sdk = await asyncio.to_thread(ModelClient, settings.store_url, registry=CollectorRegistry())
+    try:
+        split = await asyncio.to_thread(_split, sdk)
+        assert split == Counter({1: 180, 2: 20})
+        promote = {"routes": [{"version": "2", "weight": 100}], "reason": "canary healthy"}
+        stale = {**promote, "expected_revision": first["revision"] + 5}
+        assert (await client.post(f"{url}/publish", json=stale, headers=AUTH)).status_code == 409
+        second = await _ok(await client.post(f"{url}/publish", json=promote, headers=AUTH))
+        while sdk.routes("tagger").revision != second["revision"]:
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(_split, sdk, 20) == Counter({2: 20})
+        back = await _ok(await client.post(f"{url}/rollback", json={}, headers=AUTH))
+        while sdk.routes("tagger").revision != back["revision"]:
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(_split, sdk) == Counter({1: 180, 2: 20})
+    finally:
+        await asyncio.to_thread(sdk.close)
+    releases = (await client.get(f"{url}/releases")).json()["releases"]
+    assert [r["routes"] for r in releases] == [
+        {"1": 90, "2": 10},
+        {"2": 100},
+        {"1": 90, "2": 10},
+    ]
+    assert releases[0]["reason"] == f"rollback to revision {first['revision']}"
+    assert releases[1]["reason"] == "canary healthy"
+
+
+async def test_bad_publishes_change_nothing(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    model = onnx_models.tagged(tmp_path, 1.0)
+    other = onnx_models.identity(tmp_path / "other", dtype="INT64")
+    for path in (model, other):
+        body = {"name": "tagger", "uri": f"file://{path}"}
+        await _ok(await client.post("/api/v1/models", json=body, headers=AUTH), 201)
+    await _deploy(client, "1")
+    await _deploy(client, "2")
+    url = "/api/v1/models/tagger/publish"
+    cases = [
+        ({"routes": []}, "non-empty list"),
+        ({"routes": [{"version": "1", "weight": 1}, {"version": "1", "weight": 2}]}, "once"),
+        ({"routes": [{"version": "3", "weight": 1}]}, "'3' of 'tagger' is not deployed"),
+        ({"routes": [{"version": "1", "weight": 0}]}, "weight > 0"),
+        ({"routes": [{"version": "1", "weight": -1}]}, "integer >= 0"),
+        (
+            {"routes": [{"version": "1", "weight": 1}, {"version": "2", "weight": 1}]},
+            "other inputs",
+        ),
+        ({"routes": [{"version": "1", "weight": 1}], "shadow": {"version": "1"}}, "shadow"),
+        ({"routes": [{"version": "1", "weight": 1}], "expected_revision": "x"}, "integer or null"),
+    ]
+    for request, message in cases:
+        answer = await client.post(url, json=request, headers=AUTH)
+        assert answer.status_code in (400, 404), (request, answer.text)
+        assert message in answer.json()["error"], (request, answer.json())
+    assert (await client.get("/api/v1/models/tagger/releases")).json()["releases"] == []
+    assert (
+        await client.post("/api/v1/models/tagger/rollback", json={}, headers=AUTH)
+    ).status_code == 404
