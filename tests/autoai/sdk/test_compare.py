@@ -127,7 +127,9 @@ def test_empty_outputs_agree():
 finite = hnp.arrays(
     np.float64,
     hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5),
-    elements=st.floats(-1e6, 1e6),
+    # Not near the bottom of the float range: there, scaling by 0.1-10 underflows to zero or
+    # loses bits, which changes the direction of the vector and is not what is under test.
+    elements=st.floats(-1e6, 1e6).filter(lambda v: v == 0.0 or abs(v) > 1e-300),
 )
 
 
