@@ -16,6 +16,7 @@ import numpy as np
 
 from eas_client import (
     AsyncEasClient,
+    ClientMetrics,
     EasClient,
     EasClientError,
     NoInstanceAvailable,
@@ -46,21 +47,16 @@ class _BladeMixin:
     """What both blade clients hold: the profile, the fallback client and the fallback metric."""
 
     _profile: BladeProfile
-    _fallback_version: str | None
     _fallback_counter: Any
     _fallback_labels: dict[str, str]
 
     def _setup(
         self,
         blade: Mapping[str, Any] | BladeProfile | None,
-        fallback_version: str | None,
         labels: Mapping[str, str] | None,
-        metrics: Any,
+        metrics: ClientMetrics | None,
     ) -> None:
         self._profile = blade if isinstance(blade, BladeProfile) else BladeProfile.from_meta(blade)
-        if fallback_version is None and isinstance(blade, Mapping):
-            fallback_version = blade.get("fallback_version")
-        self._fallback_version = fallback_version
         self._fallback_counter = None
         if metrics is not None:
             values = {"model": "", "version": "", "processor": "blade", **dict(labels or {})}
@@ -95,7 +91,7 @@ class BladeClient(_BladeMixin, EasClient):
     ``autoai_client_fallbacks_total``. The fallback client belongs to the caller (not closed here).
 
     Args:
-        blade: the route's ``blade`` metadata (``profiles``, ``fallback_version``) or a profile.
+        blade: the route's ``blade`` metadata (its ``profiles`` are read) or a profile.
         fallback: the client of the fallback (plain) route, or None for no fallback.
         **options: everything ``EasClient`` takes (``store``, ``service``, ``urls``, ...).
     """
@@ -105,12 +101,11 @@ class BladeClient(_BladeMixin, EasClient):
         *,
         blade: Mapping[str, Any] | BladeProfile | None = None,
         fallback: EasClient | None = None,
-        fallback_version: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self._fallback = fallback
-        self._setup(blade, fallback_version, options.get("labels"), options.get("metrics"))
+        self._setup(blade, options.get("labels"), options.get("metrics"))
 
     def infer(
         self,
@@ -141,12 +136,11 @@ class AsyncBladeClient(_BladeMixin, AsyncEasClient):
         *,
         blade: Mapping[str, Any] | BladeProfile | None = None,
         fallback: AsyncEasClient | None = None,
-        fallback_version: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self._fallback = fallback
-        self._setup(blade, fallback_version, options.get("labels"), options.get("metrics"))
+        self._setup(blade, options.get("labels"), options.get("metrics"))
 
     async def infer(
         self,

@@ -160,7 +160,7 @@ class _BaseModelClient:
         gauge = self._metrics.route_revision
         current = {(new.model, r.version, r.processor) for r in new.routes}
         for route in old.routes if old else ():
-            labels = (old.model if old else "", route.version, route.processor)
+            labels = (new.model, route.version, route.processor)
             if labels not in current:
                 try:
                     gauge.remove(*labels)
