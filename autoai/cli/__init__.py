@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._blade import blade_app
+from ._up import up_command
 
 __all__ = ["app", "main"]
 
@@ -15,6 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(blade_app, name="blade")
+app.command("up")(up_command)
 
 
 def main() -> None:

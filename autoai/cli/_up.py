@@ -1,0 +1,58 @@
+"""``autoai up``: run the control plane (embedded SQLite store, local orchestrator by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+_err = Console(stderr=True)
+
+
+def up_command(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="AUTOAI_STORE_URL",
+            help="config store URL: zk://host:port/chroot or sqlite:///path (default: "
+            "~/.autoai/store.db)",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="port of the REST API")] = 8080,
+    host: Annotated[
+        str, typer.Option(help="address to bind (loopback unless you mean otherwise)")
+    ] = "127.0.0.1",
+    repo: Annotated[
+        Path | None,
+        typer.Option("--repo", envvar="AUTOAI_REPO_DIR", help="model repository directory"),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", envvar="AUTOAI_RUN_DIR", help="instances' configs and logs"),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Start the control plane: REST API on HOST:PORT (OpenAPI at /docs), reconciling the
+    instances recorded in the store. The admin token comes from AUTOAI_ADMIN_TOKEN (never a flag,
+    so that it does not show in `ps`)."""
+    import uvicorn
+
+    from autoai.api import ControlSettings, create_app
+
+    overrides: dict[str, object] = {}
+    if store is not None:
+        overrides["store_url"] = store
+    if repo is not None:
+        overrides["repo_dir"] = repo
+    if run_dir is not None:
+        overrides["run_dir"] = run_dir
+    try:
+        settings = ControlSettings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        _err.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    _err.print(f"autoai control plane on http://{host}:{port} (store {settings.store_url})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
