@@ -157,6 +157,17 @@ class DeploymentService:
             "endpoints": [f"http://{i.address}" for i in live],
         }
 
+    def list(self) -> list[dict[str, Any]]:
+        """Every deployment with its instances' health, by model then version."""
+        found = []
+        for key in self.store.keys(GROUP):
+            if not key.startswith("deployment."):
+                continue
+            item = self.store.get(key, group=GROUP)
+            if item is not None:
+                found.append(self._describe(json.loads(item.content)))
+        return sorted(found, key=lambda d: (d["name"], int(d["version"])))
+
     def get(self, name: str, version: str) -> dict[str, Any]:
         """The deployment with its instances' health.
 

@@ -28,6 +28,12 @@ async def deploy(
     return {"job": job.id}
 
 
+@router.get("/deployments", dependencies=[Depends(require_read)])
+async def list_deployments(svc: Svc) -> dict[str, Any]:
+    """Every deployment with its instances (pid, alive, ready) and endpoints."""
+    return {"deployments": await run_in_threadpool(svc.deployments.list)}
+
+
 @router.get("/models/{name}/versions/{version}/deployment", dependencies=[Depends(require_read)])
 async def get_deployment(name: str, version: str, svc: Svc) -> dict[str, Any]:
     return await run_in_threadpool(svc.deployments.get, name, version)
