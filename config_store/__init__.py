@@ -9,6 +9,7 @@ lst = store.add_listener("intent-cls", on_change, group="models")
 """
 
 from ._base import ConfigStore, StoreState
+from ._election import LeaderElection
 from ._envelope import MAX_CONTENT_BYTES
 from ._errors import (
     ConfigStoreError,
@@ -36,6 +37,7 @@ __all__ = [
     "InstanceCallback",
     "InvalidKey",
     "InvalidUrl",
+    "LeaderElection",
     "Listener",
     "NotFound",
     "PermissionDenied",
