@@ -5,13 +5,19 @@ then runs the long part as a job: ``blade_aspect.on_deploy`` (optimize or not, w
 the orchestrator starts the instances and waits for them to register, and the deployment record
 (``control`` group, key ``deployment.<name>.<version>``) is written last, so a failed deploy leaves
 nothing behind and whatever was serving keeps serving.
+
+Deploy, scale and undeploy of one version hold an operation marker (``operation.<name>.<version>``,
+created by compare-and-swap, naming the replica) while they run: a second operation on the same
+version is a conflict, and the reconciler leaves the version alone while a live replica works on
+it. A marker whose replica died is stale; the reconciler removes it and kills what it had started.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,20 +34,57 @@ __all__ = ["DeploymentService"]
 GROUP: Final = "control"
 MAX_INSTANCES: Final = 16
 _SERVER_METADATA = ("rpc", "workers", "worker_threads", "intra_op_threads")
+MODELS_GROUP: Final = "models"
 
 
 def _key(name: str, version: str) -> str:
     return f"deployment.{name}.{version}"
 
 
+def operation_key(name: str, version: str) -> str:
+    return f"operation.{name}.{version}"
+
+
 def _instances(spec: Mapping[str, Any]) -> int:
-    value = (spec.get("metadata") or {}).get("instance", 1)
+    metadata = spec.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequest(f"metadata must be an object, got {metadata!r}")
+    value = metadata.get("instance", 1)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_INSTANCES:
         raise InvalidRequest(
             f"metadata.instance is {value!r}, expected an integer from 1 to {MAX_INSTANCES}",
             {"instance": value},
         )
     return value
+
+
+def _first_port(spec: Mapping[str, Any], instances: int) -> int:
+    value = (spec.get("metadata") or {}).get("port", 0)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not (value == 0 or 1024 <= value <= 65535 - instances)
+    ):
+        raise InvalidRequest(
+            f"metadata.port is {value!r}, expected 0 (any free port) or a port from 1024 "
+            f"(instance i listens on port + i)",
+            {"port": value},
+        )
+    return value
+
+
+def traffic_versions(table: Mapping[str, Any]) -> set[str]:
+    """Versions a published table sends calls to: weighted routes, their fallbacks, the shadow."""
+    used = set()
+    for route in table.get("routes") or []:
+        if (route.get("weight") or 0) > 0:
+            used.add(str(route["version"]))
+            if route.get("fallback_version"):
+                used.add(str(route["fallback_version"]))
+    shadow = table.get("shadow")
+    if isinstance(shadow, Mapping) and shadow.get("version") is not None:
+        used.add(str(shadow["version"]))
+    return used
 
 
 class DeploymentService:
@@ -54,16 +97,53 @@ class DeploymentService:
         orchestrator: LocalOrchestrator,
         jobs: JobRunner,
         artifacts_dir: str | Path,
+        replica: str = "",
     ):
         self.store = store
         self.repository = repository
         self.orchestrator = orchestrator
         self.jobs = jobs
         self.artifacts_dir = Path(artifacts_dir)
+        self.replica = replica
+        """This control plane's candidate id in the leader election (marks its operations)."""
 
     def _record(self, name: str, version: str) -> dict[str, Any] | None:
         item = self.store.get(_key(name, version), group=GROUP)
         return None if item is None else dict(json.loads(item.content))
+
+    def _begin(self, name: str, version: str, what: str) -> int:
+        """Take the version's operation marker; returns its revision.
+
+        Raises:
+            Conflict: another operation on this version is running.
+        """
+        marker = {"replica": self.replica, "operation": what, "started": time.time()}
+        try:
+            return self.store.publish(
+                operation_key(name, version), json.dumps(marker).encode(), group=GROUP,
+                expected_revision=0,
+            )  # fmt: skip
+        except StoreConflict:
+            item = self.store.get(operation_key(name, version), group=GROUP)
+            running = json.loads(item.content) if item is not None else {}
+            raise Conflict(
+                f"model {name!r} version {version!r}: a {running.get('operation', 'previous')} "
+                "is still running; wait for its job",
+                {"name": name, "version": version, "running": running},
+            ) from None
+
+    def _end(self, name: str, version: str, revision: int) -> None:
+        try:
+            self.store.remove(operation_key(name, version), group=GROUP, expected_revision=revision)
+        except StoreConflict:  # taken over meanwhile (this replica was thought dead)
+            pass
+
+    @contextmanager
+    def _operation(self, name: str, version: str, revision: int) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self._end(name, version, revision)
 
     def is_deployed(self, name: str, version: str) -> bool:
         return self._record(name, version) is not None
@@ -84,13 +164,25 @@ class DeploymentService:
         except blade_aspect.AspectError as exc:
             raise InvalidRequest(str(exc)) from exc
         instances = _instances(spec)
+        first_port = _first_port(spec, instances)
         if self.is_deployed(name, version):
+            raise Conflict(
+                f"model {name!r} version {version!r} is already deployed; undeploy it first",
+                {"name": name, "version": version},
+            )
+        marker = self._begin(name, version, "deploy")
+        if self.is_deployed(name, version):  # finished between the check and the marker
+            self._end(name, version, marker)
             raise Conflict(
                 f"model {name!r} version {version!r} is already deployed; undeploy it first",
                 {"name": name, "version": version},
             )
 
         def work(job: Job) -> dict[str, Any]:
+            with self._operation(name, version, marker):
+                return run(job)
+
+        def run(job: Job) -> dict[str, Any]:
             job.step("plan: optimize or not, which processor", 0.05)
             try:
                 plan = blade_aspect.on_deploy(
@@ -116,7 +208,9 @@ class DeploymentService:
             if spec.get("token"):
                 service_json["token"] = spec["token"]
             job.step(f"start {instances} instance(s) of {service}", 0.6)
-            records = self.orchestrator.start(service, service_json, instances, progress=job.say)
+            records = self.orchestrator.start(
+                service, service_json, instances, progress=job.say, first_port=first_port
+            )
             record = {
                 "schema_version": 1,
                 "name": name,
@@ -142,14 +236,81 @@ class DeploymentService:
             job.step("ready", 1.0)
             return {"deployment": self._describe(record), "report": plan.report}
 
-        return self.jobs.submit("deploy", f"deploy {name} version {version}", work)
+        try:
+            return self.jobs.submit("deploy", f"deploy {name} version {version}", work)
+        except BaseException:
+            self._end(name, version, marker)
+            raise
+
+    def scale(self, name: str, version: str, instances: int) -> Job:
+        """Change a deployment's number of instances without dropping calls: new instances are
+        started and registered before the record names them; removed ones leave the record first
+        and are drained (SIGTERM: deregister, finish in-flight calls, exit).
+
+        Raises:
+            NotFound: the version is not deployed.
+            InvalidRequest: ``instances`` out of range.
+            Conflict: another operation on the version is running.
+        """
+        wanted = _instances({"metadata": {"instance": instances}})
+        if self._record(name, version) is None:
+            raise NotFound(
+                f"model {name!r} version {version!r} is not deployed",
+                {"name": name, "version": version},
+            )
+        marker = self._begin(name, version, "scale")
+
+        def work(job: Job) -> dict[str, Any]:
+            with self._operation(name, version, marker):
+                return run(job)
+
+        def run(job: Job) -> dict[str, Any]:
+            item = self.store.get(_key(name, version), group=GROUP)
+            if item is None:
+                raise NotFound(f"model {name!r} version {version!r} was undeployed meanwhile")
+            record = json.loads(item.content)
+            current = [InstanceRecord.from_json(r) for r in record["instances"]]
+            added: list[InstanceRecord] = []
+            removed: list[InstanceRecord] = []
+            if wanted > len(current):
+                job.step(f"start {wanted - len(current)} more instance(s)", 0.2)
+                added = self.orchestrator.spawn(
+                    record["service"], wanted - len(current), progress=job.say
+                )
+            else:
+                removed = current[wanted:]
+            kept = current[: len(current) - len(removed)]
+            metadata = {**(record["spec"].get("metadata") or {}), "instance": wanted}
+            record.update(
+                instances=[r.json() for r in [*kept, *added]],
+                spec={**record["spec"], "metadata": metadata},
+            )
+            try:
+                self.store.publish(
+                    _key(name, version), json.dumps(record).encode(), group=GROUP,
+                    expected_revision=item.revision,
+                )  # fmt: skip
+            except StoreConflict as exc:
+                self.orchestrator.stop(added)
+                raise Conflict(f"the deployment of {name!r} {version!r} changed meanwhile") from exc
+            if removed:
+                job.step(f"drain {len(removed)} instance(s)", 0.6)
+                self.orchestrator.stop(removed)
+            job.step("scaled", 1.0)
+            return {"deployment": self._describe(record)}
+
+        try:
+            return self.jobs.submit("scale", f"scale {name} version {version} to {wanted}", work)
+        except BaseException:
+            self._end(name, version, marker)
+            raise
 
     def _describe(self, record: Mapping[str, Any]) -> dict[str, Any]:
         live = self.store.instances(record["service"])
         pids = {i.payload.get("pid") for i in live}
+        ours = self.orchestrator.processes()
         instances = [
-            {**r, "alive": self.orchestrator.alive(InstanceRecord(**r)), "ready": r["pid"] in pids}
-            for r in record["instances"]
+            {**r, "alive": r["pid"] in ours, "ready": r["pid"] in pids} for r in record["instances"]
         ]
         return {
             **{k: v for k, v in record.items() if k != "instances"},
@@ -183,18 +344,35 @@ class DeploymentService:
             )
         return self._describe(record)
 
-    def undeploy(self, name: str, version: str) -> None:
+    def undeploy(self, name: str, version: str, *, force: bool = False) -> None:
         """Stop the instances (drained with SIGTERM) and forget the deployment.
 
         Raises:
             NotFound: the version is not deployed.
+            Conflict: the published route table sends calls to it (weight, fallback or shadow)
+                and ``force`` is not set; or another operation on it is running.
         """
-        item = self.store.get(_key(name, version), group=GROUP)
-        if item is None:
+        if self.store.get(_key(name, version), group=GROUP) is None:
             raise NotFound(
                 f"model {name!r} version {version!r} is not deployed",
                 {"name": name, "version": version},
             )
-        record = json.loads(item.content)
-        self.orchestrator.stop([InstanceRecord(**r) for r in record["instances"]])
-        self.store.remove(_key(name, version), group=GROUP)
+        table = self.store.get(name, group=MODELS_GROUP)
+        if (
+            not force
+            and table is not None
+            and version in traffic_versions(json.loads(table.content))
+        ):
+            raise Conflict(
+                f"model {name!r} version {version!r} carries traffic in route table revision "
+                f"{table.revision}; publish a table without it first, or pass force=true",
+                {"name": name, "version": version, "revision": table.revision},
+            )
+        marker = self._begin(name, version, "undeploy")
+        with self._operation(name, version, marker):
+            item = self.store.get(_key(name, version), group=GROUP)
+            if item is None:
+                return
+            record = json.loads(item.content)
+            self.orchestrator.stop([InstanceRecord.from_json(r) for r in record["instances"]])
+            self.store.remove(_key(name, version), group=GROUP)

@@ -1,10 +1,15 @@
 """Where instances run. ``LocalOrchestrator`` starts ``eas-server`` processes on this host.
 
 Each instance is a detached process (its own session, so it outlives the control plane), started
-from a service JSON the orchestrator writes (EAS keys: ``name``, ``version``, ``processor``,
-``model_path``, ``metadata.rpc.*``) plus ``--store`` and ``--service``; it registers itself in the
-store when ready. The orchestrator waits for every instance to register, and on failure stops what
-it started and reports the instance's last log lines.
+from a service JSON the orchestrator writes to ``<run_dir>/<service>.json`` (EAS keys: ``name``,
+``version``, ``processor``, ``model_path``, ``metadata.rpc.*``) plus ``--store`` and
+``--service``; it registers itself in the store when ready. The orchestrator waits for every
+instance to register, and on failure stops what it started and reports the instance's last log
+lines.
+
+Every process it starts names its service JSON on its command line, so ``processes()`` finds all
+of them by scanning ``/proc``, with or without a record: that is how reconciliation finds orphans,
+and how a recorded PID is told apart from an unrelated process that reused it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,9 +45,20 @@ class InstanceRecord:
     args: list[str]
     log: str
     started: float
+    host: str = ""
+    """The host the process runs on (the local orchestrator acts only on its own host's)."""
+    port: int = 0
+    """Where it listens (known once it registered)."""
+    restarts: int = 0
+    """How many times this slot was restarted after a crash."""
 
     def json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InstanceRecord:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
@@ -104,8 +121,11 @@ class LocalOrchestrator:
     def __init__(self, store: ConfigStore, store_url: str, run_dir: str | Path):
         self.store = store
         self.store_url = store_url
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def config_path(self, service: str) -> Path:
+        return self.run_dir / f"{service}.json"
 
     def start(
         self,
@@ -115,41 +135,72 @@ class LocalOrchestrator:
         *,
         timeout: float = 120.0,
         progress: Callable[[str], None] | None = None,
+        first_port: int = 0,
+        restarts: int = 0,
     ) -> list[InstanceRecord]:
-        """Start ``instances`` processes of one service and wait until all registered.
+        """Write the service JSON, start ``instances`` processes and wait until all registered.
 
         Raises:
             StartFailed: a process exited or did not register in time (all started ones are
                 stopped again; the detail has the log tail).
         """
-        config = self.run_dir / f"{service}.json"
-        config.write_text(json.dumps(service_json, indent=2))
+        self.config_path(service).write_text(json.dumps(service_json, indent=2))
+        return self.spawn(
+            service, instances, timeout=timeout, progress=progress, first_port=first_port,
+            restarts=restarts,
+        )  # fmt: skip
+
+    def spawn(
+        self,
+        service: str,
+        instances: int,
+        *,
+        timeout: float = 120.0,
+        progress: Callable[[str], None] | None = None,
+        first_port: int = 0,
+        restarts: int = 0,
+    ) -> list[InstanceRecord]:
+        """Start more processes of a service whose JSON was written by ``start``.
+
+        Raises:
+            StartFailed: as ``start``; also when the service JSON is missing.
+        """
+        config = self.config_path(service)
+        if not config.is_file():
+            raise StartFailed(f"{service}: its service JSON {config} is missing", {})
         started: list[InstanceRecord] = []
+        host = socket.gethostname()
         try:
             for i in range(instances):
                 log = self.run_dir / f"{service}.{int(time.time() * 1000)}.{i}.log"
+                port = first_port + i if first_port else 0
                 args = [
                     sys.executable, "-m", "eas_server", "--config", str(config),
-                    "--store", self.store_url, "--service", service, "--port", "0",
+                    "--store", self.store_url, "--service", service, "--port", str(port),
                 ]  # fmt: skip
                 pid = _launch(args, log)
-                started.append(InstanceRecord(pid, args, str(log), time.time()))
+                started.append(
+                    InstanceRecord(pid, args, str(log), time.time(), host, port, restarts)
+                )
                 if progress:
                     progress(f"started instance {i + 1}/{instances} (pid {pid})")
-            self._wait_registered(service, started, timeout)
+            ports = self._wait_registered(service, started, timeout)
         except BaseException:
             self.stop(started)
             raise
-        return started
+        return [
+            InstanceRecord(r.pid, r.args, r.log, r.started, r.host, ports[r.pid], r.restarts)
+            for r in started
+        ]
 
     def _wait_registered(
         self, service: str, started: Sequence[InstanceRecord], timeout: float
-    ) -> None:
+    ) -> dict[int, int]:
         deadline = time.monotonic() + timeout
         while True:
-            live = {i.payload.get("pid") for i in self.store.instances(service)}
+            live = {i.payload.get("pid"): i.port for i in self.store.instances(service)}
             if all(r.pid in live for r in started):
-                return
+                return {r.pid: live[r.pid] for r in started}
             for record in started:
                 if not self.alive(record):
                     raise StartFailed(
@@ -183,6 +234,43 @@ class LocalOrchestrator:
             while process_alive(record.pid) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
 
+    def alive(self, record: InstanceRecord) -> bool:
+        """Whether the recorded process still runs: its PID is alive and is still one of ours
+        (a reused PID running something else is not)."""
+        return process_alive(record.pid) and self.processes().get(record.pid) is not None
+
     @staticmethod
-    def alive(record: InstanceRecord) -> bool:
-        return process_alive(record.pid)
+    def running(record: InstanceRecord) -> bool:
+        """Whether the recorded process runs, as recorded: same PID, same command line."""
+        if not process_alive(record.pid):
+            return False
+        try:
+            argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return [a.decode(errors="replace") for a in argv if a] == record.args
+
+    def processes(self) -> dict[int, str]:
+        """Every live ``eas-server`` this orchestrator started, recorded or not: pid -> service.
+
+        Found by their command lines naming a service JSON in ``run_dir``."""
+        prefix = str(self.run_dir) + os.sep
+        found: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if "eas_server" not in args or "--config" not in args:
+                continue
+            config = (
+                args[args.index("--config") + 1] if args.index("--config") + 1 < len(args) else ""
+            )
+            if config.startswith(prefix) and config.endswith(".json"):
+                pid = int(entry.name)
+                if process_alive(pid):
+                    found[pid] = Path(config).name[: -len(".json")]
+        return found

@@ -25,6 +25,14 @@ class ControlSettings(BaseSettings):
     """The model repository directory."""
     run_dir: Path = Field(default_factory=lambda: _home() / "run")
     """Service JSONs and logs of the instances the local orchestrator starts."""
+    host: str = "127.0.0.1"
+    """Where the REST API listens (``autoai up --host``); advertised to the other replicas."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """The REST API's port (``autoai up --port``); with the host, this replica's id."""
+    reconcile_interval: float = Field(default=1.0, ge=0)
+    """Seconds between reconciliation passes of the leader (0: do not reconcile)."""
+    restart_backoff_max: float = Field(default=60.0, gt=0)
+    """The longest wait before restarting an instance that keeps crashing."""
     admin_token: str | None = None
     """Bearer token required on every write (None: writes are open, for a local demo)."""
     protect_reads: bool = False

@@ -42,7 +42,7 @@ def up_command(
 
     from autoai.api import ControlSettings, create_app
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, object] = {"host": host, "port": port}
     if store is not None:
         overrides["store_url"] = store
     if repo is not None:
