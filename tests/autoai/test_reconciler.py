@@ -1,0 +1,222 @@
+"""Reconciliation, scaling and undeploy against real eas-server processes on the embedded store:
+adopt what runs, restart what died (with backoff), stop orphans, respect running operations;
+scale up and down under traffic with no failed call."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoai.deployments import DeploymentService, operation_key
+from autoai.errors import Conflict
+from autoai.jobs import Job, JobRunner
+from autoai.orchestrators import InstanceRecord, LocalOrchestrator
+from autoai.reconciler import Reconciler
+from autoai.releases import ReleaseService
+from autoai.repository import ModelRepository
+from config_store import ConfigStore, open_store
+from eas_client import EasClient
+from tests.fixtures import onnx_models
+
+pytestmark = pytest.mark.slow
+
+X = {"x": np.zeros((1, 4), np.float32)}
+
+
+class Plane:
+    """The control plane's services without HTTP, as replica ``r1``."""
+
+    def __init__(self, tmp_path: Path):
+        self.url = f"sqlite://{tmp_path / 'store.db'}?lease_ttl=2"
+        self.store: ConfigStore = open_store(self.url, snapshot_dir=False)
+        self.jobs = JobRunner()
+        self.repository = ModelRepository(
+            tmp_path / "repo",
+            self.store,
+            is_deployed=lambda n, v: self.deployments.is_deployed(n, v),
+        )
+        self.orchestrator = LocalOrchestrator(self.store, self.url, tmp_path / "run")
+        self.deployments = DeploymentService(
+            self.store, self.repository, self.orchestrator, self.jobs, tmp_path / "art", "r1"
+        )
+        self.releases = ReleaseService(self.store, self.repository, self.deployments)
+        self.live = {"r1"}
+        self.reconciler = Reconciler(
+            self.store,
+            self.orchestrator,
+            is_leader=lambda: True,
+            live_replicas=lambda: set(self.live),
+            backoff_max=4.0,
+            stable_after=30.0,
+        )
+
+    def record(self, version: str = "1") -> list[InstanceRecord]:
+        item = self.store.get(f"deployment.m.{version}", group="control")
+        assert item is not None
+        return [InstanceRecord.from_json(r) for r in json.loads(item.content)["instances"]]
+
+    def close(self) -> None:
+        self.jobs.wait(60)
+        self.orchestrator.stop(
+            [InstanceRecord(pid, [], "", 0.0) for pid in self.orchestrator.processes()],
+            timeout=5,
+        )
+        self.store.close()
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Plane]:
+    p = Plane(tmp_path)
+    try:
+        for tag in (1.0, 2.0):
+            p.repository.register("m", onnx_models.tagged(tmp_path, tag))
+        yield p
+    finally:
+        p.close()
+
+
+def _done(job: Job) -> Job:
+    assert job.done.wait(120), job.json()
+    assert job.state == "succeeded", job.json()
+    return job
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.02)
+
+
+def test_adopts_live_instances_and_restarts_dead_ones_with_backoff(plane: Plane) -> None:
+    _done(plane.deployments.deploy("m", "1", {"metadata": {"instance": 2}}))
+    first = plane.record()
+    report = plane.reconciler.pass_once()
+    assert report.adopted == 2 and not report.busy()
+
+    _kill(first[0].pid)
+    report = plane.reconciler.pass_once()
+    assert len(report.restarted) == 1, report
+    second = plane.record()
+    assert second[1] == first[1]
+    assert second[0].pid != first[0].pid and second[0].restarts == 1
+    assert sorted(plane.orchestrator.processes()) == sorted(r.pid for r in second)
+
+    # It crashed again soon after its restart: the next restart waits (1 s, then 2 s ...).
+    _kill(second[0].pid)
+    report = plane.reconciler.pass_once()
+    assert report.waiting == ["m-1#0"] and not report.restarted
+    time.sleep(1.1)
+    report = plane.reconciler.pass_once()
+    assert len(report.restarted) == 1, report
+    third = plane.record()
+    assert third[0].restarts == 2
+    assert len(plane.store.instances("m-1")) == 2
+    assert plane.reconciler.pass_once().adopted == 2
+
+
+def test_orphans_are_stopped_unless_a_live_replica_is_working_on_them(plane: Plane) -> None:
+    _done(plane.deployments.deploy("m", "1", {}))
+    recorded = plane.record()
+    (orphan,) = plane.orchestrator.spawn("m-1", 1)  # started, never recorded
+    report = plane.reconciler.pass_once()
+    assert report.orphans == [orphan.pid]
+    assert not plane.orchestrator.running(orphan)
+    assert plane.orchestrator.running(recorded[0])
+
+    # A deploy in flight on a live replica: its processes are not orphans.
+    marker = {"replica": "r2", "operation": "deploy", "started": time.time()}
+    plane.store.publish(operation_key("m", "2"), json.dumps(marker).encode(), group="control")
+    plane.live.add("r2")
+    plane.orchestrator.config_path("m-2").write_text(
+        plane.orchestrator.config_path("m-1").read_text().replace('"1"', '"2"')
+    )
+    (starting,) = plane.orchestrator.spawn("m-2", 1)
+    report = plane.reconciler.pass_once()
+    assert report.orphans == [] and report.stale_markers == []
+    assert plane.orchestrator.running(starting)
+
+    # That replica died: its marker is stale and what it started is stopped.
+    plane.live.discard("r2")
+    report = plane.reconciler.pass_once()
+    assert report.stale_markers == [operation_key("m", "2")]
+    assert report.orphans == [starting.pid]
+    assert plane.store.get(operation_key("m", "2"), group="control") is None
+    assert sorted(plane.orchestrator.processes()) == [recorded[0].pid]
+
+
+def test_a_second_operation_on_a_version_is_a_conflict(plane: Plane) -> None:
+    job = plane.deployments.deploy("m", "1", {})
+    with pytest.raises(Conflict, match="still running"):
+        plane.deployments.deploy("m", "1", {})
+    _done(job)
+    with pytest.raises(Conflict, match="already deployed"):
+        plane.deployments.deploy("m", "1", {})
+    assert plane.store.get(operation_key("m", "1"), group="control") is None
+
+
+def test_scale_up_and_down_under_traffic_fails_no_call(plane: Plane) -> None:
+    _done(plane.deployments.deploy("m", "1", {}))
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def traffic() -> None:
+        with EasClient(store=plane.url, service="m-1", model="m") as client:
+            while not stop.is_set():
+                try:
+                    client.infer(X)
+                    outcomes.append("ok")
+                except Exception as exc:
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        _done(plane.deployments.scale("m", "1", 3))
+        assert len(plane.record()) == 3
+        assert len(plane.store.instances("m-1")) == 3
+        time.sleep(0.5)
+        kept = plane.record()[0]
+        _done(plane.deployments.scale("m", "1", 1))
+        assert plane.record() == [kept]
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [o for o in outcomes if o != "ok"]
+    assert not failed, failed[:5]
+    assert len(outcomes) > 50
+    assert sorted(plane.orchestrator.processes()) == [kept.pid]
+    item = plane.store.get("deployment.m.1", group="control")
+    assert item is not None and json.loads(item.content)["spec"]["metadata"]["instance"] == 1
+
+
+def test_undeploy_is_refused_while_the_table_sends_calls_to_the_version(plane: Plane) -> None:
+    _done(plane.deployments.deploy("m", "1", {}))
+    _done(plane.deployments.deploy("m", "2", {}))
+    plane.releases.publish("m", {"routes": [{"version": "1", "weight": 100}]})
+    with pytest.raises(Conflict, match="carries traffic"):
+        plane.deployments.undeploy("m", "1")
+    assert plane.deployments.is_deployed("m", "1")
+    pid = plane.record("2")[0].pid
+    plane.deployments.undeploy("m", "2")
+    assert not plane.deployments.is_deployed("m", "2")
+    assert pid not in plane.orchestrator.processes()
+    plane.deployments.undeploy("m", "1", force=True)
+    assert plane.orchestrator.processes() == {}
