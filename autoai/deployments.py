@@ -191,6 +191,9 @@ class DeploymentService:
                     output_dir=self.artifacts_dir / f"{name}-{version}",
                     progress=lambda step, status: job.say(f"blade: {step}: {status}"),
                 )
+            except blade_aspect.NotOptimized as exc:
+                job.result = {"report": exc.report}
+                raise InvalidRequest(str(exc), {"report": exc.report}) from exc
             except blade_aspect.AspectError as exc:
                 raise InvalidRequest(str(exc)) from exc
             job.say(plan.reason)

@@ -18,7 +18,7 @@ from ._aspect import (
     on_publish,
     wants_blade,
 )
-from ._errors import AspectError, InvalidDeploySpec, InvalidRouteRequest
+from ._errors import AspectError, InvalidDeploySpec, InvalidRouteRequest, NotOptimized
 
 __all__ = [
     "BLADE",
@@ -27,6 +27,7 @@ __all__ = [
     "DeployPlan",
     "InvalidDeploySpec",
     "InvalidRouteRequest",
+    "NotOptimized",
     "call_options",
     "is_blade",
     "on_call",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._errors import InvalidDeploySpec, InvalidRouteRequest
+from ._errors import InvalidDeploySpec, InvalidRouteRequest, NotOptimized
 
 __all__ = [
     "BLADE",
@@ -38,7 +38,7 @@ __all__ = [
 BLADE = "blade"
 PLAIN = "onnx"
 _DEFAULT_MAX_BATCH = 32
-_BLADE_OPTIONS = {"device", "level", "tolerance", "test_data", "batch_sizes", "seq"}
+_BLADE_OPTIONS = {"device", "level", "tolerance", "test_data", "batch_sizes", "seq", "required"}
 
 
 class _RouteLike(Protocol):
@@ -142,7 +142,8 @@ def on_deploy(
         model: the registered ONNX model.
         spec: the EAS-style service spec (``processor``, ``blade``, ``metadata.rpc``...).
             ``blade`` may be an object of optimizer options: ``device`` (``cpu``/``cuda``),
-            ``level``, ``tolerance``, ``test_data`` (npz path), ``batch_sizes``, ``seq``.
+            ``level``, ``tolerance``, ``test_data`` (npz path), ``batch_sizes``, ``seq``, and
+            ``required`` (fail rather than serve plain when no candidate qualifies).
         output_dir: where the artifact goes (default: next to the model).
         cache_dir: the optimizer's artifact cache.
         progress: passed to the optimizer.
@@ -154,12 +155,16 @@ def on_deploy(
 
     Raises:
         InvalidDeploySpec: the spec is malformed.
+        NotOptimized: ``required`` was set and the optimizer kept the plain model.
         blade.BladeError: the optimizer refused the model or its test data.
     """
     path = Path(model)
     if not wants_blade(spec):
         return DeployPlan(PLAIN, path, reason="plain deployment asked for")
     options = _blade_options(spec)
+    required = options.pop("required", False)
+    if not isinstance(required, bool):
+        raise InvalidDeploySpec(f"blade.required is {required!r}, expected true or false")
     max_batch = _max_batch(spec)
     if optimize is None:
         from blade import optimize as blade_optimize
@@ -171,6 +176,12 @@ def on_deploy(
     report: dict[str, Any] = dict(result.report)
     if report.get("chosen", "plain") == "plain":
         why = report.get("reason", "no candidate improved on the plain model")
+        if required:
+            raise NotOptimized(
+                f"blade was required, but no candidate passed verification and beat the plain "
+                f"model: {why}",
+                report,
+            )
         return DeployPlan(PLAIN, path, report=report, reason=f"served plain: {why}")
     artifact = Path(result.artifact_dir)
     doc = json.loads((artifact / "blade.json").read_text())

@@ -3,6 +3,7 @@
 ```
 AspectError
   ├── InvalidDeploySpec     the service spec's processor / blade options are malformed (ValueError)
+  ├── NotOptimized          blade was required, and no candidate passed verification and beat plain
   └── InvalidRouteRequest   a publish request's route cannot become a route entry (ValueError)
 ```
 Errors of the optimizer itself (``blade.BladeError``) pass through unchanged.
@@ -10,7 +11,10 @@ Errors of the optimizer itself (``blade.BladeError``) pass through unchanged.
 
 from __future__ import annotations
 
-__all__ = ["AspectError", "InvalidDeploySpec", "InvalidRouteRequest"]
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["AspectError", "InvalidDeploySpec", "InvalidRouteRequest", "NotOptimized"]
 
 
 class AspectError(Exception):
@@ -19,6 +23,18 @@ class AspectError(Exception):
 
 class InvalidDeploySpec(AspectError, ValueError):
     """The deploy spec's ``processor`` / ``blade`` fields are malformed or contradictory."""
+
+
+class NotOptimized(AspectError):
+    """``blade: {"required": true}`` and the optimizer kept the plain model.
+
+    Attributes:
+        report: the optimizer's report (each pass's verdict and why).
+    """
+
+    def __init__(self, message: str, report: Mapping[str, Any]):
+        super().__init__(message)
+        self.report = dict(report)
 
 
 class InvalidRouteRequest(AspectError, ValueError):
