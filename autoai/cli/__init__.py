@@ -5,6 +5,12 @@ from __future__ import annotations
 import typer
 
 from ._blade import blade_app
+from ._deploy import deploy_command, scale_command, undeploy_command
+from ._jobs import job_command
+from ._models import models_app
+from ._predict import predict_command
+from ._publish import publish_command, releases_command, rollback_command
+from ._status import status_command
 from ._up import up_command
 
 __all__ = ["app", "main"]
@@ -17,6 +23,16 @@ app = typer.Typer(
 )
 app.add_typer(blade_app, name="blade")
 app.command("up")(up_command)
+app.add_typer(models_app, name="models")
+app.command("deploy")(deploy_command)
+app.command("undeploy")(undeploy_command)
+app.command("scale")(scale_command)
+app.command("job")(job_command)
+app.command("publish")(publish_command)
+app.command("rollback")(rollback_command)
+app.command("releases")(releases_command)
+app.command("status")(status_command)
+app.command("predict")(predict_command)
 
 
 def main() -> None:
