@@ -19,7 +19,7 @@ import blade_aspect
 from autoai.sdk import InvalidRouteTable, parse_route_table
 from config_store import ConfigStore, Conflict as StoreConflict
 
-from .deployments import DeploymentService
+from .deployments import DeploymentService, traffic_versions
 from .errors import Conflict, InvalidRequest, NotFound
 from .repository import ModelRepository, validate_name
 
@@ -167,6 +167,7 @@ class ReleaseService:
 
         Raises:
             NotFound: no such model, or no such (or no earlier) revision.
+            InvalidRequest: that revision routes to a version no longer deployed.
         """
         self.repository.model(validate_name(name))
         history = self.store.history(name, group=GROUP, limit=100)
@@ -186,6 +187,8 @@ class ReleaseService:
                 )
             target = found[0]
         doc = json.loads(target.content)
+        for version in sorted(traffic_versions(doc)):
+            self._ready_deployment(name, version)  # it would send calls to nothing
         doc.update(
             published_by=who,
             reason=f"rollback to revision {target.revision}",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from autoai.deployments import DeploymentService, operation_key
-from autoai.errors import Conflict
+from autoai.errors import Conflict, InvalidRequest
 from autoai.jobs import Job, JobRunner
 from autoai.orchestrators import InstanceRecord, LocalOrchestrator
 from autoai.reconciler import Reconciler
@@ -220,3 +220,15 @@ def test_undeploy_is_refused_while_the_table_sends_calls_to_the_version(plane: P
     assert pid not in plane.orchestrator.processes()
     plane.deployments.undeploy("m", "1", force=True)
     assert plane.orchestrator.processes() == {}
+
+
+def test_rollback_to_a_table_routing_to_an_undeployed_version_is_refused(plane: Plane) -> None:
+    _done(plane.deployments.deploy("m", "1", {}))
+    _done(plane.deployments.deploy("m", "2", {}))
+    plane.releases.publish("m", {"routes": [{"version": "1", "weight": 100}]})
+    current = plane.releases.publish("m", {"routes": [{"version": "2", "weight": 100}]})
+    plane.deployments.undeploy("m", "1")
+    with pytest.raises(InvalidRequest, match="version '1' of 'm' is not deployed"):
+        plane.releases.rollback("m")
+    item = plane.store.get("m", group="models")
+    assert item is not None and item.revision == current["revision"]
