@@ -73,6 +73,22 @@ def _first_port(spec: Mapping[str, Any], instances: int) -> int:
     return value
 
 
+def _resources(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata.cpu`` (cores per instance: the server's intra-op threads) and ``metadata.gpu``
+    (cards per instance: honoured by orchestrators that place instances on GPUs)."""
+    metadata = spec.get("metadata") or {}
+    out: dict[str, Any] = {}
+    for key, low in (("cpu", 1), ("gpu", 0)):
+        if key in metadata:
+            value = metadata[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidRequest(
+                    f"metadata.{key} is {value!r}, expected an integer >= {low}", {key: value}
+                )
+            out[key] = value
+    return out
+
+
 def traffic_versions(table: Mapping[str, Any]) -> set[str]:
     """Versions a published table sends calls to: weighted routes, their fallbacks, the shadow."""
     used = set()
@@ -165,6 +181,7 @@ class DeploymentService:
             raise InvalidRequest(str(exc)) from exc
         instances = _instances(spec)
         first_port = _first_port(spec, instances)
+        resources = _resources(spec)
         if self.is_deployed(name, version):
             raise Conflict(
                 f"model {name!r} version {version!r} is already deployed; undeploy it first",
@@ -201,6 +218,8 @@ class DeploymentService:
             metadata = {
                 k: v for k, v in (spec.get("metadata") or {}).items() if k in _SERVER_METADATA
             }
+            if "cpu" in resources and "intra_op_threads" not in metadata:
+                metadata["intra_op_threads"] = resources["cpu"]
             service_json: dict[str, Any] = {
                 "name": name,
                 "version": version,

@@ -84,7 +84,10 @@ def wants_blade(spec: Mapping[str, Any]) -> bool:
     asked = blade is not False
     if processor == PLAIN and asked:
         raise InvalidDeploySpec("processor 'onnx' contradicts blade: pick one")
-    return processor == BLADE or asked
+    wanted = processor == BLADE or asked
+    if wanted:
+        _blade_options(spec)
+    return wanted
 
 
 def _blade_options(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,6 +97,10 @@ def _blade_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidDeploySpec(
             f"unknown blade option(s) {unknown}, expected some of {sorted(_BLADE_OPTIONS)}"
+        )
+    if not isinstance(options.get("required", False), bool):
+        raise InvalidDeploySpec(
+            f"blade.required is {options['required']!r}, expected true or false"
         )
     return options
 
@@ -163,8 +170,6 @@ def on_deploy(
         return DeployPlan(PLAIN, path, reason="plain deployment asked for")
     options = _blade_options(spec)
     required = options.pop("required", False)
-    if not isinstance(required, bool):
-        raise InvalidDeploySpec(f"blade.required is {required!r}, expected true or false")
     max_batch = _max_batch(spec)
     if optimize is None:
         from blade import optimize as blade_optimize

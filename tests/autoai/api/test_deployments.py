@@ -83,6 +83,11 @@ async def test_bad_deploy_requests_are_refused_at_once(
         ({"processor": "tensorflow"}, 400, "expected 'onnx' or 'blade'"),
         ({"metadata": {"instance": 0}}, 400, "metadata.instance is 0"),
         ({"processor": "onnx", "blade": True}, 400, "contradicts"),
+        ({"metadata": {"cpu": 0}}, 400, "metadata.cpu is 0, expected an integer >= 1"),
+        ({"metadata": {"gpu": "all"}}, 400, "metadata.gpu is 'all'"),
+        ({"metadata": {"port": 80}}, 400, "metadata.port is 80"),
+        ({"metadata": "big"}, 400, "metadata must be an object"),
+        ({"blade": {"required": "yes"}}, 400, "blade.required is 'yes'"),
     ]
     for spec, code, message in cases:
         answer = await client.post(url, json=spec, headers=AUTH)
