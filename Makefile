@@ -12,8 +12,9 @@ $(VENV)/bin/activate:
 
 venv: $(VENV)/bin/activate
 
+# The model server, the ZooKeeper backend and the control plane (`autoai up`: fastapi, uvicorn).
 install: venv
-	$(PIP) install -q -e '.[server,zk]'
+	$(PIP) install -q -e '.[server,zk,control]'
 
 install-test: venv
 	$(PIP) install -q -e '.[test]'
@@ -37,6 +38,9 @@ models: install
 	-$(PIP) install -q -e '.[models]'
 	$(PY) scripts/build_models.py
 
+# `autoai up` (left running, on 127.0.0.1:8080 or a free port; AUTOAI_DEMO_PORT to choose), the
+# example model registered, deployed plain and blade, published 90/10, promoted, rolled back.
+# `$(PY) scripts/demo.py --stop` stops what the last demo left running.
 demo: install models
 	$(PY) scripts/demo.py
 

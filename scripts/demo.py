@@ -1,242 +1,277 @@
-"""`make demo`: the data plane end to end on the embedded defaults.
+"""`make demo`: the whole flow through the control plane's REST API, left running at the end.
 
 1. the example model (all-MiniLM-L6-v2 exported to ONNX by scripts/build_models.py, or the
    generated BERT-like stand-in when torch is not installed: it says which);
-2. blade.optimize on the CPU with real tokenized sentences, and its report;
-3. two eas-server processes, plain (processor onnx) and blade, registered in the embedded store
-   (sqlite, ~/.autoai/demo/store.db);
-4. traffic to each instance found in the store, at concurrency 1 and 8, with the client-side and
-   server-side QPS and RT side by side, as in the original Blade write-up's tables;
-5. a route table published by hand (plain 90 / blade 10, built by blade_aspect.on_publish) and
-   traffic through the SDK (`autoai.sdk.ModelClient`): the split as published, per-version RT from
-   the client-side metrics, then blade promoted to 100% and a rollback to the first revision;
-6. SIGTERM to both: they deregister, drain and exit.
+2. `autoai up` started detached (own session, log and PID in ~/.autoai/demo) on 127.0.0.1:8080,
+   on a fresh embedded store and model repository; a previous demo is undeployed and stopped first;
+3. the model registered twice (POST /api/v1/models): version 1 deployed plain (processor onnx),
+   version 2 with `blade: true` (the optimizer's report is printed from the job's result);
+4. a route table published 90/10, traffic through the SDK (`autoai.sdk.ModelClient` on the same
+   store), then v2 promoted to 100% and one rollback; for each step a table of client-side QPS and
+   RT per version next to the server side (deltas of the instances' /metrics), as in the original
+   Blade write-up's tables;
+5. the control plane and its two instances keep running: how to reach and stop them is printed.
+
+    python scripts/demo.py [--port 8080] [--seconds 8] [--concurrency 8]
+    python scripts/demo.py --stop          # undeploy through REST, stop the control plane by PID
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import argparse
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+from demo_controlplane import admin_token, free_port, port_free, save_state, start, stop_previous
+from demo_traffic import Fleet, Load, ServerDelta, add_rows, percentile_ms, scrape_all, step_table
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import blade_aspect  # noqa: E402
-from autoai.sdk import ModelClient  # noqa: E402
-from blade import render_report  # noqa: E402
-from config_store import ConfigStore, open_store  # noqa: E402
-from eas_client import encode_request  # noqa: E402
+from autoai.cli._blade import _table as blade_table
+from config_store import open_store
 
 CACHE = Path(os.environ.get("AUTOAI_CACHE", Path.home() / ".cache" / "autoai")) / "models"
-HOME = Path.home() / ".autoai" / "demo"
+HOME = Path(os.environ.get("AUTOAI_DEMO_HOME", Path.home() / ".autoai" / "demo"))
+MODEL = "minilm"
+RPC = {"batching": True, "max_batch_size": 32, "max_batch_timeout": 5}
+
+# Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def example_model() -> tuple[Path, dict[str, np.ndarray], str]:
     candidates = (
-        ("minilm-l6", "all-MiniLM-L6-v2"),
-        ("tiny-bert", "generated BERT-like stand-in (no torch)"),
+        ("minilm-l6", "all-MiniLM-L6-v2 (exported to ONNX with torch)"),
+        ("tiny-bert", "a generated BERT-like stand-in with random weights (torch was unavailable)"),
     )
     for stem, label in candidates:
         model, npz = CACHE / f"{stem}.onnx", CACHE / f"{stem}.inputs.npz"
         if model.exists() and npz.exists():
             with np.load(npz) as data:
                 return model, {k: data[k][:32] for k in ("input_ids", "attention_mask")}, label
-    raise SystemExit(f"no example model in {CACHE}: run `python scripts/build_models.py` first")
+    raise SystemExit(f"no example model in {CACHE}: run `make models` first")
 
 
-def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "eas_server", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"eas-server did not start: {' '.join(args)}")
-    return proc, line.removeprefix("listening on ")
+class Api:
+    """The control plane's REST API; an error answer ends the demo with its message."""
+
+    def __init__(self, url: str, token: str):
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300
+        )
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.is_error:
+            raise SystemExit(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json() if response.content else None
+
+    def follow(self, job_id: str, title: str) -> dict[str, Any]:
+        """Poll a job with a progress bar, printing its log lines; its result, or exit."""
+        printed = 0
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task(title, total=1.0)
+            while True:
+                job = self("GET", f"/api/v1/jobs/{job_id}")
+                for line in job["log"][printed:]:
+                    bar.console.print(f"  [dim]{line}[/]")
+                printed = len(job["log"])
+                bar.update(task, completed=job["progress"], description=f"{title}: {job['step']}")
+                if job["state"] in ("succeeded", "failed"):
+                    break
+                time.sleep(0.3)
+        if job["state"] == "failed":
+            tail = "\n".join((job["error"].get("detail") or {}).get("log", []))
+            raise SystemExit(f"{title} failed: {job['error']['error']}\n{tail}")
+        result: dict[str, Any] = job["result"]
+        return result
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Counters of one instance's /metrics: successes, and the sums and counts of the histograms."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {"requests": 0.0, "rt": 0.0, "queue": 0.0, "compute": 0.0, "rows": 0.0, "batches": 0.0}
-    names = {
-        "eas_request_duration_seconds_sum": "rt",
-        "eas_queue_duration_seconds_sum": "queue",
-        "eas_compute_duration_seconds_sum": "compute",
-        "eas_batch_size_sum": "rows",
-        "eas_batch_size_count": "batches",
-    }
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == "eas_requests_total" and sample.labels.get("outcome") == "success":
-                out["requests"] += sample.value
-            elif sample.name in names:
-                out[names[sample.name]] += sample.value
-    return out
+def deploy(api: Api, version: str, spec: dict[str, Any], title: str) -> dict[str, Any]:
+    job = api("POST", f"/api/v1/models/{MODEL}/versions/{version}/deploy", json=spec)["job"]
+    result = api.follow(job, title)
+    if result.get("report"):
+        console.print(blade_table(result["report"]))
+    d = result["deployment"]
+    pids = [i["pid"] for i in d["instances"]]
+    console.print(f"v{version}: processor {d['processor']}, instances {pids}, {d['endpoints']}\n")
+    return dict(d)
 
 
-async def load(
-    url: str, bodies: list[tuple[bytes, int]], concurrency: int, seconds: float
-) -> list[float]:
-    latencies: list[float] = []
-    stop = time.monotonic() + seconds
-    async with httpx.AsyncClient(
-        base_url=url, limits=httpx.Limits(max_connections=concurrency)
-    ) as client:
-
-        async def worker(k: int) -> None:
-            i = k
-            while time.monotonic() < stop:
-                body, length = bodies[i % len(bodies)]
-                i += concurrency
-                t0 = time.perf_counter()
-                headers = {"Inference-Header-Content-Length": str(length)}
-                r = await client.post("/v2/models/minilm/infer", content=body, headers=headers)
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return latencies
+def publish(api: Api, weights: dict[str, int], reason: str) -> int:
+    routes = [{"version": v, "weight": w} for v, w in weights.items()]
+    body = {"routes": routes, "reason": reason}
+    revision = int(api("POST", f"/api/v1/models/{MODEL}/publish", json=body)["revision"])
+    console.print(f"published revision {revision}: {weights} ({reason})")
+    return revision
 
 
-def route_table(entries: list[dict[str, object]]) -> bytes:
-    doc = {"schema_version": 1, "model": "minilm", "revision": 0, "routes": entries}
-    return json.dumps(doc).encode()
+def cli_commands() -> set[str]:
+    """The `autoai` subcommands this checkout has (the CLI grows while the demo stays)."""
+    from autoai.cli import app
+
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    return {n.removesuffix("_command").replace("_", "-") for n in names}
 
 
-def sdk_demo(
-    store: ConfigStore, plan: blade_aspect.DeployPlan, data: dict[str, np.ndarray]
-) -> None:
-    """Publish 90/10, route 400 calls through the SDK, promote, roll back."""
-    from prometheus_client import CollectorRegistry
-
-    plain = {"service": "minilm-1", "processor": "onnx"}
-    tuned = {"service": "minilm-2", "processor": plan.processor, "blade": plan.blade}
-
-    def entries(w1: int, w2: int) -> list[dict[str, object]]:
-        return [
-            blade_aspect.on_publish({"version": "1", "weight": w1}, plain),
-            blade_aspect.on_publish({"version": "2", "weight": w2}, tuned, fallback_version="1"),
-        ]
-
-    first = store.publish("minilm", route_table(entries(90, 10)))
-    registry = CollectorRegistry()
-    rows = [{k: v[i : i + 1] for k, v in data.items()} for i in range(len(data["input_ids"]))]
-    with ModelClient(store, registry=registry) as client:
-
-        def traffic(n: int) -> dict[str, int]:
-            seen = {"1": 0, "2": 0}
-            for i in range(n):
-                client.predict("minilm", rows[i % len(rows)], outputs=["sentence_embedding"])
-            for version in seen:
-                labels = {"model": "minilm", "version": version}
-                for processor in ("onnx", "blade"):
-                    value = registry.get_sample_value(
-                        "autoai_client_requests_total",
-                        {**labels, "processor": processor, "outcome": "ok"},
-                    )
-                    seen[version] += int(value or 0)
-            return seen
-
-        def rt(version: str, processor: str) -> str:
-            labels = {"model": "minilm", "version": version, "processor": processor}
-            total = registry.get_sample_value("autoai_client_request_duration_seconds_sum", labels)
-            count = registry.get_sample_value(
-                "autoai_client_request_duration_seconds_count", labels
+def goodbye(cp_pid: int, url: str, token_from: str, log: Path, versions: list[str]) -> None:
+    token = "$AUTOAI_ADMIN_TOKEN" if token_from == "AUTOAI_ADMIN_TOKEN" else f"$(cat {token_from})"
+    commands = cli_commands()
+    console.rule("left running")
+    console.print(f"control plane: {url} (pid {cp_pid}, log {log}); OpenAPI at {url}/docs")
+    console.print(f"  export AUTOAI_URL={url} AUTOAI_TOKEN={token}")
+    if "status" in commands:
+        console.print("  autoai status                     # deployments, instances, routes")
+    console.print("  curl $AUTOAI_URL/api/v1/deployments  # instances with pid, health, endpoints")
+    console.print("stop everything: python scripts/demo.py --stop   (undeploy, then kill by PID)")
+    console.print("or by hand, instances first (they run detached and outlive the control plane):")
+    for v in versions:
+        if "undeploy" in commands:
+            console.print(f"  autoai undeploy {MODEL} --version {v} --force")
+        else:
+            console.print(
+                f'  curl -X DELETE -H "Authorization: Bearer $AUTOAI_TOKEN" '
+                f"$AUTOAI_URL/api/v1/models/{MODEL}/versions/{v}/deploy?force=true"
             )
-            return f"{total / count * 1e3:.2f} ms" if total and count else "-"
-
-        counts = traffic(400)
-        print(f"\nSDK, route table revision {first} (v1 plain 90 / v2 {plan.processor} 10):")
-        print(f"  calls per version {counts}; mean client RT v1 {rt('1', 'onnx')}, "
-              f"v2 {rt('2', plan.processor)}")  # fmt: skip
-        promoted = store.publish("minilm", route_table(entries(0, 100)))
-        while client.routes("minilm").revision != promoted:
-            time.sleep(0.01)
-        before = counts["2"]
-        counts = traffic(100)
-        print(
-            f"  revision {promoted}: v2 promoted to 100%: {counts['2'] - before} of 100 calls on v2"
-        )
-        old = next(h for h in store.history("minilm", limit=100) if h.revision == first)
-        rolled = store.publish("minilm", old.content)
-        while client.routes("minilm").revision != rolled:
-            time.sleep(0.01)
-        print(
-            f"  revision {rolled}: rolled back to revision {old.revision} (90/10) "
-            f"{client.routes('minilm').routes[0].weight}/{client.routes('minilm').routes[1].weight}"
-        )
+    console.print(f"  kill {cp_pid}")
 
 
-def main() -> int:
-    model, data, label = example_model()
-    print(f"example model: {label} ({model})\n")
-    out = HOME / "minilm.blade"
-    spec = {"blade": {"test_data": data, "batch_sizes": [1, 8]}}
-    plan = blade_aspect.on_deploy(model, spec, output_dir=out, progress=True)
-    assert plan.report is not None
-    print(render_report(plan.report) + "\n" + f"deploy plan: {plan.reason}\n")
-    store_url = f"sqlite://{HOME / 'store.db'}"
-    blade_args = ["--model", str(plan.model_path), "--processor", plan.processor]
-    blade_args += ["--name", "minilm", "--version", "2", "--store", store_url]
-    servers = {
-        "onnx": start_server(["--model", str(model), "--name", "minilm", "--store", store_url]),
-        plan.processor if plan.processor != "onnx" else "onnx (v2)": start_server(blade_args),
-    }
-    bodies = []
-    for i in range(len(data["input_ids"])):
-        row = {k: v[i : i + 1] for k, v in data.items()}
-        body, length = encode_request(row, outputs=["sentence_embedding"])
-        bodies.append((body, length or 0))
-    with open_store(store_url, snapshot_dir=HOME / "snapshot", failover_dir=False) as store:
-        time.sleep(0.5)
-        found = {s: store.instances(s) for s in ("minilm-1", "minilm-2")}
-        print(
-            "instances in the store:", {s: [i.address for i in v] for s, v in found.items()}, "\n"
-        )
-        header = (
-            f"{'processor':9} {'c':>3} | {'client QPS':>10} {'RT p50 ms':>9} {'RT p99 ms':>9} | "
-        )
-        header += f"{'server QPS':>10} {'RT ms':>6} {'queue ms':>8} {'compute ms':>10} {'batch':>5}"
-        print(header)
-        print("-" * len(header))
-        for name, (_, url) in servers.items():
-            for concurrency in (1, 8):
-                before = scrape(url)
-                start = time.monotonic()
-                lat = asyncio.run(load(url, bodies, concurrency, 5.0))
-                elapsed = time.monotonic() - start
-                d = {k: v - before[k] for k, v in scrape(url).items()}
-                n = max(d["requests"], 1.0)
-                p50 = statistics.median(lat) * 1e3
-                p99 = sorted(lat)[int(0.99 * (len(lat) - 1))] * 1e3
-                client = f"{len(lat) / elapsed:10.1f} {p50:9.2f} {p99:9.2f}"
-                rt, queue, compute = (d[k] / n * 1e3 for k in ("rt", "queue", "compute"))
-                mean_batch = d["rows"] / max(d["batches"], 1)
-                server = f"{d['requests'] / elapsed:10.1f} {rt:6.2f} {queue:8.2f} {compute:10.2f}"
-                server += f" {mean_batch:5.1f}"
-                print(f"{name:9} {concurrency:>3} | {client} | {server}")
-        sdk_demo(store, plan, data)
-        for proc, _ in servers.values():
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(60) for proc, _ in servers.values()]
-        left = {s: store.instances(s) for s in ("minilm-1", "minilm-2")}
-        remaining = sum(len(v) for v in left.values())
-        print(f"\nSIGTERM: exit codes {codes}; instances left in the store: {remaining}")
-    print(f"blade artifact: {plan.model_path}  ({plan.reason})")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("AUTOAI_DEMO_PORT", 8080)))
+    parser.add_argument("--seconds", type=float, default=8.0, help="traffic per step")
+    parser.add_argument("--concurrency", type=int, default=8, help="SDK worker threads")
+    parser.add_argument("--stop", action="store_true", help="stop the previous demo and exit")
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    token, token_from = admin_token(HOME)
+    for line in stop_previous(HOME, token):
+        console.print(line)
+    if args.stop:
+        console.print("nothing of the demo is running now")
+        return 0
+
+    path, data, label = example_model()
+    console.print(f"example model: {label}\n  {path}")
+    port = args.port
+    if not port_free(port):
+        port = free_port()
+        console.print(f"port {args.port} is taken by something else: using {port}")
+    cp = start(HOME, port, token)
+    console.print(f"autoai up: {cp.url} (pid {cp.pid}, store {cp.store_url})\n")
+    api = Api(cp.url, token)
+
+    # Register the same file twice: version 1 is served plain, version 2 blade-optimized.
+    blob = path.read_bytes()
+    for _ in range(2):
+        files = {"file": (path.name, blob, "application/octet-stream")}
+        v = api("POST", "/api/v1/models", data={"name": MODEL}, files=files)
+        console.print(f"registered {MODEL} version {v['version']} (sha256 {v['sha256'][:12]})")
+    test_data = cp.run_dir / "blade-test-data.npz"
+    np.savez(test_data, input_ids=data["input_ids"], attention_mask=data["attention_mask"])
+    # One ONNX Runtime thread per instance: two instances and the callers share this machine's
+    # cores, and a session whose second thread waits for a busy core runs at its pace.
+    metadata = {"instance": 1, "intra_op_threads": 1, "rpc": RPC}
+    deployments = {
+        "1": deploy(api, "1", {"processor": "onnx", "metadata": metadata}, "deploy v1 plain"),
+        "2": deploy(
+            api, "2",
+            {"blade": {"test_data": str(test_data), "batch_sizes": [1, 8]}, "metadata": metadata},
+            "deploy v2 blade",
+        ),
+    }  # fmt: skip
+    pids = [i["pid"] for d in deployments.values() for i in d["instances"]]
+    save_state(HOME, cp, pids)
+    processors = {v: str(d["processor"]) for v, d in deployments.items()}
+    endpoints = {v: list(d["endpoints"]) for v, d in deployments.items()}
+    traffic(api, cp.store_url, cp.run_dir, data, processors, endpoints, args)
+
+    releases = api("GET", f"/api/v1/models/{MODEL}/releases")["releases"]
+    table = Table(title=f"releases of {MODEL} (GET .../releases)", title_justify="left")
+    for col in ("revision", "routes", "by", "reason"):
+        table.add_column(col)
+    for r in releases:
+        routes = ", ".join(f"v{v} {w}" for v, w in r["routes"].items())
+        table.add_row(str(r["revision"]), routes, str(r["published_by"]), str(r["reason"]))
+    console.print(table)
+    console.print(f"demo took {time.monotonic() - began:.0f} s\n")
+    goodbye(cp.pid, cp.url, token_from, cp.log, list(deployments))
     return 0
 
 
+def traffic(
+    api: Api,
+    store_url: str,
+    run_dir: Path,
+    data: dict[str, np.ndarray],
+    processors: dict[str, str],
+    endpoints: dict[str, list[str]],
+    args: argparse.Namespace,
+) -> None:
+    """Publish 90/10, then: each version pinned, the split, promotion, rollback; a table each."""
+    rows = [{k: v[i : i + 1] for k, v in data.items()} for i in range(len(data["input_ids"]))]
+    first = publish(api, {"1": 90, "2": 10}, "canary: blade gets 10 %")
+    store = open_store(store_url, snapshot_dir=run_dir / "sdk-snapshot", failover_dir=False)
+    fleet = Fleet(store, MODEL, rows, args.concurrency)
+    try:
+        fleet.wait_revision(first)
+        fleet.run(1.0)  # warm-up: connections, first batches
+
+        def window(
+            seconds: float, concurrency: int, version: str | None = None
+        ) -> tuple[Load, dict[str, ServerDelta]]:
+            before = scrape_all(endpoints)
+            load = fleet.run(seconds, concurrency, version)
+            after = scrape_all(endpoints)
+            return load, {v: after[v] - before[v] for v in endpoints}
+
+        pinned = step_table(
+            "each version alone: ModelClient.predict(version=...), one row (seq 128) a call",
+            "client: what the SDK callers measured; server (cyan): deltas of the instances' "
+            "/metrics, RT = queue + compute + HTTP",
+        )
+        alone: dict[tuple[str, int], list[float]] = {}
+        for version in endpoints:
+            for c in (1, args.concurrency):
+                load, server = window(args.seconds / 2, c, version)
+                add_rows(pinned, load, {version: server[version]}, processors, c)
+                alone[version, c] = [x for lat in load.latencies.values() for x in lat]
+        console.print(pinned)
+        one, many = alone["1", 1], alone["1", args.concurrency]
+        blade_one, blade_many = alone["2", 1], alone["2", args.concurrency]
+        if one and many and blade_one and blade_many:
+            p50, blade_p50 = percentile_ms(one, 0.5), percentile_ms(blade_one, 0.5)
+            console.print(
+                f"v2 {processors['2']} against v1 {processors['1']}: p50 at c=1 {p50:.1f} -> "
+                f"{blade_p50:.1f} ms ({p50 / blade_p50:.1f}x), calls at c={args.concurrency} "
+                f"{len(many)} -> {len(blade_many)} ({len(blade_many) / len(many):.1f}x)\n"
+            )
+
+        def step(title: str, seconds: float) -> None:
+            load, server = window(seconds, args.concurrency)
+            table = step_table(title)
+            add_rows(table, load, server, processors, args.concurrency)
+            console.print(table)
+
+        step(f"revision {first}: v1 90 % / v2 10 %", args.seconds)
+        promoted = publish(api, {"2": 100, "1": 0}, "promote blade to 100 %")
+        fleet.wait_revision(promoted)
+        step(f"revision {promoted}: v2 promoted to 100 % (v1 at 0 %: its fallback)", args.seconds)
+        rolled = int(api("POST", f"/api/v1/models/{MODEL}/rollback", json={})["revision"])
+        console.print(f"rolled back: revision {rolled} republishes revision {first}'s table")
+        fleet.wait_revision(rolled)
+        step(f"revision {rolled}: rolled back to v1 90 % / v2 10 %", args.seconds)
+    finally:
+        fleet.close()
+        store.close()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
