@@ -176,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"registered {MODEL} version {v['version']} (sha256 {v['sha256'][:12]})")
     test_data = cp.run_dir / "blade-test-data.npz"
     np.savez(test_data, input_ids=data["input_ids"], attention_mask=data["attention_mask"])
-    # One ONNX Runtime thread per instance: two instances and the callers share this machine's
-    # cores, and a session whose second thread waits for a busy core runs at its pace.
-    metadata = {"instance": 1, "intra_op_threads": 1, "rpc": RPC}
+    # One core per instance (EAS `cpu`: the server's intra-op threads): two instances and the
+    # callers share this machine's cores, and a session whose second thread waits for a busy core
+    # runs at that thread's pace.
+    metadata = {"instance": 1, "cpu": 1, "rpc": RPC}
     deployments = {
         "1": deploy(api, "1", {"processor": "onnx", "metadata": metadata}, "deploy v1 plain"),
         "2": deploy(
