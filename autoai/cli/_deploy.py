@@ -149,6 +149,9 @@ def deploy_command(
         str | None,
         typer.Option("--blade-test-data", help="blade: npz of inputs, a path on the control plane"),
     ] = None,
+    blade_required: Annotated[
+        bool, typer.Option("--blade-required", help="blade: fail rather than serve plain")
+    ] = False,
     instances: Annotated[
         int | None, typer.Option("--instances", help="metadata.instance: processes to run", min=1)
     ] = None,
@@ -168,6 +171,16 @@ def deploy_command(
     ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", help="rpc.worker_threads: sessions run", min=1)
+    ] = None,
+    cpu: Annotated[
+        int | None, typer.Option("--cpu", help="metadata.cpu: cores per instance", min=1)
+    ] = None,
+    gpu: Annotated[
+        int | None, typer.Option("--gpu", help="metadata.gpu: cards per instance", min=0)
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="metadata.port: instance i listens on PORT + i", min=1024),
     ] = None,
     intra_op_threads: Annotated[
         int | None,
@@ -195,6 +208,7 @@ def deploy_command(
                 "batch_sizes": _batch_sizes(blade_batch_sizes),
                 "seq": blade_seq,
                 "test_data": blade_test_data,
+                "required": blade_required or None,
             },
             instances=instances,
             rpc={
@@ -204,7 +218,7 @@ def deploy_command(
                 "max_queue_size": max_queue_size,
                 "worker_threads": workers,
             },
-            metadata={"intra_op_threads": intra_op_threads},
+            metadata={"intra_op_threads": intra_op_threads, "cpu": cpu, "gpu": gpu, "port": port},
             token=_read_secret(service_token_file, "--service-token-file"),
         )
         path = f"/api/v1/models/{quote(name)}/versions/{quote(version)}/deploy"

@@ -154,11 +154,11 @@ def deploy_spec(
         processor: ``onnx`` or ``blade``.
         blade: ask for the blade optimizer.
         blade_options: ``device``, ``level``, ``tolerance``, ``test_data``, ``batch_sizes``,
-            ``seq``.
+            ``seq``, ``required``.
         instances: ``metadata.instance``.
         rpc: ``metadata.rpc`` keys (``batching``, ``max_batch_size``, ``max_batch_timeout``,
             ``max_queue_size``, ``worker_threads``).
-        metadata: other ``metadata`` keys (``intra_op_threads``, ``cpu``, ``gpu``).
+        metadata: other ``metadata`` keys (``intra_op_threads``, ``cpu``, ``gpu``, ``port``).
         token: the instances' token (``token``).
 
     Raises:

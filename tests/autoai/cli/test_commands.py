@@ -58,9 +58,8 @@ def test_push_deploy_publish_predict_roll_back_undeploy(
     (model,) = _json(cli("models ls tagger --json"))["models"]
     assert [v["version"] for v in model["versions"]] == ["1", "2"]
 
-    shown = _ok(
-        cli("deploy tagger --version 1 --instances 1 --max-batch-size 8 --batch-timeout-ms 2")
-    )
+    rpc = "--max-batch-size 8 --batch-timeout-ms 2"
+    shown = _ok(cli(f"deploy tagger --version 1 --instances 1 --cpu 1 {rpc}"))
     assert "deployed tagger version 1: processor onnx, 1 instance(s), 1 alive, 1 ready" in shown
     assert "start 1 instance(s) of tagger-1" in shown  # the job's log lines were followed
     job = _json(cli("deploy tagger --version 2 --json"))
@@ -72,6 +71,7 @@ def test_push_deploy_publish_predict_roll_back_undeploy(
     first = next(d for d in status["deployments"] if d["version"] == "1")
     assert first["spec"]["metadata"] == {
         "instance": 1,
+        "cpu": 1,
         "rpc": {"max_batch_size": 8, "max_batch_timeout": 2.0},
     }
     config = httpx.get(f"{first['endpoints'][0]}/v2/models/tagger/versions/1/config").json()
