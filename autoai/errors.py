@@ -3,10 +3,12 @@
 ```
 ControlPlaneError
   ├── InvalidRequest   the request is malformed or names something unusable (400 / 422)
-  ├── Unauthorized     no or a wrong admin token (401 / 403)
+  ├── Unauthorized     no admin token, or not a bearer token (401)
+  ├── Forbidden        a bearer token that is not the admin token (403)
   ├── NotFound         no such model, version, deployment or job (404)
-  └── Conflict         the request contradicts the current state: deleting a deployed version,
-                       a stale expected_revision (409)
+  ├── Conflict         the request contradicts the current state: deleting a deployed version,
+  │                    a stale expected_revision (409)
+  └── Unavailable      the config store cannot be reached: nothing was changed, retry later (503)
 ```
 Services raise these and know nothing about HTTP; the API maps them to status codes in one table
 (``autoai.api``). Each carries a ``detail`` mapping for machine readers.
@@ -17,7 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Conflict", "ControlPlaneError", "InvalidRequest", "NotFound", "Unauthorized"]
+__all__ = [
+    "Conflict",
+    "ControlPlaneError",
+    "Forbidden",
+    "InvalidRequest",
+    "NotFound",
+    "Unauthorized",
+    "Unavailable",
+]
 
 
 class ControlPlaneError(Exception):
@@ -37,7 +47,11 @@ class InvalidRequest(ControlPlaneError, ValueError):
 
 
 class Unauthorized(ControlPlaneError):
-    """The admin token is missing or wrong."""
+    """No admin token came with the request (or not as ``Authorization: Bearer ...``)."""
+
+
+class Forbidden(ControlPlaneError):
+    """A token came, but not the admin token."""
 
 
 class NotFound(ControlPlaneError, LookupError):
@@ -46,3 +60,7 @@ class NotFound(ControlPlaneError, LookupError):
 
 class Conflict(ControlPlaneError):
     """The request contradicts the current state (the message says which and why)."""
+
+
+class Unavailable(ControlPlaneError):
+    """A dependency (the config store) cannot be reached; the request changed nothing."""

@@ -6,23 +6,27 @@ jobs.get(job.id).json()   # {"id", "kind", "state", "progress", "step", "log", "
 ```
 States: ``pending`` -> ``running`` -> ``succeeded`` | ``failed``. Jobs live in memory for the
 control plane's lifetime (a restarted control plane reconciles deployments from the store, not
-from jobs).
+from jobs). ``JobRunner(on_finish=...)`` is called with each job once it has ended (metrics).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .errors import ControlPlaneError, NotFound
 
-__all__ = ["Job", "JobRunner"]
+__all__ = ["STATES", "Job", "JobRunner"]
 
 _LOG_LINES = 200
+STATES: Final = ("pending", "running", "succeeded", "failed")
+
+log = logging.getLogger(__name__)
 
 
 class Job:
@@ -69,11 +73,17 @@ class Job:
 
 
 class JobRunner:
-    """Runs jobs on their own threads and keeps them for polling."""
+    """Runs jobs on their own threads and keeps them for polling.
 
-    def __init__(self) -> None:
+    Args:
+        on_finish: called on the job's thread once a job has succeeded or failed (``finished``
+            set), before its waiters wake; what it raises is logged and changes nothing.
+    """
+
+    def __init__(self, on_finish: Callable[[Job], None] | None = None) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._on_finish = on_finish
 
     def submit(self, kind: str, title: str, work: Callable[[Job], dict[str, Any]]) -> Job:
         job = Job(kind, title)
@@ -97,6 +107,11 @@ class JobRunner:
                 job.say(f"failed: {type(exc).__name__}: {exc}")
             finally:
                 job.finished = time.time()
+                if self._on_finish is not None:
+                    try:
+                        self._on_finish(job)
+                    except Exception:  # an observer's bug must not hang the job's waiters
+                        log.exception("on_finish failed for job %s", job.id)
                 job.done.set()
 
         threading.Thread(target=run, name=f"job-{job.id}", daemon=True).start()
@@ -108,6 +123,12 @@ class JobRunner:
         if job is None:
             raise NotFound(f"no job {job_id!r}", {"job": job_id})
         return job
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """How many jobs there are by ``(kind, state)``."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return Counter((job.kind, job.state) for job in jobs)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for every job (shutdown, tests)."""

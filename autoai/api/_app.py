@@ -9,31 +9,68 @@ a 500.
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
 
-from config_store import ConfigStore, open_store
+import config_store
+from config_store import ConfigStore, LeaderElection, open_store
 
 from ..deployments import DeploymentService
-from ..errors import Conflict, ControlPlaneError, InvalidRequest, NotFound, Unauthorized
+from ..errors import (
+    Conflict,
+    ControlPlaneError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
 from ..jobs import JobRunner
 from ..orchestrators import LocalOrchestrator
+from ..reconciler import Reconciler
 from ..releases import ReleaseService
 from ..repository import ModelRepository
+from ._metrics import ControlMetrics
 from ._settings import ControlSettings
 
-__all__ = ["STATUS", "Services", "create_app", "require_read", "require_write", "services"]
+CONTROL_SERVICE: Final = "autoai-control"
+"""The instance service control-plane replicas register under (and elect a leader in)."""
+
+__all__ = [
+    "CONTROL_SERVICE",
+    "STATUS",
+    "Services",
+    "create_app",
+    "require_read",
+    "require_write",
+    "services",
+]
 
 STATUS: Final[dict[type[ControlPlaneError], int]] = {
     InvalidRequest: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    Unavailable: 503,
+}
+
+# config_store errors that reach a route unconverted: the store's refusal of a name or a size is
+# bad input (400), its absence a 503; any other store error stays a 500 (a bug, logged).
+_STORE_ERRORS: Final[dict[type[config_store.ConfigStoreError], type[ControlPlaneError]]] = {
+    config_store.StoreUnavailable: Unavailable,
+    config_store.InvalidKey: InvalidRequest,
+    config_store.ContentTooLarge: InvalidRequest,
+    config_store.Conflict: Conflict,
+    config_store.NotFound: NotFound,
 }
 
 
@@ -43,16 +80,50 @@ class Services:
     def __init__(self, settings: ControlSettings, store: ConfigStore):
         self.settings = settings
         self.store = store
-        self.jobs = JobRunner()
+        self.metrics = ControlMetrics(
+            CollectorRegistry(),
+            jobs=lambda: self.jobs.counts(),
+            deployments=lambda: self.deployments.list(),
+        )
+        self.jobs = JobRunner(on_finish=self.metrics.job_finished)
         self.deployments: DeploymentService
         self.repository = ModelRepository(
             settings.repo_dir, store, is_deployed=lambda n, v: self.deployments.is_deployed(n, v)
         )
-        orchestrator = LocalOrchestrator(store, settings.store_url, settings.run_dir)
+        self.orchestrator = LocalOrchestrator(store, settings.store_url, settings.run_dir)
+        self.election = LeaderElection(
+            store,
+            CONTROL_SERVICE,
+            settings.host,
+            settings.port,
+            {"pid": os.getpid(), "url": f"http://{settings.host}:{settings.port}"},
+        )
         self.deployments = DeploymentService(
-            store, self.repository, orchestrator, self.jobs, settings.repo_dir / "artifacts"
+            store,
+            self.repository,
+            self.orchestrator,
+            self.jobs,
+            settings.repo_dir / "artifacts",
+            replica=self.election.candidate,
         )
         self.releases = ReleaseService(store, self.repository, self.deployments)
+        self.reconciler = Reconciler(
+            store,
+            self.orchestrator,
+            is_leader=lambda: self.election.is_leader,
+            live_replicas=self._live_replicas,
+            interval=settings.reconcile_interval,
+            backoff_max=settings.restart_backoff_max,
+        )
+
+    def _live_replicas(self) -> set[str]:
+        return {str(c.payload.get("candidate")) for c in self.election.candidates()}
+
+    def close(self) -> None:
+        """Stop reconciling and leave the election; the instances keep running."""
+        self.reconciler.close()
+        self.jobs.wait(timeout=30)
+        self.election.close()
 
 
 def services(request: Request) -> Services:
@@ -61,12 +132,37 @@ def services(request: Request) -> Services:
 
 
 def _check_token(request: Request, expected: str | None) -> None:
+    """Raises: Unauthorized: no bearer token (401). Forbidden: another token (403)."""
     if expected is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("this needs the admin token: Authorization: Bearer <token>")
+    # compared as bytes: compare_digest refuses non-ASCII str, which a header may carry
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Forbidden("the token is not the admin token")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method, unparsable body) in our shape."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        {"error": str(exc.detail), "detail": {}}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """A ``config_store`` error below a route, converted once here (``_STORE_ERRORS``)."""
+    ours = next(v for k, v in _STORE_ERRORS.items() if isinstance(exc, k))
+    if ours is Unavailable:
+        error: ControlPlaneError = Unavailable(f"the config store is unavailable: {exc}")
+        headers = {"Retry-After": "5"}
+    else:
+        error, headers = ours(str(exc)), {}
+    return JSONResponse(
+        {"error": str(error), "detail": error.detail}, status_code=STATUS[ours], headers=headers
+    )
 
 
 def require_write(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
@@ -88,10 +184,14 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.store_url)
         try:
-            app.state.services = Services(settings, store)
-            yield
+            svc = app.state.services = Services(settings, store)
+            if settings.reconcile_interval > 0:
+                svc.reconciler.start()
+            try:
+                yield
+            finally:
+                svc.close()
         finally:
-            app.state.services.jobs.wait(timeout=30)
             store.close()
 
     app = FastAPI(
@@ -117,12 +217,25 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         )
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
+        """Liveness, this replica's id, whether it leads (reconciles) and the store's state."""
+        leader = svc.election.leader
+        return {
+            "status": "ok",
+            "replica": svc.election.candidate,
+            "leader": svc.election.is_leader,
+            "leader_url": None if leader is None else leader.payload.get("url"),
+            "store": svc.store.state,
+            "reconcile_passes": svc.reconciler.passes,
+        }
 
-    from .routers import deployments, models, releases
+    from .routers import deployments, models, observability, releases
 
+    for store_error in _STORE_ERRORS:
+        app.add_exception_handler(store_error, _store_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(releases.router)
+    app.include_router(observability.router)
     return app

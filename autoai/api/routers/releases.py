@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
 from ...errors import InvalidRequest
@@ -21,11 +21,15 @@ async def publish(
 ) -> dict[str, Any]:
     """``{"routes": [{"version", "weight"}], "sticky_key", "shadow", "expected_revision",
     "reason"}``: validated, then one compare-and-swap write of the route table."""
-    return await run_in_threadpool(svc.releases.publish, name, request)
+    with svc.metrics.publishing("publish"):
+        return await run_in_threadpool(svc.releases.publish, name, request)
 
 
 @router.get("/releases", dependencies=[Depends(require_read)])
-async def releases(name: str, svc: Svc, limit: int = 20) -> dict[str, Any]:
+async def releases(
+    name: str, svc: Svc, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> dict[str, Any]:
+    """Published revisions, newest first (at most ``limit``; the store keeps 100)."""
     return {"releases": await run_in_threadpool(svc.releases.releases, name, limit)}
 
 
@@ -34,7 +38,8 @@ async def rollback(
     name: str, svc: Svc, request: Annotated[dict[str, Any] | None, Body()] = None
 ) -> dict[str, Any]:
     """Republish an earlier revision (``{"revision": null}``: the previous one)."""
-    revision = (request or {}).get("revision")
-    if revision is not None and (not isinstance(revision, int) or isinstance(revision, bool)):
-        raise InvalidRequest(f"revision is {revision!r}, expected an integer or null")
-    return {"revision": await run_in_threadpool(svc.releases.rollback, name, revision)}
+    with svc.metrics.publishing("rollback"):
+        revision = (request or {}).get("revision")
+        if revision is not None and (not isinstance(revision, int) or isinstance(revision, bool)):
+            raise InvalidRequest(f"revision is {revision!r}, expected an integer or null")
+        return {"revision": await run_in_threadpool(svc.releases.rollback, name, revision)}

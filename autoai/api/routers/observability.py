@@ -1,0 +1,76 @@
+"""``/metrics`` (Prometheus text) and ``/api/v1/sd/prometheus`` (Prometheus HTTP service discovery
+of every registered instance of every deployment). Both are reads: open unless ``protect_reads``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from config_store import Instance
+
+from .._app import Services, require_read, services
+
+router = APIRouter(tags=["observability"], dependencies=[Depends(require_read)])
+
+Svc = Annotated[Services, Depends(services)]
+
+
+def target_groups(
+    deployments: Iterable[Mapping[str, Any]], instances: Mapping[str, Iterable[Instance]]
+) -> list[dict[str, Any]]:
+    """One Prometheus target group per deployment with registered instances.
+
+    Args:
+        deployments: ``DeploymentService.list()``.
+        instances: the registered instances of each deployment's service.
+
+    Returns:
+        ``[{"targets": ["host:port", ...], "labels": {"model", "version", "processor",
+        "service", "__metrics_path__"}}]``, the body Prometheus' ``http_sd_configs`` reads.
+    """
+    groups = []
+    for deployment in deployments:
+        service = str(deployment["service"])
+        targets = sorted(
+            f"[{i.host}]:{i.port}" if ":" in i.host else i.address
+            for i in instances.get(service, ())
+        )
+        if not targets:
+            continue
+        labels = {
+            "model": str(deployment["name"]),
+            "version": str(deployment["version"]),
+            "processor": str(deployment["processor"]),
+            "service": service,
+            "__metrics_path__": "/metrics",
+        }
+        groups.append({"targets": targets, "labels": labels})
+    return groups
+
+
+def _discover(svc: Services) -> list[dict[str, Any]]:
+    deployments = svc.deployments.list()
+    registered = {d["service"]: svc.store.instances(d["service"]) for d in deployments}
+    return target_groups(deployments, registered)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(svc: Svc) -> Response:
+    """The control plane's metrics (``autoai_*``) in Prometheus' text format."""
+    body = await run_in_threadpool(generate_latest, svc.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/v1/sd/prometheus")
+async def prometheus_sd(svc: Svc) -> list[dict[str, Any]]:
+    """Every registered model-server instance as Prometheus HTTP service discovery target groups
+    (``http_sd_configs``), labelled with model, version, processor and service."""
+    return await run_in_threadpool(_discover, svc)
