@@ -275,6 +275,7 @@ class DeploymentService:
             Conflict: another operation on the version is running.
         """
         wanted = _instances({"metadata": {"instance": instances}})
+        self.repository.version(name, version)
         if self._record(name, version) is None:
             raise NotFound(
                 f"model {name!r} version {version!r} is not deployed",
@@ -373,7 +374,9 @@ class DeploymentService:
             NotFound: the version is not deployed.
             Conflict: the published route table sends calls to it (weight, fallback or shadow)
                 and ``force`` is not set; or another operation on it is running.
+            InvalidRequest: a malformed name or version.
         """
+        self.repository.version(name, version)
         if self.store.get(_key(name, version), group=GROUP) is None:
             raise NotFound(
                 f"model {name!r} version {version!r} is not deployed",

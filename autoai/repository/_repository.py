@@ -164,10 +164,18 @@ class ModelRepository:
         Raises:
             InvalidRequest: another scheme, or the file / URL cannot be read.
         """
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as exc:
+            raise InvalidRequest(f"{uri!r} is not a URI: {exc}", {"uri": uri}) from exc
+        if any(not c.isprintable() for c in uri):
+            raise InvalidRequest(f"the URI {uri!r} contains control characters", {"uri": uri})
         if parts.scheme == "file":
+            path = Path(parts.path)
             try:
-                return Path(parts.path).read_bytes()
+                if path.stat().st_size > MAX_MODEL_BYTES:
+                    raise InvalidRequest(f"{uri} is larger than {MAX_MODEL_BYTES} bytes")
+                return path.read_bytes()
             except OSError as exc:
                 raise InvalidRequest(f"cannot read {uri}: {exc.strerror}", {"uri": uri}) from exc
         if parts.scheme in ("http", "https"):
@@ -183,7 +191,7 @@ class ModelRepository:
                             raise InvalidRequest(f"{uri} is larger than {MAX_MODEL_BYTES} bytes")
                         chunks.append(chunk)
                     return b"".join(chunks)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise InvalidRequest(f"cannot download {uri}: {exc}", {"uri": uri}) from exc
         raise InvalidRequest(
             f"unsupported URI scheme {parts.scheme!r}: expected file://, http:// or https://",

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import hypothesis
@@ -134,23 +133,11 @@ def test_no_5xx_on_any_operation(
         assert [k for k in store.keys("control") if k.startswith("deployment.")] == []
 
 
-def _hits_known_bug(uri: str) -> bool:
-    """``ModelRepository.read_uri`` lets ``ValueError`` / ``httpx.InvalidURL`` out (a 500) for a
-    URI that ``urlsplit`` refuses, a file path with a NUL byte, or an http URL with a control
-    character: the xfail tests below, until it is fixed there."""
-    try:
-        scheme = urlsplit(uri).scheme
-    except ValueError:
-        return True
-    controls = any(c.isascii() and not c.isprintable() for c in uri)
-    return "\x00" in uri or (scheme in ("http", "https") and controls)
-
-
 def _uris(directory: Path) -> st.SearchStrategy[str]:
     # file:// stays under the test's directory: a random path could name /dev/zero
     local = st.text(max_size=20).map(lambda rest: f"file://{directory}/{rest}")
     refused = st.text(max_size=20).map(lambda rest: f"http://127.0.0.1:1/{rest}")
-    return st.one_of(local, refused, st.text(max_size=30)).filter(lambda u: not _hits_known_bug(u))
+    return st.one_of(local, refused, st.text(max_size=30))
 
 
 JSON = st.recursive(
@@ -203,21 +190,18 @@ def test_no_5xx_on_registration_bodies(served: tuple[FastAPI, Send], tmp_path: P
     fuzz()
 
 
-@pytest.mark.xfail(strict=True, reason="ModelRepository.read_uri: urlsplit's ValueError is a 500")
 def test_a_malformed_uri_is_a_400(served: tuple[FastAPI, Send]) -> None:
     _, send = served
     body = {"name": "tagger", "uri": "http://["}
     assert send(method="POST", url="/api/v1/models", json=body, headers=AUTH).status_code == 400
 
 
-@pytest.mark.xfail(strict=True, reason="ModelRepository.read_uri: a NUL byte in the path is a 500")
 def test_a_nul_byte_in_a_file_uri_is_a_400(served: tuple[FastAPI, Send]) -> None:
     _, send = served
     body = {"name": "tagger", "uri": "file:///tmp/a\x00b"}
     assert send(method="POST", url="/api/v1/models", json=body, headers=AUTH).status_code == 400
 
 
-@pytest.mark.xfail(strict=True, reason="ModelRepository.read_uri: httpx.InvalidURL is a 500")
 def test_a_control_character_in_an_http_uri_is_a_400(served: tuple[FastAPI, Send]) -> None:
     _, send = served
     body = {"name": "tagger", "uri": "http://127.0.0.1:1/\x1f"}
