@@ -1,0 +1,70 @@
+"""autoai.bench: load a model as the application would, and report both sides of every step.
+
+```python
+from autoai.bench import BenchConfig, Step, run, to_document
+report = run(BenchConfig("intent-cls", store="zk://zk1:2181/autoai",
+                         steps=[Step(concurrency=c) for c in (1, 8, 32)], duration=30))
+to_document(report)["steps"][0]["client"]["rt_ms"]["p99"]
+```
+Closed loop (``Step(concurrency=N)``) or open loop (``Step(rate=QPS)``: Poisson arrivals, each
+call timed from its intended send time); through the SDK (``store=``) or straight to one
+instance (``url=``). Per step: client-side QPS and latency percentiles, errors by kind; the
+instances' ``/metrics`` deltas (QPS, RT, queue and compute time, batch sizes, batch triggers);
+and the generator's own CPU. Pure cores: ``_stats``, ``_schedule``, ``_prom``, ``_inputs``,
+``_report``; I/O: ``_direct``, ``_sdk``, ``_scrape``; orchestration: ``_load``, ``_runner``,
+``_main``; ``_plot`` needs matplotlib (``pip install 'autoai[bench]'``).
+"""
+
+from ._errors import BadInput, BenchError, Unreachable
+from ._inputs import DYNAMIC_DIM, draw_inputs, signature_from_metadata
+from ._load import closed_loop, open_loop
+from ._main import BenchConfig, bench, run
+from ._plot import plot
+from ._prom import Histogram, ServerSnapshot, ServerStats, parse_metrics, server_stats
+from ._report import JSON_SCHEMA, SCHEMA_VERSION, BenchReport, Step, StepResult, to_document
+from ._schedule import ArrivalPlan
+from ._stats import (
+    ClientStats,
+    GeneratorStats,
+    LatencySummary,
+    Samples,
+    error_kind,
+    generator_stats,
+    percentile,
+    summarize,
+)
+
+__all__ = [
+    "DYNAMIC_DIM",
+    "JSON_SCHEMA",
+    "SCHEMA_VERSION",
+    "ArrivalPlan",
+    "BadInput",
+    "BenchConfig",
+    "BenchError",
+    "BenchReport",
+    "ClientStats",
+    "GeneratorStats",
+    "Histogram",
+    "LatencySummary",
+    "Samples",
+    "ServerSnapshot",
+    "ServerStats",
+    "Step",
+    "StepResult",
+    "Unreachable",
+    "bench",
+    "closed_loop",
+    "draw_inputs",
+    "error_kind",
+    "generator_stats",
+    "open_loop",
+    "parse_metrics",
+    "percentile",
+    "plot",
+    "run",
+    "server_stats",
+    "signature_from_metadata",
+    "summarize",
+    "to_document",
+]
