@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ._bench import bench_command
 from ._blade import blade_app
 from ._deploy import deploy_command, scale_command, undeploy_command
 from ._jobs import job_command
@@ -33,6 +34,7 @@ app.command("rollback")(rollback_command)
 app.command("releases")(releases_command)
 app.command("status")(status_command)
 app.command("predict")(predict_command)
+app.command("bench")(bench_command)
 
 
 def main() -> None:

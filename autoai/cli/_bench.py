@@ -1,0 +1,366 @@
+"""``autoai bench MODEL``: load a model and print QPS and RT as the client and the servers saw them.
+
+Through the SDK (``--store``, routed as published) or straight to one instance (``--url``);
+closed loop over ``--concurrency`` levels, or open loop at ``--rate`` (Poisson arrivals, latency
+from the intended send time). The work is ``autoai.bench``'s; this module parses the flags,
+shows progress and renders the report (rich tables, ``--json``, ``--plot``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from ._common import emit_json, fail_on_errors
+from ._errors import BadUsage, CliError
+from ._parse import parse_input
+from ._predict import _load
+
+if TYPE_CHECKING:  # imported when the command runs: other commands start without the SDK
+    from autoai.bench import BenchReport, Step, StepResult
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "bench_command",
+    "parse_duration",
+    "parse_levels",
+    "report_table",
+]
+
+DEFAULT_CONCURRENCY = "1,8,32"
+DEFAULT_MAX_IN_FLIGHT = 256
+"""With ``--rate``: the most calls outstanding unless ``--concurrency`` says otherwise."""
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min)?\s*", re.IGNORECASE)
+_UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
+
+
+def parse_duration(option: str, value: str) -> float:
+    """``"30s"``, ``"500ms"``, ``"2m"`` or ``"1.5"`` (seconds) -> seconds.
+
+    Raises:
+        BadUsage: anything else, or a negative or infinite value.
+    """
+    found = _DURATION.fullmatch(value)
+    if found is None:
+        raise BadUsage(f"{option} {value!r}: expected a duration such as 30s, 500ms or 2m")
+    seconds = float(found.group(1)) * _UNIT_S[(found.group(2) or "s").lower()]
+    if not math.isfinite(seconds):
+        raise BadUsage(f"{option} {value!r}: not a finite duration")
+    return seconds
+
+
+def parse_levels(option: str, value: str, *, integer: bool) -> list[float]:
+    """``"1,8,32"`` -> ``[1, 8, 32]``: comma-separated numbers > 0 (integers if ``integer``).
+
+    Raises:
+        BadUsage: an empty list, or an item that is not such a number.
+    """
+    levels: list[float] = []
+    for item in value.split(","):
+        text = item.strip()
+        try:
+            number = int(text) if integer else float(text)
+        except ValueError:
+            kind = "integers" if integer else "numbers"
+            raise BadUsage(f"{option} {value!r}: expected comma-separated {kind} > 0") from None
+        if not (math.isfinite(number) and number > 0):
+            raise BadUsage(f"{option} {value!r}: every value must be > 0")
+        levels.append(number)
+    return levels
+
+
+def _steps(concurrency: str | None, rate: str | None) -> list[Step]:
+    from autoai.bench import Step
+
+    if rate is None:
+        counts = parse_levels("--concurrency", concurrency or DEFAULT_CONCURRENCY, integer=True)
+        return [Step(concurrency=int(c)) for c in counts]
+    limit = DEFAULT_MAX_IN_FLIGHT
+    if concurrency is not None:
+        caps = parse_levels("--concurrency", concurrency, integer=True)
+        if len(caps) != 1:
+            raise BadUsage("--concurrency with --rate takes one value: the most calls in flight")
+        limit = int(caps[0])
+    return [Step(rate=r, max_in_flight=limit) for r in parse_levels("--rate", rate, integer=False)]
+
+
+def _inputs(values: list[str]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    given: dict[str, Any] = {}
+    for value in values:
+        name, source = parse_input(value)
+        if name in given:
+            raise BadUsage(f"--input {name} is given more than once")
+        # A file is read here; a JSON value is converted to the input's datatype once the
+        # signature is known.
+        given[name] = _load(name, source, "") if isinstance(source, Path) else source
+    return given
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "0"
+
+
+def _row(result: StepResult) -> list[str | Text]:
+    c, s, g = result.client, result.server, result.generator
+    lat = c.latency
+    label = result.step.label + (" (stopped)" if result.interrupted else "")
+    cpu = Text(f"{g.cpu_percent:.0f}%", style="bold red" if g.saturated else "")
+    client: list[str | Text] = [
+        label,
+        f"{c.qps:.0f}",
+        _ms(lat.p50 if lat else None),
+        _ms(lat.p90 if lat else None),
+        _ms(lat.p99 if lat else None),
+        _ms(lat.max if lat else None),
+        _counts(c.errors),
+        cpu,
+    ]
+    if s is None:
+        return [*client, *(["-"] * 8)]
+    triggers = "/".join(str(s.batches.get(t, 0)) for t in ("full", "delay", "idle", "split"))
+    batch = "-" if s.batch_size_mean is None else f"{s.batch_size_mean:.2f}"
+    return [
+        *client,
+        f"{s.qps:.0f}",
+        _ms(s.rt_mean),
+        _ms(s.rt_p99),
+        _ms(s.queue_mean),
+        _ms(s.compute_mean),
+        batch,
+        triggers,
+        _counts(s.errors),
+    ]
+
+
+_CLIENT_COLUMNS = ("QPS", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "gen CPU")
+_SERVER_COLUMNS = (
+    *("QPS", "RT ms", "p99 ms", "queue ms", "compute ms", "batch"),
+    *("full/delay/idle/split", "errors"),
+)
+
+
+def report_table(report: BenchReport) -> Table:
+    """One row per step: the client side, then the server side, of the same window."""
+    how = "through the SDK" if report.target == "sdk" else "direct"
+    shapes = ", ".join(
+        f"{i['name']} {i['datatype']} {i['shape']} ({i['source']})" for i in report.inputs
+    )
+    table = Table(
+        title=f"autoai bench {report.model} {how} ({report.address})",
+        caption=f"inputs {shapes}; {report.encoding} tensors; {report.warmup_s:g} s warmup, "
+        f"{report.duration_s:g} s per step. Server p99: from histogram buckets. "
+        "gen CPU: the generator's process, % of one core.",
+    )
+    table.add_column("step")
+    for name in _CLIENT_COLUMNS:
+        table.add_column(f"client\n{name}", justify="right", header_style="bold cyan")
+    for name in _SERVER_COLUMNS:
+        table.add_column(f"server\n{name}", justify="right", header_style="bold magenta")
+    for result in report.steps:
+        table.add_row(*_row(result))
+    return table
+
+
+def _notes(report: BenchReport) -> list[str]:
+    notes = []
+    for r in report.steps:
+        if r.generator.saturated:
+            notes.append(
+                f"warning: step {r.step.label}: the load generator used "
+                f"{r.generator.cpu_percent:.0f}% of one core: it, not the server, may be the "
+                "bottleneck (use --url for the lean direct sender, or run several generators)"
+            )
+        if r.server is not None and r.server.unreachable:
+            notes.append(
+                f"warning: step {r.step.label}: no /metrics from {', '.join(r.server.unreachable)}"
+            )
+        if r.server is None:
+            notes.append(f"warning: step {r.step.label}: no instance found to read /metrics from")
+    if report.interrupted:
+        notes.append("interrupted: the figures above are those of the steps measured so far")
+    return notes
+
+
+class _Bar:
+    """The progress bar on a terminal: one line per step, its warmup and window as the total.
+
+    Started by the first progress call (after the target answered), so that an error before
+    the run prints nothing else.
+    """
+
+    def __init__(self, console: Console, steps: list[Step], seconds: float):
+        self._console = console
+        self._progress: Progress | None = None
+        self._steps = steps
+        self._seconds = seconds
+        self._tasks: dict[int, TaskID] = {}
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, index: int, elapsed: float) -> None:
+        if not self._console.is_terminal:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+        task = self._tasks.get(index)
+        if task is None:
+            for done in self._tasks.values():
+                self._progress.update(done, completed=self._seconds)
+            label = f"step {index + 1}/{len(self._steps)} {self._steps[index].label}"
+            task = self._tasks[index] = self._progress.add_task(label, total=self._seconds)
+        self._progress.update(task, completed=min(elapsed, self._seconds))
+
+
+# ----------------------------------------------------------------------------------- command
+
+
+def bench_command(
+    model: Annotated[str, typer.Argument(help="the model to load")],
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="config store URL: call through the SDK, routed as published "
+            "(default: AUTOAI_STORE_URL, else ~/.autoai/store.db)",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="http://HOST:PORT of one instance: call it directly"),
+    ] = None,
+    concurrency: Annotated[
+        str | None,
+        typer.Option(
+            "--concurrency",
+            help=f"closed-loop steps, calls in flight (default {DEFAULT_CONCURRENCY}); with "
+            f"--rate: the most calls in flight (default {DEFAULT_MAX_IN_FLIGHT})",
+        ),
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            help="open loop: Poisson arrivals per second, comma-separated for several steps",
+        ),
+    ] = None,
+    duration: Annotated[
+        str, typer.Option("--duration", help="measured time per step (30s, 500ms, 2m)")
+    ] = "30s",
+    warmup: Annotated[
+        str, typer.Option("--warmup", help="load before each step's window, not measured")
+    ] = "5s",
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="NAME=@FILE.npy or NAME=JSON, repeated (default: drawn from the signature)",
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", help="rows per request of drawn inputs")] = 1,
+    binary: Annotated[
+        bool,
+        typer.Option("--binary/--json-tensors", help="binary tensors (default) or JSON tensors"),
+    ] = True,
+    version: Annotated[str | None, typer.Option("--version", help="call this version only")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON on stdout")
+    ] = False,
+    plot_path: Annotated[
+        Path | None,
+        typer.Option("--plot", help="write a PNG of throughput and p99 per step", dir_okay=False),
+    ] = None,
+) -> None:
+    """Load MODEL step by step and print QPS and RT as the client saw them next to what the
+    instances' /metrics saw over the same window, and the generator's own CPU."""
+    from autoai.bench import BenchConfig, BenchError, plot, run, to_document
+
+    console = Console()
+    err = Console(stderr=True)
+    with fail_on_errors():
+        if store is not None and url is not None:
+            raise BadUsage("give --store or --url, not both")
+        if url is None and store is None:
+            store = os.environ.get("AUTOAI_STORE_URL") or (
+                f"sqlite:///{Path.home() / '.autoai' / 'store.db'}"
+            )
+        given = _inputs(inputs or [])
+        if given is not None and batch != 1:
+            raise BadUsage("--batch applies to drawn inputs; with --input the arrays set it")
+        if batch < 1:
+            raise BadUsage(f"--batch {batch}: must be >= 1")
+        steps = _steps(concurrency, rate)
+        warm, window = parse_duration("--warmup", warmup), parse_duration("--duration", duration)
+        if window <= 0:
+            raise BadUsage(f"--duration {duration!r}: must be > 0")
+        try:
+            config = BenchConfig(
+                model=model,
+                steps=steps,
+                store=store,
+                url=url,
+                version=version,
+                warmup=warm,
+                duration=window,
+                inputs=given,
+                batch=batch,
+                binary=binary,
+            )
+            with _Bar(err, steps, warm + window) as bar:
+                report = run(
+                    config,
+                    progress=bar,
+                    on_interrupt=lambda: err.print("stopping: finishing this step's figures"),
+                )
+        except KeyboardInterrupt:
+            raise CliError("interrupted before anything was measured") from None
+        except BenchError as exc:
+            raise CliError(str(exc)) from None
+        if as_json:
+            emit_json(to_document(report))
+        else:
+            console.print(report_table(report))
+        for note in _notes(report):
+            err.print(note, markup=False, highlight=False)
+        if plot_path is not None:
+            try:
+                written = plot(report, plot_path)
+            except BenchError as exc:
+                raise CliError(str(exc)) from None
+            err.print(f"wrote {written}", markup=False, highlight=False)
+    if report.interrupted:
+        raise typer.Exit(130)
