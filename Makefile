@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv install install-test zookeeper check test models demo bench-store bench-serving bench-blade bench-sdk clean
+.PHONY: venv install install-test zookeeper promtool check test models demo bench-store bench-serving bench-blade bench-sdk clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,34 @@ zookeeper:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q zookeeper; \
 	fi
 
+# promtool for tests/deploy (`promtool check config`, `check rules`). Debian's `prometheus` package
+# has it, but installing the package would start a daemon: download the .deb and take out only
+# /usr/bin/promtool (no maintainer scripts run). Best effort: without it the promtool tests skip.
+PROMTOOL_DIR ?= $(HOME)/.cache/autoai/bin
+
+promtool:
+	@if command -v promtool >/dev/null 2>&1 || [ -x "$(PROMTOOL_DIR)/promtool" ]; then \
+		:; \
+	elif ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then \
+		echo "promtool: no apt-get/dpkg-deb here; the promtool tests will skip"; \
+	else \
+		tmp=$$(mktemp -d); \
+		if ( cd "$$tmp" && { apt-get download -q prometheus >/dev/null 2>&1 || \
+				{ apt-get update -q >/dev/null 2>&1 && apt-get download -q prometheus >/dev/null 2>&1; }; } ) \
+			&& dpkg-deb --fsys-tarfile "$$tmp"/prometheus_*.deb | tar -x -C "$$tmp" ./usr/bin/promtool \
+			&& mkdir -p "$(PROMTOOL_DIR)" \
+			&& install -m 0755 "$$tmp/usr/bin/promtool" "$(PROMTOOL_DIR)/promtool"; then \
+			echo "promtool: $(PROMTOOL_DIR)/promtool"; \
+		else \
+			echo "promtool: could not get it from Debian's prometheus package; the promtool tests will skip"; \
+		fi; \
+		rm -rf "$$tmp"; \
+	fi
+
 check: install-test
 	PATH=$(VENV)/bin:$$PATH scripts/check
 
-test: install-test zookeeper check
+test: install-test zookeeper promtool check
 	AUTOAI_REQUIRE_ZK=1 $(VENV)/bin/pytest
 
 # Example models into ~/.cache/autoai/models (all-MiniLM-L6-v2 with torch; a generated BERT-like
