@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from autoai.orchestrators import process_alive
+
 __all__ = ["ControlPlane", "admin_token", "start", "stop_previous"]
 
 
@@ -50,30 +52,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def _terminate(pids: Iterable[int], timeout: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: only the PIDs given."""
-    pids = [p for p in pids if _alive(p)]
+    pids = [p for p in pids if process_alive(p)]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -107,7 +95,7 @@ def stop_previous(home: Path, token: str) -> list[str]:
     run_dir = str(state.get("run_dir", "//nothing//"))
     instances = {int(p) for p in state.get("instances", [])}
     pid = int(state.get("pid", 0))
-    if pid and _alive(pid) and run_dir in _cmdline(pid):
+    if pid and process_alive(pid) and run_dir in _cmdline(pid):
         headers = {"Authorization": f"Bearer {token}"}
         try:
             with httpx.Client(base_url=state["url"], headers=headers, timeout=90) as api:
@@ -127,7 +115,7 @@ def stop_previous(home: Path, token: str) -> list[str]:
             said.append(f"could not undeploy through REST ({exc}); stopping instances by PID")
         _terminate([pid], timeout=15)
         said.append(f"stopped the previous control plane (pid {pid})")
-    left = [p for p in instances if _alive(p) and run_dir in _cmdline(p)]
+    left = [p for p in instances if process_alive(p) and run_dir in _cmdline(p)]
     if left:
         _terminate(left, timeout=40)
         said.append(f"stopped instances {sorted(left)} by PID")

@@ -11,6 +11,7 @@ from ._zkserver import (
     ZooKeeperServer,
     four_letter_word,
     free_ports,
+    zookeeper_classpath,
 )
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = [
     "expire_session",
     "four_letter_word",
     "free_ports",
+    "zookeeper_classpath",
 ]
 
 

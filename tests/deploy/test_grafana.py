@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]  # PyYAML comes with the test extras (schemathesis)
+import yaml
 
 from . import _promql
 from ._exported import TARGET_LABELS, exported

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-import yaml  # type: ignore[import-untyped]  # PyYAML comes with the test extras (schemathesis)
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoai.api import ControlSettings, create_app

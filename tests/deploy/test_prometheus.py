@@ -19,13 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml  # type: ignore[import-untyped]  # PyYAML comes with the test extras (schemathesis)
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from config_store import open_store
 from config_store._keys import SERVICES_ROOT, instances_path
-from config_store.testing import ZooKeeperServer, four_letter_word
-from config_store.testing._zkserver import zookeeper_classpath
+from config_store.testing import ZooKeeperServer, four_letter_word, zookeeper_classpath
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess
 
