@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from time import monotonic
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
@@ -96,17 +97,21 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.body: list[bytes] = []
+        self.chunks: list[bytes] = []
         self.status = 0
+        self.sent_at = 0.0  # time.monotonic() of the exchange in flight, for the watchdog
         self.started = False  # a byte of the current answer arrived
+        self.used = False  # an exchange completed on it: it was kept alive since
         self.open = True
         self.keep_alive = True
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self.started = True
@@ -125,14 +130,15 @@ class _Connection(asyncio.Protocol):
         self.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        self.chunks.append(body)
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
+        self.used = True
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
-            body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            waiter.set_result((self.status, body))
+            chunks = self.chunks
+            waiter.set_result((self.status, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
 
     # ours
     def fail(self, exc: BaseException) -> None:
@@ -140,13 +146,12 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    def exchange(
-        self, message: bytes, loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[tuple[int, bytes]]:
-        assert self.transport is not None
-        self.body = []
+    def exchange(self, message: bytes, now: float) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None and self.loop is not None
+        self.chunks.clear()
         self.started = False
-        waiter = self.waiter = loop.create_future()
+        self.sent_at = now
+        waiter = self.waiter = self.loop.create_future()
         self.transport.write(message)
         return waiter
 
@@ -154,11 +159,6 @@ class _Connection(asyncio.Protocol):
         self.open = False
         if self.transport is not None:
             self.transport.close()
-
-
-def _expire(connection: _Connection) -> None:
-    connection.fail(TimeoutError("no answer in time"))
-    connection.close()
 
 
 class DirectTarget:
@@ -208,6 +208,7 @@ class DirectTarget:
         self._timeout = timeout
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def probe(self) -> dict[str, np.ndarray[Any, Any]]:
         """One call through httpx, its answer decoded in full: the outputs.
@@ -252,37 +253,61 @@ class DirectTarget:
 
     async def send(self) -> None:
         """One call; raises ``eas_client`` errors (see the module)."""
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            reused = bool(self._idle)
-            connection = self._idle.pop() if reused else await self._connect()
-            waiter = connection.exchange(self._message, loop)
-            timer = loop.call_later(self._timeout, _expire, connection)
-            try:
-                status, body = await waiter
-            except TimeoutError as exc:
-                self._drop(connection)
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        idle = self._idle
+        connection = idle.pop() if idle else await self._connect()
+        try:
+            status, body = await connection.exchange(self._message, monotonic())
+        except BaseException as exc:
+            connection, status, body = await self._failed(connection, exc)
+        if connection.open and connection.keep_alive:
+            idle.append(connection)
+        else:
+            self._drop(connection)
+        if status != 200:
+            raise ServerError.from_status(status, decode_error(body))
+
+    async def _failed(
+        self, connection: _Connection, exc: BaseException
+    ) -> tuple[_Connection, int, bytes]:
+        """The slow path: convert the error, or try once more on a fresh connection when a
+        kept-alive one was closed by the instance while idle (its keep-alive timeout); then the
+        fresh connection and its answer."""
+        self._drop(connection)
+        if isinstance(exc, TimeoutError):
+            raise TimeoutException(
+                f"no answer from {self.origin} in time", url=self.origin
+            ) from exc
+        if not isinstance(exc, ConnectionError):
+            raise exc
+        if connection.started or not connection.used:
+            raise ConnectError(f"{self.origin}: {exc}", url=self.origin) from exc
+        again = await self._connect()
+        try:
+            status, body = await again.exchange(self._message, monotonic())
+        except BaseException as retry:
+            self._drop(again)
+            if isinstance(retry, TimeoutError):
                 raise TimeoutException(
                     f"no answer from {self.origin} in time", url=self.origin
-                ) from exc
-            except ConnectionError as exc:
-                self._drop(connection)
-                if reused and not connection.started and attempt == 1:
-                    continue  # closed while idle (keep-alive timeout): once more, fresh
-                raise ConnectError(f"{self.origin}: {exc}", url=self.origin) from exc
-            except BaseException:
-                self._drop(connection)
-                raise
-            finally:
-                timer.cancel()
-            if connection.open and connection.keep_alive:
-                self._idle.append(connection)
-            else:
-                self._drop(connection)
-            if status != 200:
-                raise ServerError.from_status(status, decode_error(body))
-            return
-        raise AssertionError("unreachable")  # pragma: no cover
+                ) from retry
+            if isinstance(retry, ConnectionError):
+                raise ConnectError(f"{self.origin}: {retry}", url=self.origin) from retry
+            raise
+        return again, status, body
+
+    async def _watch(self) -> None:
+        """Fail the calls that have waited longer than the timeout (one task for all calls:
+        a timer per call costs about as much CPU as the rest of the call)."""
+        period = min(0.25, self._timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            late = monotonic() - self._timeout
+            for connection in list(self._all):
+                if connection.waiter is not None and connection.sent_at < late:
+                    connection.fail(TimeoutError("no answer in time"))
+                    connection.close()
 
     def _drop(self, connection: _Connection) -> None:
         connection.close()
@@ -293,6 +318,9 @@ class DirectTarget:
         return [self.origin]
 
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for connection in list(self._all):
             connection.close()
         self._all.clear()
