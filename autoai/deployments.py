@@ -26,7 +26,7 @@ from config_store import ConfigStore, Conflict as StoreConflict
 
 from .errors import Conflict, InvalidRequest, NotFound
 from .jobs import Job, JobRunner
-from .orchestrators import InstanceRecord, LocalOrchestrator
+from .orchestrators import Orchestrator
 from .repository import ModelRepository
 
 __all__ = ["DeploymentService"]
@@ -110,7 +110,7 @@ class DeploymentService:
         self,
         store: ConfigStore,
         repository: ModelRepository,
-        orchestrator: LocalOrchestrator,
+        orchestrator: Orchestrator,
         jobs: JobRunner,
         artifacts_dir: str | Path,
         replica: str = "",
@@ -230,8 +230,8 @@ class DeploymentService:
             if spec.get("token"):
                 service_json["token"] = spec["token"]
             job.step(f"start {instances} instance(s) of {service}", 0.6)
-            records = self.orchestrator.start(
-                service, service_json, instances, progress=job.say, first_port=first_port
+            fields = self.orchestrator.launch(
+                service, service_json, spec, instances, progress=job.say, first_port=first_port
             )
             record = {
                 "schema_version": 1,
@@ -241,7 +241,8 @@ class DeploymentService:
                 "processor": plan.processor,
                 "blade": plan.blade,
                 "model_sha256": model.sha256,
-                "instances": [r.json() for r in records],
+                "orchestrator": self.orchestrator.kind,
+                **fields,
                 "spec": {k: v for k, v in spec.items() if k != "token"},
                 "created": time.time(),
             }
@@ -251,7 +252,7 @@ class DeploymentService:
                     expected_revision=0,
                 )  # fmt: skip
             except StoreConflict as exc:
-                self.orchestrator.stop(records)
+                self.orchestrator.abandon(service, fields)
                 raise Conflict(
                     f"model {name!r} version {version!r} was deployed meanwhile"
                 ) from exc
@@ -292,33 +293,25 @@ class DeploymentService:
             if item is None:
                 raise NotFound(f"model {name!r} version {version!r} was undeployed meanwhile")
             record = json.loads(item.content)
-            current = [InstanceRecord.from_json(r) for r in record["instances"]]
-            added: list[InstanceRecord] = []
-            removed: list[InstanceRecord] = []
-            if wanted > len(current):
-                job.step(f"start {wanted - len(current)} more instance(s)", 0.2)
-                added = self.orchestrator.spawn(
-                    record["service"], wanted - len(current), progress=job.say
-                )
-            else:
-                removed = current[wanted:]
-            kept = current[: len(current) - len(removed)]
-            metadata = {**(record["spec"].get("metadata") or {}), "instance": wanted}
-            record.update(
-                instances=[r.json() for r in [*kept, *added]],
-                spec={**record["spec"], "metadata": metadata},
+            job.step(f"scale from {len(record['instances'])} to {wanted} instance(s)", 0.2)
+            fields, finish = self.orchestrator.resize(
+                record["service"], record, wanted, progress=job.say
             )
+            metadata = {**(record["spec"].get("metadata") or {}), "instance": wanted}
+            updated = {**record, **fields, "spec": {**record["spec"], "metadata": metadata}}
             try:
                 self.store.publish(
-                    _key(name, version), json.dumps(record).encode(), group=GROUP,
+                    _key(name, version), json.dumps(updated).encode(), group=GROUP,
                     expected_revision=item.revision,
                 )  # fmt: skip
             except StoreConflict as exc:
-                self.orchestrator.stop(added)
+                if wanted > len(record["instances"]):  # stop what was added
+                    before = len(record["instances"])
+                    self.orchestrator.resize(record["service"], updated, before)[1]()
                 raise Conflict(f"the deployment of {name!r} {version!r} changed meanwhile") from exc
-            if removed:
-                job.step(f"drain {len(removed)} instance(s)", 0.6)
-                self.orchestrator.stop(removed)
+            job.step("drain removed instances", 0.6)
+            finish()
+            record = updated
             job.step("scaled", 1.0)
             return {"deployment": self._describe(record)}
 
@@ -330,11 +323,7 @@ class DeploymentService:
 
     def _describe(self, record: Mapping[str, Any]) -> dict[str, Any]:
         live = self.store.instances(record["service"])
-        pids = {i.payload.get("pid") for i in live}
-        ours = self.orchestrator.processes()
-        instances = [
-            {**r, "alive": r["pid"] in ours, "ready": r["pid"] in pids} for r in record["instances"]
-        ]
+        instances = self.orchestrator.health(record["service"], record)
         return {
             **{k: v for k, v in record.items() if k != "instances"},
             "instances": instances,
@@ -399,5 +388,5 @@ class DeploymentService:
             if item is None:
                 return
             record = json.loads(item.content)
-            self.orchestrator.stop([InstanceRecord.from_json(r) for r in record["instances"]])
+            self.orchestrator.teardown(record["service"], record)
             self.store.remove(_key(name, version), group=GROUP)

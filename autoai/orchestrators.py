@@ -24,13 +24,72 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from config_store import ConfigStore
 
 from .errors import ControlPlaneError
 
-__all__ = ["InstanceRecord", "LocalOrchestrator", "StartFailed", "process_alive"]
+__all__ = ["InstanceRecord", "LocalOrchestrator", "Orchestrator", "StartFailed", "process_alive"]
+
+
+class Orchestrator(Protocol):
+    """Where a deployment's instances run; ``DeploymentService`` talks only to this.
+
+    An orchestrator owns some fields of the deployment record (``launch`` returns them; at least
+    ``instances``, a JSON list, maybe empty) and reads them back in the other calls. Instances
+    always register themselves in the store, so discovery and the SDK do not depend on it.
+    """
+
+    kind: str
+    """``local`` or ``kubernetes`` (recorded in each deployment)."""
+
+    def launch(
+        self,
+        service: str,
+        service_json: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        instances: int,
+        *,
+        first_port: int = 0,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Start ``instances`` instances of ``service`` and wait until every one registered.
+
+        Raises:
+            StartFailed: they did not all become ready (whatever was started is removed again;
+                ``detail["log"]`` says why).
+        """
+        ...
+
+    def abandon(self, service: str, fields: Mapping[str, Any]) -> None:
+        """Remove what ``launch`` started when its record could not be written."""
+        ...
+
+    def resize(
+        self,
+        service: str,
+        record: Mapping[str, Any],
+        instances: int,
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
+        """Change the number of instances without dropping calls.
+
+        Returns:
+            The record fields after the change (written by the caller with CAS), and what to run
+            once they are written (draining removed instances). New instances are ready before
+            this returns; removed ones keep serving until the second part runs.
+        """
+        ...
+
+    def teardown(self, service: str, record: Mapping[str, Any]) -> None:
+        """Stop every instance of the deployment (drained)."""
+        ...
+
+    def health(self, service: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The deployment's instances, each with ``alive`` and ``ready``."""
+        ...
 
 
 class StartFailed(ControlPlaneError):
@@ -123,6 +182,56 @@ class LocalOrchestrator:
         self.store_url = store_url
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    kind = "local"
+
+    # -- the Orchestrator interface --------------------------------------------------------
+
+    def launch(
+        self,
+        service: str,
+        service_json: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        instances: int,
+        *,
+        first_port: int = 0,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        started = self.start(
+            service, service_json, instances, progress=progress, first_port=first_port
+        )
+        return {"instances": [r.json() for r in started]}
+
+    def abandon(self, service: str, fields: Mapping[str, Any]) -> None:
+        self.stop([InstanceRecord.from_json(r) for r in fields.get("instances", [])])
+
+    def resize(
+        self,
+        service: str,
+        record: Mapping[str, Any],
+        instances: int,
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
+        current = [InstanceRecord.from_json(r) for r in record["instances"]]
+        if instances > len(current):
+            added = self.spawn(service, instances - len(current), progress=progress)
+            return {"instances": [r.json() for r in [*current, *added]]}, lambda: None
+        kept, removed = current[:instances], current[instances:]
+        return {"instances": [r.json() for r in kept]}, lambda: self.stop(removed)
+
+    def teardown(self, service: str, record: Mapping[str, Any]) -> None:
+        self.stop([InstanceRecord.from_json(r) for r in record["instances"]])
+
+    def health(self, service: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        registered = {i.payload.get("pid") for i in self.store.instances(service)}
+        ours = self.processes()
+        return [
+            {**r, "alive": r["pid"] in ours, "ready": r["pid"] in registered}
+            for r in record["instances"]
+        ]
+
+    # -- processes -------------------------------------------------------------------------
 
     def config_path(self, service: str) -> Path:
         return self.run_dir / f"{service}.json"

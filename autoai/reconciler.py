@@ -134,6 +134,8 @@ class Reconciler:
                     records[key] = (json.loads(item.content), item.revision)
         recorded: set[int] = set()
         for key, (record, revision) in records.items():
+            if record.get("orchestrator", "local") != "local":
+                continue  # another orchestrator's deployment: not processes of this host
             recorded.update(r["pid"] for r in record["instances"])
             if record["service"] in busy:
                 continue
