@@ -34,7 +34,8 @@ from ..errors import (
     Unavailable,
 )
 from ..jobs import JobRunner
-from ..orchestrators import LocalOrchestrator
+from ..kubernetes import KubernetesOrchestrator, Sweeper, known_services
+from ..orchestrators import LocalOrchestrator, Orchestrator
 from ..reconciler import Reconciler
 from ..releases import ReleaseService
 from ..repository import ModelRepository
@@ -90,7 +91,11 @@ class Services:
         self.repository = ModelRepository(
             settings.repo_dir, store, is_deployed=lambda n, v: self.deployments.is_deployed(n, v)
         )
-        self.orchestrator = LocalOrchestrator(store, settings.store_url, settings.run_dir)
+        self.local = LocalOrchestrator(store, settings.store_url, settings.run_dir)
+        self.kubernetes: KubernetesOrchestrator | None = None
+        if settings.orchestrator == "kubernetes":  # imports the client: the [kubernetes] extra
+            self.kubernetes = KubernetesOrchestrator(store, settings.kubernetes, settings.repo_dir)
+        self.orchestrator: Orchestrator = self.kubernetes or self.local
         self.election = LeaderElection(
             store,
             CONTROL_SERVICE,
@@ -107,14 +112,23 @@ class Services:
             replica=self.election.candidate,
         )
         self.releases = ReleaseService(store, self.repository, self.deployments)
+        # Local records only; it also clears stale operation markers, whatever the orchestrator.
         self.reconciler = Reconciler(
             store,
-            self.orchestrator,
+            self.local,
             is_leader=lambda: self.election.is_leader,
             live_replicas=self._live_replicas,
             interval=settings.reconcile_interval,
             backoff_max=settings.restart_backoff_max,
         )
+        self.sweeper: Sweeper | None = None
+        if self.kubernetes is not None:  # Deployments no record names
+            self.sweeper = Sweeper(
+                self.kubernetes,
+                known=lambda: known_services(store, self._live_replicas()),
+                is_leader=lambda: self.election.is_leader,
+                interval=settings.kubernetes.sweep_interval,
+            )
 
     def _live_replicas(self) -> set[str]:
         return {str(c.payload.get("candidate")) for c in self.election.candidates()}
@@ -122,6 +136,8 @@ class Services:
     def close(self) -> None:
         """Stop reconciling and leave the election; the instances keep running."""
         self.reconciler.close()
+        if self.sweeper is not None:
+            self.sweeper.close()
         self.jobs.wait(timeout=30)
         self.election.close()
 
@@ -187,6 +203,8 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
             svc = app.state.services = Services(settings, store)
             if settings.reconcile_interval > 0:
                 svc.reconciler.start()
+                if svc.sweeper is not None:
+                    svc.sweeper.start()
             try:
                 yield
             finally:

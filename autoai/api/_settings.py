@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..kubernetes import KubernetesSettings
 
 __all__ = ["ControlSettings"]
 
@@ -17,7 +20,9 @@ def _home() -> Path:
 class ControlSettings(BaseSettings):
     """Where the control plane keeps its state and who may change it."""
 
-    model_config = SettingsConfigDict(env_prefix="AUTOAI_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOAI_", extra="forbid", env_nested_delimiter="__"
+    )
 
     store_url: str = Field(default_factory=lambda: f"sqlite:///{_home() / 'store.db'}")
     """The config store: ``zk://...`` or ``sqlite:///...`` (embedded default)."""
@@ -37,3 +42,8 @@ class ControlSettings(BaseSettings):
     """Bearer token required on every write (None: writes are open, for a local demo)."""
     protect_reads: bool = False
     """Require the admin token on reads too."""
+    orchestrator: Literal["local", "kubernetes"] = "local"
+    """Where instances run: processes on this host, or Deployments in a Kubernetes cluster
+    (``autoai up --orchestrator``; the ``[kubernetes]`` extra)."""
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    """The Kubernetes orchestrator's settings (``AUTOAI_KUBERNETES__NAMESPACE`` and so on)."""

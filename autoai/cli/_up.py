@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,15 @@ def up_command(
         Path | None,
         typer.Option("--run-dir", envvar="AUTOAI_RUN_DIR", help="instances' configs and logs"),
     ] = None,
+    orchestrator: Annotated[
+        str | None,
+        typer.Option(
+            "--orchestrator",
+            envvar="AUTOAI_ORCHESTRATOR",
+            help="where instances run: local (processes on this host, the default) or kubernetes "
+            "(Deployments; settings from AUTOAI_KUBERNETES__*, see docs/kubernetes.md)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Start the control plane: REST API on HOST:PORT (OpenAPI at /docs), reconciling the
@@ -49,10 +59,18 @@ def up_command(
         overrides["repo_dir"] = repo
     if run_dir is not None:
         overrides["run_dir"] = run_dir
+    if orchestrator is not None:
+        overrides["orchestrator"] = orchestrator
     try:
         settings = ControlSettings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         _err.print(f"error: {exc}")
         raise typer.Exit(2) from None
-    _err.print(f"autoai control plane on http://{host}:{port} (store {settings.store_url})")
+    if settings.orchestrator == "kubernetes" and importlib.util.find_spec("kubernetes") is None:
+        _err.print("error: the kubernetes orchestrator needs: pip install 'autoai[kubernetes]'")
+        raise typer.Exit(2)
+    _err.print(
+        f"autoai control plane on http://{host}:{port} (store {settings.store_url}, "
+        f"{settings.orchestrator} orchestrator)"
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
