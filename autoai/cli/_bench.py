@@ -347,7 +347,8 @@ def bench_command(
                     on_interrupt=lambda: err.print("stopping: finishing this step's figures"),
                 )
         except KeyboardInterrupt:
-            raise CliError("interrupted before anything was measured") from None
+            err.print("interrupted before anything was measured", highlight=False)
+            raise typer.Exit(130) from None
         except BenchError as exc:
             raise CliError(str(exc)) from None
         if as_json:
