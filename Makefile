@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv install install-test zookeeper promtool check test models demo bench-store bench-serving bench-blade bench-sdk clean
+.PHONY: venv install install-test zookeeper promtool check test models demo demo-cluster bench-store bench-serving bench-blade bench-sdk clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ models: install
 # `$(PY) scripts/demo.py --stop` stops what the last demo left running.
 demo: install models
 	$(PY) scripts/demo.py
+
+# A 3-node ZooKeeper ensemble on loopback (deploy/local-ensemble.sh, Debian's zookeeper package, no
+# Docker), `autoai up` against all three nodes, the example model on two eas-server instances, SDK
+# traffic while the ZooKeeper leader is killed by PID: calls sent and failed per phase (0 failed).
+# Stops everything it started; `$(PY) scripts/demo_cluster.py --keep` leaves it running instead.
+demo-cluster: install zookeeper models
+	$(PY) scripts/demo_cluster.py
 
 bench-store: install-test zookeeper
 	$(PY) benchmarks/store_propagation.py

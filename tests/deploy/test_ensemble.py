@@ -1,0 +1,347 @@
+"""deploy/local-ensemble.sh, and the control plane with two instances on the ensemble it starts:
+the ZooKeeper leader is killed by its PID during SDK traffic and no call fails.
+
+Everything is real: three ZooKeeper JVMs (Debian's package) started by the script into a temporary
+directory, the control plane (this process, on a pre-bound socket), two eas-server processes
+started by its local orchestrator, and ``ModelClient`` calls from two threads. The leader is found
+with the ``srvr`` four-letter word. Every process is stopped by its PID: the instances by the
+PIDs the control plane recorded, the ensemble by the script's PID files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from autoai.api import ControlSettings, create_app
+from autoai.orchestrators import process_alive
+from autoai.sdk import ModelClient
+from config_store import open_store
+from config_store.testing import ZooKeeperNotInstalled, four_letter_word, zookeeper_classpath
+from tests.fixtures import onnx_models
+
+pytestmark = [pytest.mark.slow, pytest.mark.zk]
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "deploy" / "local-ensemble.sh"
+TOKEN = "ensemble-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _require_zookeeper() -> None:
+    try:
+        zookeeper_classpath()
+        if shutil.which("java") is None:
+            raise ZooKeeperNotInstalled("java is not on PATH; apt-get install -y zookeeper")
+    except ZooKeeperNotInstalled as exc:
+        if os.environ.get("AUTOAI_REQUIRE_ZK") == "1":
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+
+
+def _wait(done: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    port: int
+    pid_file: Path
+
+    @property
+    def pid(self) -> int | None:
+        """The PID the script recorded, when that process is alive and is this node's JVM."""
+        try:
+            pid = int(self.pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        ours = str(self.pid_file.parent / "zoo.cfg").encode() in cmdline
+        return pid if ours and process_alive(pid) else None
+
+    def mode(self) -> str | None:
+        try:
+            answer = four_letter_word(self.port, "srvr", timeout=1.0)
+        except OSError:
+            return None
+        modes = [
+            ln.split(":", 1)[1].strip() for ln in answer.splitlines() if ln.startswith("Mode:")
+        ]
+        return modes[0] if modes else None
+
+
+class Ensemble:
+    """The script's ensemble in ``dir``; ``run`` calls the script on it."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.started_pids: set[int] = set()
+
+    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(SCRIPT), command, str(self.dir)],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+        self.started_pids |= {p for n in self.nodes() if (p := n.pid) is not None}
+        return done
+
+    def nodes(self) -> list[Node]:
+        out = []
+        for cfg in sorted(self.dir.glob("zk*/zoo.cfg")):
+            port = next(ln for ln in cfg.read_text().splitlines() if ln.startswith("clientPort="))
+            out.append(Node(int(cfg.parent.name[2:]), int(port.split("=")[1]), cfg.parent / "pid"))
+        return out
+
+    def leader(self) -> Node:
+        leaders = [n for n in self.nodes() if n.mode() == "leader"]
+        assert len(leaders) == 1, [(n.id, n.mode()) for n in self.nodes()]
+        return leaders[0]
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            for log in sorted(self.dir.glob("zk*/zookeeper.log"))
+        )
+
+
+@pytest.fixture
+def ensemble(tmp_path: Path) -> Iterator[Ensemble]:
+    _require_zookeeper()
+    ens = Ensemble(tmp_path / "ensemble")
+    started = ens.run("start")
+    assert started.returncode == 0, started.stderr + ens.logs()
+    try:
+        yield ens
+    finally:
+        stopped = ens.run("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        left = set(ens.started_pids)  # the script stopped all it started
+
+        def all_gone() -> bool:
+            left.difference_update([p for p in left if not process_alive(p)])
+            return not left
+
+        _wait(all_gone, f"ZooKeeper PIDs {sorted(left)} to exit", 15)
+
+
+def test_script_is_idempotent_and_signals_only_its_own(ensemble: Ensemble) -> None:
+    nodes = ensemble.nodes()
+    assert len(nodes) == 3 and len({n.port for n in nodes}) == 3
+    connect = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+    pids = [n.pid for n in nodes]
+    assert all(pids)
+    assert sorted(str(n.mode()) for n in nodes) == ["follower", "follower", "leader"]
+
+    again = ensemble.run("start")  # nothing to do: the same ensemble, the same processes
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == connect
+    assert [n.pid for n in ensemble.nodes()] == pids
+    assert ensemble.run("connect-string").stdout.strip() == connect
+    status = ensemble.run("status")
+    assert status.returncode == 0 and status.stdout.count("follower") == 2
+
+    follower = next(n for n in nodes if n.mode() == "follower")
+    assert follower.pid is not None
+    os.kill(follower.pid, signal.SIGKILL)
+    _wait(lambda: follower.pid is None, "the follower to die")
+    partial = ensemble.run("status")
+    assert partial.returncode == 1
+    assert f"zk{follower.id}" in partial.stdout and "down" in partial.stdout
+    revived = ensemble.run("start")  # starts only the node that is down, on its old port
+    assert revived.returncode == 0, revived.stderr
+    assert revived.stdout.strip().splitlines()[-1] == connect
+    assert [n.pid for n in ensemble.nodes() if n.id != follower.id] == [
+        p for n, p in zip(nodes, pids, strict=True) if n.id != follower.id
+    ]
+    assert follower.mode() == "follower"
+
+    assert ensemble.run("stop").returncode == 0
+    assert ensemble.run("status").returncode == 3
+    assert ensemble.run("stop").returncode == 0  # stopping a stopped ensemble is fine
+
+    # a PID file that names someone else's process (a reused PID): never signalled
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        nodes[0].pid_file.write_text(f"{other.pid}\n")
+        assert ensemble.run("stop").returncode == 0
+        assert other.poll() is None, "stop signalled a process that is not its ZooKeeper"
+    finally:
+        other.kill()
+        other.wait()
+    restarted = ensemble.run("start")  # the data and ports were kept
+    assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stdout.strip().splitlines()[-1] == connect
+
+
+# ------------------------------------------------------------------------------ a node failure
+
+
+@dataclass
+class Calls:
+    ok: list[float]
+    """When each successful call ended (monotonic)."""
+    failed: list[str]
+    sessions: tuple[int, int] | None = None
+    """The SDK store's ZooKeeper session id before and after the traffic."""
+
+
+def _traffic(store_url: str, stop: threading.Event, calls: Calls, threads: int = 2) -> None:
+    lock = threading.Lock()
+    x = {"x": np.arange(8, dtype=np.float32).reshape(2, 4)}
+    expected = x["x"] + 1.0
+
+    def work(client: ModelClient) -> None:
+        while not stop.is_set():
+            try:
+                out = client.predict("tagger", x)
+                assert np.array_equal(out["y"], expected), out
+            except Exception as exc:  # every failure is kept, and fails the test
+                with lock:
+                    calls.failed.append(repr(exc))
+                continue
+            with lock:
+                calls.ok.append(time.monotonic())
+
+    with (
+        open_store(store_url, snapshot_dir=False) as store,
+        ModelClient(store, registry=CollectorRegistry()) as client,
+    ):
+        try:
+            client.predict("tagger", x)  # subscribed before the clock starts
+        except Exception as exc:
+            calls.failed.append(f"the first call: {exc!r}")
+            return
+        session = store.session_id  # type: ignore[attr-defined]
+        workers = [threading.Thread(target=work, args=(client,)) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        # the SDK reconnected to a surviving node within its session timeout: same session
+        calls.sessions = (session, store.session_id)  # type: ignore[attr-defined]
+
+
+def _stop_recorded_instances(store_url: str) -> None:
+    """Kill what the deploy started and left running (recorded PIDs only)."""
+    with open_store(store_url, snapshot_dir=False) as store:
+        for key in store.keys("control"):
+            item = store.get(key, group="control")
+            if key.startswith("deployment.") and item is not None:
+                for instance in json.loads(item.content)["instances"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(instance["pid"], signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _control_plane(store_url: str, root: Path) -> Iterator[httpx.Client]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings = ControlSettings(
+        store_url=store_url,
+        repo_dir=root / "repo",
+        run_dir=root / "run",
+        admin_token=TOKEN,
+        port=port,
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60)
+    try:
+        _wait(lambda: server.started or not thread.is_alive(), "the control plane")
+        assert server.started, "the control plane did not start"
+        yield http
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            http.delete("/api/v1/models/tagger/versions/1/deploy?force=true")
+        http.close()
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        _stop_recorded_instances(store_url)
+
+
+def _ok(answer: httpx.Response, code: int = 200) -> Any:
+    assert answer.status_code == code, f"{answer.request.url}: {answer.status_code} {answer.text}"
+    return answer.json()
+
+
+@pytest.mark.timeout(120)
+def test_leader_killed_during_sdk_traffic_fails_no_call(ensemble: Ensemble, tmp_path: Path) -> None:
+    began = time.monotonic()
+    connect = ",".join(f"127.0.0.1:{n.port}" for n in ensemble.nodes())
+    store_url = f"zk://{connect}/autoai"
+    with _control_plane(store_url, tmp_path / "control") as http:
+        model = onnx_models.tagged(tmp_path, 1.0)
+        _ok(http.post("/api/v1/models", json={"name": "tagger", "uri": f"file://{model}"}), 201)
+        spec = {"processor": "onnx", "metadata": {"instance": 2, "cpu": 1}}
+        job = _ok(http.post("/api/v1/models/tagger/versions/1/deploy", json=spec), 202)["job"]
+        _wait(
+            lambda: http.get(f"/api/v1/jobs/{job}").json()["state"] in ("succeeded", "failed"),
+            "the deploy",
+            60,
+        )
+        doc = http.get(f"/api/v1/jobs/{job}").json()
+        assert doc["state"] == "succeeded", doc
+        table = {"routes": [{"version": "1", "weight": 100}]}
+        _ok(http.post("/api/v1/models/tagger/publish", json=table))
+        deployment = _ok(http.get("/api/v1/models/tagger/versions/1/deployment"))
+        assert len(deployment["endpoints"]) == 2
+
+        calls = Calls([], [])
+        stop = threading.Event()
+        sender = threading.Thread(target=_traffic, args=(store_url, stop, calls))
+        sender.start()
+        try:
+            _wait(lambda: len(calls.ok) >= 20 or bool(calls.failed), "traffic to flow")
+            leader = ensemble.leader()
+            assert leader.pid is not None
+            os.kill(leader.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            survivors = [n for n in ensemble.nodes() if n.id != leader.id]
+            _wait(lambda: any(n.mode() == "leader" for n in survivors), "a new leader", timeout=30)
+            elected_at = time.monotonic()
+            # traffic goes on through, and well after, the election
+            _wait(lambda: sum(t > elected_at for t in calls.ok) >= 20, "calls after the election")
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            sender.join(30)
+        assert calls.failed == [], calls.failed[:5]
+        assert calls.sessions is not None and calls.sessions[0] == calls.sessions[1]
+        after_kill = sum(t > killed_at for t in calls.ok)
+        assert after_kill >= 20 and len(calls.ok) >= 40, (len(calls.ok), after_kill)
+
+        # the instances kept their registrations (their sessions moved to surviving nodes) and
+        # the control plane still answers and sees both ready
+        assert http.get("/healthz").status_code == 200
+        deployment = _ok(http.get("/api/v1/models/tagger/versions/1/deployment"))
+        assert len(deployment["endpoints"]) == 2
+        assert [bool(i["ready"]) for i in deployment["instances"]] == [True, True]
+        assert ensemble.run("status").returncode == 1  # the killed node is down
+    assert time.monotonic() - began < 90
