@@ -92,5 +92,11 @@ bench-sdk: install-test zookeeper
 bench-blade: install models
 	$(PY) benchmarks/blade/cpu.py --full-length
 
+# One hour at 70 % of the measured max QPS, a publish every 10 s, an instance SIGKILLed every 5 min,
+# on a standalone ZooKeeper (Debian's package); SOAK_ARGS='--duration 120' for a smoke run.
+.PHONY: soak
+soak: install-test zookeeper
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,587 @@
+"""Soak: the assembled system under steady load, publishes and instance kills, for an hour.
+
+    python benchmarks/soak.py [--duration 3600] [--store zk|sqlite] [--instances 2] [--json PATH]
+
+1. a fresh work directory (``--work-dir``, else a temporary one, removed afterwards): a standalone
+   ZooKeeper from Debian's package (``config_store.testing``, ``--store zk``) or the embedded
+   sqlite store (``--store sqlite``); ``autoai up`` on 127.0.0.1 in its own session;
+2. two versions of a tiny ONNX model (``tests/fixtures/onnx_models.tagged``, ``y = x + tag``)
+   registered and deployed, ``--instances`` eas-server processes each, published 50/50;
+3. the maximum QPS measured through the SDK with a short closed-loop ramp (``autoai.bench``,
+   concurrency 1, 4, 16, 32); the soak's rate is ``--load`` (70 %) of the best step;
+4. open-loop SDK load at that rate (``autoai.bench``, Poisson arrivals, latency from the intended
+   send time) for ``--duration`` seconds, in windows of 10 minutes (1 minute when the run is
+   shorter than 20 minutes); meanwhile a publish every ``--publish-every`` s alternating the
+   weights 90/10 and 10/90, and every ``--restart-every`` s one eas-server SIGKILLed by PID (round
+   robin over the instances): the control plane's reconciler restarts it, and the time until the
+   deployment shows a new ready process is recorded;
+5. the report (printed tables, ``--json``): errors by kind, calls/QPS/p50/p99 per window, publishes
+   and restarts, RSS and open file descriptors of every process at the start and the end of the
+   load (growth over 10 % flagged), and the store's size (ZooKeeper ``mntr``, or sqlite rows).
+
+Every process it starts is stopped by PID at the end, also on Ctrl-C (the first one ends the
+current window and reports what was measured) and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from autoai.bench import BenchConfig, BenchReport, Step, run
+from autoai.orchestrators import process_alive
+from config_store.testing import ZooKeeperServer, four_letter_word
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "soak"
+GROWTH_FLAG_PERCENT = 10.0
+RAMP = (1, 4, 16, 32)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_pids(pids: list[int], mark: str, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``: only the PIDs whose command line names ``mark``
+    (the work directory), so a reused PID is never signalled."""
+    ours = [p for p in pids if process_alive(p) and mark in _cmdline(p)]
+    for pid in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(process_alive(p) for p in ours) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in ours:
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One process's resident memory and open file descriptors at one moment."""
+
+    pid: int
+    rss_kib: int
+    fds: int
+
+
+def usage(pid: int) -> Usage | None:
+    """From ``/proc``; None when the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+    rss = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
+    return Usage(pid, rss, fds)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the control plane -----------------------------------------------------------------------
+
+
+class Api:
+    """The control plane's REST API with the admin token; errors raise ``SystemExit``."""
+
+    def __init__(self, url: str, token: str):
+        headers = {"Authorization": f"Bearer {token}"}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=30, trust_env=False)
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = self.http.request(method, path, **kwargs)
+        if answer.is_error:
+            raise SystemExit(f"{method} {path}: {answer.status_code} {answer.text}")
+        return answer.json() if answer.content else None
+
+    def job(self, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self("GET", f"/api/v1/jobs/{job_id}")
+            if job["state"] == "succeeded":
+                return dict(job["result"])
+            if job["state"] == "failed":
+                raise SystemExit(f"job {job_id} failed: {job['error']}")
+            time.sleep(0.3)
+        raise SystemExit(f"job {job_id} did not finish within {timeout:.0f} s")
+
+    def instances(self) -> dict[str, list[dict[str, Any]]]:
+        """``{version: [instance, ...]}`` of the soak model's deployments."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for d in self("GET", "/api/v1/deployments")["deployments"]:
+            if d["name"] == MODEL:
+                out[str(d["version"])] = list(d["instances"])
+        return out
+
+    def publish(self, weights: dict[str, int], reason: str) -> int:
+        routes = [{"version": v, "weight": w} for v, w in weights.items()]
+        body = {"routes": routes, "reason": reason}
+        return int(self("POST", f"/api/v1/models/{MODEL}/publish", json=body)["revision"])
+
+
+def start_control_plane(
+    work: Path, store_url: str, token: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``autoai up`` on a free loopback port, in its own session; waits for ``/healthz``.
+
+    Raises:
+        SystemExit: it exited or did not answer within 60 s.
+    """
+    port = free_port()
+    log = work / "controlplane.log"
+    args = [
+        sys.executable, "-m", "autoai.cli", "up", "--host", "127.0.0.1", "--port", str(port),
+        "--store", store_url, "--repo", str(work / "repo"), "--run-dir", str(work / "instances"),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "AUTOAI_ADMIN_TOKEN": token}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True, cwd=work,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise SystemExit(f"autoai up exited with {proc.returncode}:\n{tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200:
+                return proc, url
+        time.sleep(0.2)
+    raise SystemExit(f"autoai up did not answer on {url} within 60 s; log: {log}")
+
+
+def deploy_model(api: Api, work: Path, instances: int) -> None:
+    """Two versions of ``tagged`` (``y = x + 1`` and ``x + 2``), deployed, published 50/50."""
+    sys.path.insert(0, str(REPO))  # the repository root, for tests.fixtures
+    from tests.fixtures.onnx_models import tagged
+
+    for tag in (1.0, 2.0):
+        path = tagged(work / "models", tag)
+        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        version = api("POST", "/api/v1/models", data={"name": MODEL}, files=files)["version"]
+        spec = {"processor": "onnx", "metadata": {"instance": instances, "cpu": 1}}
+        job = api("POST", f"/api/v1/models/{MODEL}/versions/{version}/deploy", json=spec)["job"]
+        api.job(job)
+    api.publish({"1": 50, "2": 50}, "soak: start")
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+def store_size(kind: str, zk: ZooKeeperServer | None, db: Path) -> dict[str, int]:
+    """ZooKeeper's ``mntr`` node count, watches and data size; or the sqlite store's rows."""
+    if kind == "zk":
+        assert zk is not None
+        wanted = ("zk_znode_count", "zk_watch_count", "zk_approximate_data_size")
+        out: dict[str, int] = {}
+        for line in four_letter_word(zk.port, "mntr").splitlines():
+            key, _, value = line.partition("\t")
+            if key in wanted:
+                out[key] = int(value)
+        return out
+    uri = f"file:{db}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+        out = {
+            f"{table}_rows": int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+            for table in ("config", "history", "changes", "instances")
+        }
+    wal = db.with_name(db.name + "-wal")
+    out["file_bytes"] = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    return out
+
+
+# --- the faults ------------------------------------------------------------------------------
+
+
+@dataclass
+class Restart:
+    at_s: float
+    version: str
+    pid: int
+    new_pid: int | None = None
+    recovery_s: float | None = None
+
+
+@dataclass
+class Chaos:
+    """Publishes and instance kills on their own thread while the load runs."""
+
+    api: Api
+    publish_every: float
+    restart_every: float
+    stop: threading.Event = field(default_factory=threading.Event)
+    began: float = 0.0
+    publishes: list[float] = field(default_factory=list)
+    publish_errors: Counter[str] = field(default_factory=Counter)
+    restarts: list[Restart] = field(default_factory=list)
+    seen_pids: set[int] = field(default_factory=set)
+    killers: list[threading.Thread] = field(default_factory=list)
+
+    def run(self) -> None:
+        self.began = time.monotonic()
+        weights = itertools.cycle(({"1": 90, "2": 10}, {"1": 10, "2": 90}))
+        victims = itertools.count()
+        next_publish = self.began + self.publish_every
+        next_restart = self.began + self.restart_every
+        while not self.stop.wait(max(0.0, min(next_publish, next_restart) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_publish:
+                next_publish += self.publish_every
+                try:
+                    self.api.publish(next(weights), "soak: alternate")
+                    self.publishes.append(now - self.began)
+                except (SystemExit, httpx.HTTPError) as exc:
+                    self.publish_errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+            if now >= next_restart:
+                next_restart += self.restart_every
+                # its own thread: waiting for the replacement must not hold the publishes back
+                killer = threading.Thread(target=self._kill_one, args=(next(victims),), daemon=True)
+                killer.start()
+                self.killers.append(killer)
+
+    def _kill_one(self, k: int) -> None:
+        """SIGKILL instance ``k`` (round robin), then wait for the reconciler's replacement."""
+        try:
+            found = self.api.instances()
+        except (SystemExit, httpx.HTTPError) as exc:
+            self.publish_errors["instances list: " + str(exc)[:80]] += 1
+            return
+        flat = [(v, i) for v in sorted(found) for i in found[v]]
+        if not flat:
+            return
+        version, victim = flat[k % len(flat)]
+        pid = int(victim["pid"])
+        before = {int(i["pid"]) for i in found[version]}
+        t0 = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        event = Restart(t0 - self.began, version, pid)
+        self.restarts.append(event)
+        deadline = t0 + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(SystemExit, httpx.HTTPError):
+                now = self.api.instances().get(version, [])
+                self.seen_pids.update(int(i["pid"]) for i in now)
+                fresh = [int(i["pid"]) for i in now if int(i["pid"]) not in before]
+                # recovered: as many instances as before, the killed one replaced, all ready
+                if fresh and len(now) == len(before) and all(i.get("ready") for i in now):
+                    event.new_pid = fresh[0]
+                    event.recovery_s = time.monotonic() - t0
+                    return
+            time.sleep(0.2)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def processes(api: Api, cp_pid: int, zk: ZooKeeperServer | None) -> dict[str, int]:
+    """Role -> PID of every process of the system, the load generator (this process) included."""
+    out = {"control plane": cp_pid, "load generator (soak.py)": os.getpid()}
+    if zk is not None and zk.pid is not None:
+        out["zookeeper"] = zk.pid
+    for version, found in sorted(api.instances().items()):
+        for n, instance in enumerate(found):
+            out[f"eas-server v{version}#{n}"] = int(instance["pid"])
+    return out
+
+
+def snapshot(roles: dict[str, int]) -> dict[str, Usage | None]:
+    return {role: usage(pid) for role, pid in roles.items()}
+
+
+def growth(start: int, end: int) -> float:
+    return 100.0 * (end - start) / start if start else 0.0
+
+
+def process_rows(
+    start: dict[str, Usage | None], end: dict[str, Usage | None]
+) -> list[dict[str, Any]]:
+    rows = []
+    for role in sorted(set(start) | set(end)):
+        a, b = start.get(role), end.get(role)
+        row: dict[str, Any] = {"process": role, "start": asdict(a) if a else None}
+        row["end"] = asdict(b) if b else None
+        row["restarted"] = bool(a and b and a.pid != b.pid)
+        if a and b:
+            row["rss_growth_percent"] = round(growth(a.rss_kib, b.rss_kib), 1)
+            row["fd_growth"] = b.fds - a.fds
+            row["flagged"] = (
+                not row["restarted"] and row["rss_growth_percent"] > GROWTH_FLAG_PERCENT
+            )
+        rows.append(row)
+    return rows
+
+
+def window_rows(report: BenchReport, chaos: Chaos, window_s: float) -> list[dict[str, Any]]:
+    rows = []
+    for n, step in enumerate(report.steps):
+        lo, hi = n * window_s, (n + 1) * window_s
+        lat = step.client.latency
+        rows.append(
+            {
+                "window": n + 1,
+                "from_s": round(lo),
+                "to_s": round(lo + step.window_s),
+                "calls": step.client.requests + step.client.error_count,
+                "errors": step.client.error_count,
+                "qps": round(step.client.qps, 1),
+                "p50_ms": round(lat.p50 * 1e3, 2) if lat else None,
+                "p99_ms": round(lat.p99 * 1e3, 2) if lat else None,
+                "max_ms": round(lat.max * 1e3, 2) if lat else None,
+                "publishes": sum(lo <= t < hi for t in chaos.publishes),
+                "restarts": sum(lo <= r.at_s < hi for r in chaos.restarts),
+                "generator_cpu_percent": round(step.generator.cpu_percent, 1),
+            }
+        )
+    return rows
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    c = doc["config"]
+    console.print(
+        f"\nsoak: {c['store']} store, {c['instances']} instances x 2 versions, "
+        f"max {doc['max_qps']:.0f} QPS (closed-loop ramp {list(RAMP)}), load {c['rate']:.0f} QPS "
+        f"({c['load'] * 100:.0f} %), {c['duration_s']:.0f} s, publish every "
+        f"{c['publish_every_s']:.0f} s, SIGKILL an instance every {c['restart_every_s']:.0f} s; "
+        f"load average {doc['loadavg_start']} -> {doc['loadavg_end']} on {os.cpu_count()} CPUs"
+    )
+    t = Table(title="Calls per window (SDK, open loop)", title_justify="left")
+    cols = ("window", "from_s", "to_s", "calls", "errors", "qps", "p50_ms", "p99_ms", "max_ms")
+    for col in (*cols, "publishes", "restarts"):
+        t.add_column(col.replace("_", " "), justify="right")
+    for w in doc["windows"]:
+        t.add_row(*("-" if w[k] is None else str(w[k]) for k in (*cols, "publishes", "restarts")))
+    console.print(t)
+    t = Table(title="Errors by kind", title_justify="left")
+    t.add_column("kind")
+    t.add_column("count", justify="right")
+    for kind, n in sorted(doc["errors"].items()) or [("(none)", 0)]:
+        t.add_row(kind, str(n))
+    console.print(t)
+    t = Table(title="Instance restarts (SIGKILL, reconciler restarts)", title_justify="left")
+    for col in ("at s", "version", "killed pid", "new pid", "recovered in s"):
+        t.add_column(col, justify="right")
+    for r in doc["restarts"]:
+        rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
+        t.add_row(f"{r['at_s']:.0f}", r["version"], str(r["pid"]), str(r["new_pid"]), rec)
+    console.print(t)
+    t = Table(
+        title="Processes at the start and the end of the load",
+        title_justify="left",
+        caption=f"! : RSS grew more than {GROWTH_FLAG_PERCENT:.0f} %; restarted: a new process "
+        "(SIGKILLed and restarted during the run), so its growth is not a leak figure",
+    )
+    for col in ("process", "pid", "RSS start MiB", "RSS end MiB", "growth", "fds start", "fds end"):
+        t.add_column(col, justify="left" if col == "process" else "right")
+    for p in doc["processes"]:
+        a, b = p["start"], p["end"]
+        pid = "-" if not a else str(a["pid"]) if not p["restarted"] else f"{a['pid']}->{b['pid']}"
+        g = "-"
+        if "rss_growth_percent" in p:
+            g = f"{p['rss_growth_percent']:+.1f} %" + (" !" if p["flagged"] else "")
+            g += " (restarted)" if p["restarted"] else ""
+        t.add_row(
+            p["process"], pid,
+            f"{a['rss_kib'] / 1024:.1f}" if a else "-", f"{b['rss_kib'] / 1024:.1f}" if b else "-",
+            g, str(a["fds"]) if a else "-", str(b["fds"]) if b else "-",
+        )  # fmt: skip
+    console.print(t)
+    t = Table(title="Store size", title_justify="left")
+    for col in ("figure", "start", "end"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for key in doc["store_start"]:
+        t.add_row(key, str(doc["store_start"][key]), str(doc["store_end"].get(key, "-")))
+    console.print(t)
+    console.print(
+        f"publishes {len(doc['publishes_s'])} ok, {sum(doc['publish_errors'].values())} failed; "
+        f"calls {doc['calls']}, failed {sum(doc['errors'].values())}"
+    )
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does, so the cleanup runs."""
+
+    def raise_interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def measure_max(store_url: str) -> float:
+    report = run(
+        BenchConfig(MODEL, store=store_url, steps=[Step(concurrency=c) for c in RAMP], warmup=1,
+                    duration=4)
+    )  # fmt: skip
+    for step in report.steps:
+        console.print(f"  ramp: concurrency {step.step.concurrency}: {step.client.qps:.0f} QPS")
+    return max((s.client.qps for s in report.steps), default=0.0)
+
+
+def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    token = secrets.token_urlsafe(24)
+    zk: ZooKeeperServer | None = None
+    cp: subprocess.Popen[bytes] | None = None
+    api: Api | None = None
+    chaos: Chaos | None = None
+    pids: set[int] = set()
+    try:
+        if args.store == "zk":
+            zk = ZooKeeperServer.standalone(work / "zk")
+            zk.start()
+            store_url = f"zk://{zk.address}/autoai-soak"
+        else:
+            store_url = f"sqlite://{work / 'store.db'}"
+        cp, url = start_control_plane(work, store_url, token)
+        console.print(f"store {store_url}; autoai up {url} (pid {cp.pid}); work dir {work}")
+        api = Api(url, token)
+        deploy_model(api, work, args.instances)
+        roles = processes(api, cp.pid, zk)
+        pids.update(roles.values())
+        console.print(f"deployed: {roles}")
+        max_qps = measure_max(store_url)
+        if max_qps <= 0:
+            raise SystemExit("the ramp measured no successful call")
+        rate = args.load * max_qps
+        window = 600.0 if args.duration >= 1200 else 60.0
+        n = max(1, math.ceil(args.duration / window - 1e-9))
+        window = args.duration / n
+        chaos = Chaos(api, args.publish_every, args.restart_every)
+        loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        store_start = store_size(args.store, zk, work / "store.db")
+        start = snapshot(roles)
+        console.print(
+            f"soak: {rate:.0f} QPS for {args.duration:.0f} s in {n} windows of {window:.0f} s"
+        )
+        thread = threading.Thread(target=chaos.run, name="soak-chaos", daemon=True)
+        thread.start()
+        report = run(
+            BenchConfig(MODEL, store=store_url, steps=[Step(rate=rate)] * n, warmup=0,
+                        duration=window),
+            on_interrupt=chaos.stop.set,
+        )  # fmt: skip
+        chaos.stop.set()
+        thread.join(timeout=30)
+        for killer in chaos.killers:
+            killer.join(timeout=5)
+        end_roles = processes(api, cp.pid, zk)
+        pids.update(end_roles.values())
+        end = snapshot(end_roles)
+        errors: Counter[str] = Counter()
+        for step in report.steps:
+            errors.update(step.client.errors)
+        return {
+            "config": {
+                "store": args.store, "instances": args.instances, "duration_s": args.duration,
+                "load": args.load, "rate": rate, "publish_every_s": args.publish_every,
+                "restart_every_s": args.restart_every, "window_s": window,
+                "restart_kind": "SIGKILL; the control plane's reconciler restarts it",
+            },
+            "interrupted": report.interrupted,
+            "max_qps": max_qps,
+            "loadavg_start": loadavg_start,
+            "loadavg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "cpus": os.cpu_count(),
+            "calls": sum(s.client.requests + s.client.error_count for s in report.steps),
+            "errors": dict(errors),
+            "windows": window_rows(report, chaos, window),
+            "publishes_s": [round(t, 1) for t in chaos.publishes],
+            "publish_errors": dict(chaos.publish_errors),
+            "restarts": [asdict(r) for r in chaos.restarts],
+            "processes": process_rows(start, end),
+            "store_start": store_start,
+            "store_end": store_size(args.store, zk, work / "store.db"),
+        }  # fmt: skip
+    finally:
+        if chaos is not None:
+            chaos.stop.set()
+            pids.update(chaos.seen_pids, (r.new_pid for r in chaos.restarts if r.new_pid))
+        if api is not None:
+            with contextlib.suppress(SystemExit, httpx.HTTPError):
+                for found in api.instances().values():
+                    pids.update(int(i["pid"]) for i in found)
+            api.http.close()
+        if cp is not None:  # first, so that its reconciler restarts nothing we stop
+            stop_pids([cp.pid], str(work), timeout=15)
+            cp.wait(5)
+        stop_pids(sorted(p for p in pids if p != os.getpid()), str(work), timeout=20)
+        if zk is not None:
+            zk.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=3600.0, help="seconds of load")
+    parser.add_argument("--store", choices=["zk", "sqlite"], default="zk")
+    parser.add_argument("--instances", type=int, default=2, help="eas-servers per version")
+    parser.add_argument("--load", type=float, default=0.7, help="fraction of the measured max")
+    parser.add_argument("--publish-every", type=float, default=10.0, help="seconds")
+    parser.add_argument("--restart-every", type=float, default=300.0, help="seconds")
+    parser.add_argument("--json", type=Path, help="write the report here too")
+    parser.add_argument("--work-dir", type=Path, help="keep everything here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="autoai-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with sigterm_as_interrupt():
+            doc = soak(args, work)
+    except KeyboardInterrupt:
+        console.print("interrupted before the load finished: everything started was stopped")
+        return 130
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print_report(doc)
+    if args.json is not None:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
