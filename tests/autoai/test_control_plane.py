@@ -10,135 +10,23 @@ duplicate) and can deploy the version again -> promote -> roll back.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from autoai.orchestrators import InstanceRecord, LocalOrchestrator
 from autoai.sdk import ModelClient
-from config_store import ConfigStore, open_store
+from config_store import open_store
 from config_store.testing import free_ports
 from tests.fixtures import onnx_models
+from tests.fixtures.system import ControlPlane, Traffic, X, records
 
 pytestmark = pytest.mark.slow
-
-TOKEN = "e2e-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-X = {"x": np.zeros((1, 4), np.float32)}
-
-
-class ControlPlane:
-    """One `autoai up` process (a replica), stopped by PID."""
-
-    def __init__(self, store_url: str, root: Path, port: int):
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "AUTOAI_ADMIN_TOKEN": TOKEN,
-            "AUTOAI_RECONCILE_INTERVAL": "0.3",
-            "AUTOAI_RESTART_BACKOFF_MAX": "2",
-        }
-        self.log = root / f"control-{port}.log"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "autoai.cli", "up", "--port", str(port),
-                    "--store", store_url, "--repo", str(root / "repo"),
-                    "--run-dir", str(root / "run"), "--log-level", "warning",
-                ],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.http = httpx.Client(base_url=self.url, headers=AUTH, timeout=30)
-        self.wait(lambda: self.health() is not None, 60, "the control plane to answer")
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            doc: dict[str, Any] = self.http.get("/healthz").json()
-            return doc
-        except httpx.HTTPError:
-            if self.proc.poll() is not None:
-                raise AssertionError(self.log.read_text()[-3000:]) from None
-            return None
-
-    def leads(self) -> bool:
-        health = self.health()
-        return bool(health and health["leader"] and health["reconcile_passes"] > 0)
-
-    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.1)
-
-    def call(self, method: str, path: str, code: int = 200, **kwargs: Any) -> Any:
-        answer = self.http.request(method, path, **kwargs)
-        assert answer.status_code == code, f"{method} {path}: {answer.status_code} {answer.text}"
-        return answer.json() if answer.content else None
-
-    def deploy(self, version: str, spec: dict[str, Any], wait: bool = True) -> str:
-        path = f"/api/v1/models/m/versions/{version}/deploy"
-        job: str = self.call("POST", path, 202, json=spec)["job"]
-        if wait:
-            self.wait(lambda: self.job(job)["state"] not in ("pending", "running"), 120, "deploy")
-            assert self.job(job)["state"] == "succeeded", self.job(job)
-        return job
-
-    def job(self, job: str) -> dict[str, Any]:
-        doc: dict[str, Any] = self.call("GET", f"/api/v1/jobs/{job}")
-        return doc
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.http.close()
-
-
-class Traffic:
-    """SDK callers in threads, counting every outcome until stopped."""
-
-    def __init__(self, sdk: ModelClient, threads: int = 4):
-        self.sdk = sdk
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sdk.predict("m", X)
-                self.outcomes["ok"] += 1
-            except Exception as exc:
-                self.outcomes[f"{type(exc).__name__}: {exc}"] += 1
-            time.sleep(0.002)
-
-    def stop(self) -> Counter[str]:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-        return self.outcomes
-
-
-def _records(store: ConfigStore, version: str) -> list[InstanceRecord]:
-    item = store.get(f"deployment.m.{version}", group="control")
-    assert item is not None
-    return [InstanceRecord.from_json(r) for r in json.loads(item.content)["instances"]]
 
 
 def _split(sdk: ModelClient, calls: int = 200) -> Counter[int]:
@@ -198,12 +86,12 @@ def test_control_plane_killed_mid_traffic_and_mid_deploy(
         second.wait(second.leads, 20, "the second replica to take over")
 
         # The new leader restarts an instance that died.
-        dead = _records(store, "1")[0]
+        dead = records(store, "1")[0]
         os.kill(dead.pid, signal.SIGKILL)
 
         def replaced() -> bool:
             deployment = second.call("GET", "/api/v1/models/m/versions/1/deployment")
-            return _records(store, "1")[0].pid != dead.pid and all(
+            return records(store, "1")[0].pid != dead.pid and all(
                 i["ready"] and i["alive"] for i in deployment["instances"]
             )
 
@@ -224,7 +112,7 @@ def test_control_plane_killed_mid_traffic_and_mid_deploy(
         third.wait(
             lambda: "m-3" not in orchestrator.processes().values(), 30, "the orphans to stop"
         )
-        recorded = {r.pid for v in ("1", "2") for r in _records(store, v)}
+        recorded = {r.pid for v in ("1", "2") for r in records(store, v)}
         assert set(orchestrator.processes()) == recorded  # no orphan, no duplicate
         assert len(recorded) == 3
         assert store.get("deployment.m.3", group="control") is None

@@ -1,0 +1,199 @@
+"""Chaos scenarios on the assembled system (issue 9), each under steady SDK load at concurrency 32
+on two models (``a`` 90/10 with a blade route, ``b`` plain), each asserting on counts.
+
+The figures of each run are printed (``CHAOS {...}``) and kept in
+``<basetemp>/chaos-figures.jsonl``; docs/reliability.md tabulates them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.fixtures import onnx_models
+from tests.fixtures.system import wait
+
+from .conftest import CALLS, SESSION_TIMEOUT, Chaos
+
+pytestmark = [pytest.mark.chaos, pytest.mark.zk]
+
+
+def _settle(chaos: Chaos, calls: int = 300) -> None:
+    """Let ``calls`` more calls through after recovery, so the load sees the healed system."""
+    mark = chaos.load.sent
+    wait(lambda: chaos.load.sent > mark + calls, 30, f"{calls} calls after recovery")
+
+
+def _finish(chaos: Chaos) -> tuple[int, dict[str, int]]:
+    outcomes = chaos.load.stop()
+    failed = {k: n for k, n in outcomes.items() if k != "ok"}
+    return sum(outcomes.values()), failed
+
+
+def test_1_kill_one_of_two_instances(chaos: Chaos, figures: Any) -> None:
+    system = chaos.system
+    victim = system.records("b", "1")[0]
+    dead_id = f"127.0.0.1:{victim.port}"
+    assert dead_id in system.discovered("b", "1")
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    left = wait(
+        lambda: dead_id not in system.discovered("b", "1"),
+        SESSION_TIMEOUT + 5,
+        "the dead instance to leave discovery",
+        step=0.05,
+    )
+    recovered = wait(system.healthy, 30, "the instance to be restarted", step=0.2)
+    recovery = time.monotonic() - killed
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    figures(
+        "1 kill -9 one of two instances",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        left_discovery_s=round(left, 2),
+        recovery_s=round(recovery, 2),
+        restarted_after_s=round(recovered, 2),
+    )
+    assert not failed, failed
+    assert left <= SESSION_TIMEOUT + 1
+
+
+def test_3_kill_the_control_plane_and_restart_it(chaos: Chaos, figures: Any) -> None:
+    system = chaos.system
+    before = {(m, v): [r.pid for r in system.records(m, v)] for m, v in system.services}
+    system.plane.kill()
+    killed = time.monotonic()
+    time.sleep(2)  # the load runs on with no control plane at all
+    plane = system.start_plane()
+    plane.wait(plane.leads, 30, "the restarted control plane to lead")
+    wait(system.healthy, 30, "reconciliation", step=0.2)
+    recovery = time.monotonic() - killed
+    after = {(m, v): [r.pid for r in system.records(m, v)] for m, v in system.services}
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    running = system.orchestrator.processes()
+    figures(
+        "3 kill -9 the control plane, restart it",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        recovery_s=round(recovery, 2),
+        instances=len(running),
+    )
+    assert not failed, failed
+    assert after == before  # every instance adopted, none restarted
+    assert sorted(running) == sorted(p for pids in after.values() for p in pids)  # no orphan
+
+
+def _publish_code(chaos: Chaos, model: str, reason: str) -> tuple[int, Any]:
+    body = {"routes": [{"version": "1", "weight": 100}], "reason": reason}
+    answer = chaos.system.plane.http.post(f"/api/v1/models/{model}/publish", json=body)
+    return answer.status_code, answer.json()
+
+
+OUTAGE_S = 60.0
+
+
+@pytest.mark.timeout(OUTAGE_S + 90)
+def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
+    system = chaos.system
+    plane = system.plane
+    history = {m: plane.call("GET", f"/api/v1/models/{m}/releases")["releases"] for m in "ab"}
+    tables = {m: system.store.get(m, group="models") for m in "ab"}
+    spare = onnx_models.tagged(system.root / f"b-spare-{time.monotonic_ns()}", 2.0)
+    body = {"name": "b", "uri": f"file://{spare}"}
+    undeployed = plane.call("POST", "/api/v1/models", 201, json=body)["version"]
+    seen = plane.http.get(f"/api/v1/models/b/versions/{undeployed}").status_code
+    wait(
+        lambda: plane.http.get(f"/api/v1/models/b/versions/{undeployed}").status_code == 200,
+        10,
+        "the control plane to read its own registration back",
+    )
+    second = system.sdk(CollectorRegistry())  # a second SDK, idle through the outage
+    try:
+        for model, inputs in CALLS:
+            second.predict(model, inputs)
+        during = chaos.load.sent
+        system.ensemble.stop(kill=True)
+        down = time.monotonic()
+        # Writes fail cleanly while the store is away, and change nothing.
+        code, doc = _publish_code(chaos, "b", "during the outage")
+        deploy = plane.http.post(f"/api/v1/models/b/versions/{undeployed}/deploy", json={})
+        assert (code, deploy.status_code) == (503, 503), (doc, deploy.text)
+        assert deploy.headers.get("Retry-After")
+        wait(lambda: time.monotonic() - down > OUTAGE_S, OUTAGE_S + 5, "the outage", step=1)
+        served = chaos.load.sent - during
+        for server in system.ensemble:
+            server.start(wait=False)
+        for server in system.ensemble:
+            server.wait_ready()
+        back = time.monotonic()
+        # The control plane takes writes again once its session is back.
+        wait(lambda: _publish_code(chaos, "b", "probe")[0] == 200, 30, "publishes to work")
+        code, doc = _publish_code(chaos, "b", "after the outage")
+        published = time.monotonic()
+        revision = doc["revision"]
+        reached = wait(
+            lambda: all(s.routes("b").revision == revision for s in (chaos.sdk, second)),
+            5,
+            "the publish to reach every SDK",
+            step=0.01,
+        )
+        wait(system.healthy, 30, "every instance to be registered again", step=0.2)
+        recovery = time.monotonic() - back
+        _settle(chaos)
+        sent, failed = _finish(chaos)
+        after = {m: plane.call("GET", f"/api/v1/models/{m}/releases")["releases"] for m in "ab"}
+    finally:
+        second.close()
+    lost = [
+        r["revision"]
+        for m in "ab"
+        for r in history[m]
+        if r["revision"] not in {a["revision"] for a in after[m]}
+    ]
+    figures(
+        f"4 the whole ensemble down {OUTAGE_S:g} s",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        calls_during_outage=served,
+        publish_reached_sdks_s=round(reached, 3),
+        publish_after_return_s=round(published - back, 2),
+        recovery_s=round(recovery, 2),
+        revisions_lost=len(lost),
+        registered_version_read_back_at_once=seen == 200,
+    )
+    assert not failed, failed
+    assert served > 1000, "calls stalled while the store was down"
+    assert reached <= 1.0
+    assert not lost
+    assert system.store.get("a", group="models") == tables["a"]
+    assert tables["b"] is not None
+
+
+def test_8_a_failing_blade_instance_falls_back_to_plain(chaos: Chaos, figures: Any) -> None:
+    system = chaos.system
+    (victim,) = system.records("a", "2")
+    before = chaos.fallbacks()
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait(lambda: chaos.fallbacks() > before, 10, "a counted fallback", step=0.05)
+    wait(system.healthy, 30, "the blade instance to be restarted", step=0.2)
+    recovery = time.monotonic() - killed
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    fallbacks = chaos.fallbacks() - before
+    figures(
+        "8 a blade instance fails (kill -9)",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        fallbacks_counted=int(fallbacks),
+        recovery_s=round(recovery, 2),
+    )
+    assert not failed, failed
+    assert fallbacks > 0
