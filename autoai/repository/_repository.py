@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 from config_store import ConfigStore, Conflict as StoreConflict
 
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
 
 __all__ = ["MAX_MODEL_BYTES", "Model", "ModelRepository", "ModelVersion", "validate_name"]
 
@@ -173,9 +174,14 @@ class ModelRepository:
         if parts.scheme == "file":
             path = Path(parts.path)
             try:
-                if path.stat().st_size > MAX_MODEL_BYTES:
+                # bounded read, regular files only: /dev/zero or a FIFO would never end
+                with path.open("rb") as f:
+                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        raise InvalidRequest(f"{uri} is not a regular file", {"uri": uri})
+                    data = f.read(MAX_MODEL_BYTES + 1)
+                if len(data) > MAX_MODEL_BYTES:
                     raise InvalidRequest(f"{uri} is larger than {MAX_MODEL_BYTES} bytes")
-                return path.read_bytes()
+                return data
             except OSError as exc:
                 raise InvalidRequest(f"cannot read {uri}: {exc.strerror}", {"uri": uri}) from exc
         if parts.scheme in ("http", "https"):
@@ -267,22 +273,34 @@ class ModelRepository:
         Raises:
             NotFound: no such model.
         """
-        record, revision = self._record(validate_name(name))
-        if revision is None:
+        return self._model(name)[0]
+
+    def _model(self, name: str) -> tuple[Model, bool]:
+        """The model, and whether it was read from a local copy while the store is unreachable."""
+        item = self.store.get(f"model.{validate_name(name)}", group=GROUP)
+        if item is None:
             raise NotFound(f"model {name!r} is not registered", {"name": name})
-        return Model(name, tuple(ModelVersion(**v) for v in record["versions"]))
+        record = json.loads(item.content)
+        return Model(name, tuple(ModelVersion(**v) for v in record["versions"])), item.stale
 
     def version(self, name: str, version: str) -> ModelVersion:
         """One version of a model.
 
         Raises:
             NotFound: no such model or version (the message lists the versions).
+            Unavailable: the store is unreachable and the local copy lacks the version.
         """
-        model = self.model(name)
+        model, stale = self._model(name)
         for v in model.versions:
             if v.version == version:
                 return v
         have = [v.version for v in model.versions]
+        if stale:  # a local copy from before the outage: it may lack a newer version
+            raise Unavailable(
+                f"the config store is unreachable and the local copy of {name!r} has no "
+                f"version {version!r}; retry when the store is back",
+                {"name": name, "version": version, "versions": have},
+            )
         raise NotFound(
             f"model {name!r} has no version {version!r}; versions: {have}",
             {"name": name, "version": version, "versions": have},

@@ -290,12 +290,19 @@ async def test_store_down_is_a_503_and_metrics_still_answer(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://control") as client:
             await _ok(await client.post("/api/v1/models", json=body, headers=AUTH), 201)
+            await _ok(await client.get("/api/v1/models/tagger/versions/1"))  # a local copy: v1
+            await _ok(await client.post("/api/v1/models", json=body, headers=AUTH), 201)
             store = app.state.services.store
             zk_own_server.stop()
             for _ in range(200):
                 if store.state != "connected":
                     break
                 await asyncio.sleep(0.05)
+            stale_copy = await client.post(
+                "/api/v1/models/tagger/versions/2/deploy", json={}, headers=AUTH
+            )  # the local copy lacks version 2: that is the outage, not a 404
+            assert stale_copy.status_code == 503, stale_copy.text
+            assert "the config store is unreachable" in stale_copy.json()["error"]
             for answer in (
                 await client.get("/api/v1/models"),
                 await client.get("/api/v1/deployments"),
@@ -313,6 +320,9 @@ async def test_store_down_is_a_503_and_metrics_still_answer(
             assert store.wait_connected(30)
             models = await _ok(await client.get("/api/v1/models"))
             assert [m["name"] for m in models["models"]] == ["tagger"]  # nothing was lost
-            assert [v["version"] for v in models["models"][0]["versions"]] == ["1"]  # nor added
+            assert [v["version"] for v in models["models"][0]["versions"]] == [
+                "1",
+                "2",
+            ]  # nor added
             _, samples = await _scrape_app(client)
             assert _value(samples, "autoai_store_up") == 1
