@@ -2,8 +2,10 @@
 
 Each instance is a detached process (its own session, so it outlives the control plane), started
 from a service JSON the orchestrator writes to ``<run_dir>/<service>.json`` (EAS keys: ``name``,
-``version``, ``processor``, ``model_path``, ``metadata.rpc.*``) plus ``--store`` and
-``--service``; it registers itself in the store when ready. The orchestrator waits for every
+``version``, ``processor``, ``model_path``, ``metadata.rpc.*``; owner-only, as it may hold the
+service token) plus ``--service``, with the store URL in ``EAS_STORE`` (not on the command line,
+which ``ps`` shows to every user: it may carry the writer's password); it registers itself in
+the store when ready. The orchestrator waits for every
 instance to register, and on failure stops what it started and reports the instance's last log
 lines.
 
@@ -153,13 +155,14 @@ _LAUNCHER = (
 )
 
 
-def _launch(args: Sequence[str], log: Path) -> int:
+def _launch(args: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
     done = subprocess.run(
         [sys.executable, "-c", _LAUNCHER, str(log), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **env} if env else None,
     )
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise StartFailed(
@@ -181,7 +184,7 @@ class LocalOrchestrator:
         self.store = store
         self.store_url = store_url
         self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     kind = "local"
 
@@ -253,7 +256,12 @@ class LocalOrchestrator:
             StartFailed: a process exited or did not register in time (all started ones are
                 stopped again; the detail has the log tail).
         """
-        self.config_path(service).write_text(json.dumps(service_json, indent=2))
+        # owner-only: the service JSON carries the service token
+        config = self.config_path(service)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(service_json, indent=2))
         return self.spawn(
             service, instances, timeout=timeout, progress=progress, first_port=first_port,
             restarts=restarts,
@@ -283,11 +291,12 @@ class LocalOrchestrator:
             for i in range(instances):
                 log = self.run_dir / f"{service}.{int(time.time() * 1000)}.{i}.log"
                 port = first_port + i if first_port else 0
+                # the store URL may carry the writer's password: environment, not argv (ps)
                 args = [
                     sys.executable, "-m", "eas_server", "--config", str(config),
-                    "--store", self.store_url, "--service", service, "--port", str(port),
+                    "--service", service, "--port", str(port),
                 ]  # fmt: skip
-                pid = _launch(args, log)
+                pid = _launch(args, log, {"EAS_STORE": self.store_url})
                 started.append(
                     InstanceRecord(pid, args, str(log), time.time(), host, port, restarts)
                 )

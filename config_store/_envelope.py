@@ -82,7 +82,7 @@ def decode(data: bytes) -> Envelope:
         md5 = str(header["md5"])
         modified = float(header["modified"])
         ref = bool(header.get("ref", False))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise ValueError(f"bad envelope header: {exc}") from exc
     content = data[end + 1 :]
     if ref:

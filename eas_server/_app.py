@@ -315,10 +315,15 @@ class EasApp:
         self.metrics.on_success(time.perf_counter() - started, result.queue_s, result.compute_s)
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
-        if content_length is not None and int(content_length) > self._max_body:
-            raise PayloadTooLarge(
-                f"body of {int(content_length)} bytes is over the limit of {self._max_body}"
-            )
+        if content_length is not None:
+            # uvicorn's parser refuses a malformed Content-Length, other ASGI servers may not
+            declared = content_length.strip()
+            if not declared.isdigit():
+                raise InvalidInput(f"Content-Length {content_length!r} is not a byte count")
+            if len(declared) > 18 or int(declared) > self._max_body:
+                raise PayloadTooLarge(
+                    f"body of {declared.decode()} bytes is over the limit of {self._max_body}"
+                )
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone

@@ -67,8 +67,10 @@ def load_service_json(path: str | Path) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text())
     except OSError as exc:
         raise ValueError(f"cannot read service config {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"service config {path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"service config {path} is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError(f"service config {path} must be a JSON object")
     values: dict[str, Any] = {field: doc[key] for key, field in _TOP_KEYS.items() if key in doc}
@@ -76,7 +78,10 @@ def load_service_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise ValueError(f"service config {path}: metadata must be an object")
     flat: dict[str, Any] = {}
-    _flatten("", metadata, flat)
+    try:
+        _flatten("", metadata, flat)
+    except RecursionError:
+        raise ValueError(f"service config {path}: metadata is nested too deeply") from None
     for key, value in flat.items():
         if key in _METADATA_KEYS:
             values[_METADATA_KEYS[key]] = value

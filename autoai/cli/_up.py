@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,14 @@ import typer
 from rich.console import Console
 
 _err = Console(stderr=True)
+_PASSWORD = re.compile(r"(://[^/@?]*?:)[^/@?]*@")
+_READER_PASSWORD = re.compile(r"([?&]reader=[^:&]*:)[^&]*")
+
+
+def _redacted(url: str) -> str:
+    """The store URL with its passwords (``zk://user:password@...?reader=user:password``)
+    replaced by ``***``."""
+    return _READER_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
 
 
 def up_command(
@@ -69,8 +78,9 @@ def up_command(
     if settings.orchestrator == "kubernetes" and importlib.util.find_spec("kubernetes") is None:
         _err.print("error: the kubernetes orchestrator needs: pip install 'autoai[kubernetes]'")
         raise typer.Exit(2)
+    shown = _redacted(settings.store_url)  # never print the store's password
     _err.print(
-        f"autoai control plane on http://{host}:{port} (store {settings.store_url}, "
+        f"autoai control plane on http://{host}:{port} (store {shown}, "
         f"{settings.orchestrator} orchestrator)"
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
