@@ -89,6 +89,7 @@ class AsyncEasClient(_BaseEasClient):
         labels: Mapping[str, str] | None = None,
         eject_after: int = 3,
         eject_for: float = 5.0,
+        attempt_timeout: float | None = None,
     ):
         super().__init__(
             store=store,
@@ -106,6 +107,7 @@ class AsyncEasClient(_BaseEasClient):
             labels=labels,
             eject_after=eject_after,
             eject_for=eject_for,
+            attempt_timeout=attempt_timeout,
         )
         n = self._max_connections
         self._pools = (

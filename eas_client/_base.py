@@ -219,6 +219,7 @@ class _BaseEasClient:
         labels: Mapping[str, str] | None,
         eject_after: int,
         eject_for: float,
+        attempt_timeout: float | None = None,
     ):
         if (store is None) == (urls is None):
             raise ValueError(
@@ -235,6 +236,11 @@ class _BaseEasClient:
         if token is not None and not isinstance(token, str):
             raise ValueError(f"token must be a string, got {type(token).__name__}")
         self._timeout = float(_number(timeout, "timeout", minimum=1e-6))
+        self._attempt_timeout: float | None = (
+            None
+            if attempt_timeout is None
+            else float(_number(attempt_timeout, "attempt_timeout", minimum=1e-6))
+        )
         self._max_attempts: int = _number(max_attempts, "max_attempts", minimum=1, integer=True)
         self._max_connections: int = _number(
             max_connections_per_instance, "max_connections_per_instance", minimum=1, integer=True
@@ -385,11 +391,16 @@ class _BaseEasClient:
                     retries += 1
                 target = endpoint.target
                 remaining = deadline - time.perf_counter()
+                wait = (
+                    remaining
+                    if self._attempt_timeout is None
+                    else min(remaining, self._attempt_timeout)
+                )
                 extensions = {
                     "timeout": {
-                        "connect": min(remaining, _CONNECT_TIMEOUT_S),
-                        "read": remaining,
-                        "write": remaining,
+                        "connect": min(wait, _CONNECT_TIMEOUT_S),
+                        "read": wait,
+                        "write": wait,
                         "pool": remaining,
                     },
                     ORIGIN_EXTENSION: target.origin,

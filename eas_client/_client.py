@@ -89,6 +89,10 @@ class EasClient(_BaseEasClient):
             ``model`` (else ``service``), the ``version`` (else ``""``) and ``"onnx"``.
         eject_after: consecutive failures (transport errors, 503) that eject an instance.
         eject_for: first ejection's length, seconds; doubles on every repeat (up to 60 s).
+        attempt_timeout: seconds one attempt may wait for its answer before the call moves to
+            another instance (default: the whole remaining deadline). Set it below ``timeout`` so
+            that a hung instance (it accepts connections but never answers) costs one attempt,
+            not the call.
 
     Raises:
         ValueError: an argument is missing, conflicting or out of range.
@@ -116,6 +120,7 @@ class EasClient(_BaseEasClient):
         labels: Mapping[str, str] | None = None,
         eject_after: int = 3,
         eject_for: float = 5.0,
+        attempt_timeout: float | None = None,
     ):
         super().__init__(
             store=store,
@@ -133,6 +138,7 @@ class EasClient(_BaseEasClient):
             labels=labels,
             eject_after=eject_after,
             eject_for=eject_for,
+            attempt_timeout=attempt_timeout,
         )
         n = self._max_connections
         self._pools = (

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -368,3 +370,66 @@ def test_no_async_call_fails_when_an_instance_dies_under_load(
     assert failures == []
     assert after > 100, after
     assert doomed.proc.returncode == (-9 if how == "kill" else 0)
+
+
+def _served(url: str) -> float:
+    """Requests an instance answered, from its own /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("eas_requests_total{") and 'outcome="success"' in line
+    )
+
+
+@pytest.mark.slow
+def test_a_hung_instance_costs_one_attempt_then_is_ejected_and_comes_back(
+    start_server: StartServer, identity: Path, tmp_path: Path
+) -> None:
+    """SIGSTOP: the process accepts connections and never answers. With ``attempt_timeout`` a call
+    that lands on it moves to the other instance; the breaker ejects it; after SIGCONT it serves
+    again."""
+    url = f"sqlite://{tmp_path / 'store.db'}"
+    hung = start_server(identity, "--store", url, "--service", "svc")
+    start_server(identity, "--store", url, "--service", "svc")
+    stop = threading.Event()
+    durations: list[float] = []
+    failures: list[BaseException] = []
+
+    def caller(client: EasClient) -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                client.infer({"x": X})
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            durations.append(time.perf_counter() - t0)
+
+    registry = CollectorRegistry()
+    options: dict[str, Any] = {"timeout": 5.0, "attempt_timeout": 0.5, "eject_for": 1.0}
+    with EasClient(store=url, service="svc", metrics=ClientMetrics(registry), **options) as client:
+        wait_until(lambda: len(client.instances()) == 2)
+        threads = [threading.Thread(target=caller, args=(client,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            os.kill(hung.proc.pid, signal.SIGSTOP)
+            stopped = len(durations)
+            time.sleep(3.0)
+            during = durations[stopped:]
+            labels = {"model": "svc", "version": "", "processor": "onnx"}
+            retried = registry.get_sample_value("autoai_client_retries_total", labels) or 0
+            os.kill(hung.proc.pid, signal.SIGCONT)
+            before = _served(hung.url)
+            wait_until(lambda: _served(hung.url) > before + 20, timeout=30)  # back in rotation
+        finally:
+            os.kill(hung.proc.pid, signal.SIGCONT)
+            stop.set()
+            for t in threads:
+                t.join(30)
+    assert failures == []
+    assert max(during) < 1.5, max(during)  # one 0.5 s attempt at most, never the 5 s deadline
+    # the breaker ejected it: a handful of the thousands of calls in those 3 s paid the 0.5 s
+    assert 1 <= retried <= 50 and len(during) > 500, (retried, len(during))
