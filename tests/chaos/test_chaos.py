@@ -12,13 +12,14 @@ import signal
 import time
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures import onnx_models
 from tests.fixtures.system import wait
 
-from .conftest import CALLS, SESSION_TIMEOUT, Chaos
+from .conftest import ATTEMPT_TIMEOUT, CALLS, SESSION_TIMEOUT, Chaos
 
 pytestmark = [pytest.mark.chaos, pytest.mark.zk]
 
@@ -197,3 +198,57 @@ def test_8_a_failing_blade_instance_falls_back_to_plain(chaos: Chaos, figures: A
     )
     assert not failed, failed
     assert fallbacks > 0
+
+
+def _retries(chaos: Chaos, model: str) -> float:
+    return sum(
+        sample.value
+        for metric in chaos.registry.collect()
+        for sample in metric.samples
+        if sample.name == "autoai_client_retries_total" and sample.labels.get("model") == model
+    )
+
+
+def test_7_a_hung_instance(chaos: Chaos, figures: Any) -> None:
+    """SIGSTOP one of two instances: it accepts connections and never answers. Calls that land
+    on it move to the other after ``attempt_timeout``, the breaker ejects it, and after SIGCONT
+    it serves again."""
+    system = chaos.system
+    victim = system.records("b", "1")[0]
+    url = f"http://127.0.0.1:{victim.port}"
+    mark, retries_before = len(chaos.load.durations), _retries(chaos, "b")
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.0)
+        during = chaos.load.durations[mark:]
+        retried = _retries(chaos, "b") - retries_before
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    served = _served(url)
+    back = wait(lambda: _served(url) > served + 20, 30, "the resumed instance to serve again")
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    figures(
+        "7 SIGSTOP one of two instances",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        slowest_call_s=round(max(during), 3),
+        retried_calls=int(retried),
+        calls_while_stopped=len(during),
+        back_after_sigcont_s=round(back, 2),
+    )
+    assert not failed, failed
+    assert max(during) < ATTEMPT_TIMEOUT + 1.5  # one attempt on the hung instance at most
+    assert 1 <= retried <= 100 and len(during) > 200  # ejected: few calls paid the attempt
+    assert time.monotonic() - resumed < 30
+
+
+def _served(url: str) -> float:
+    """Requests an instance answered, from its own /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("eas_requests_total{") and 'outcome="success"' in line
+    )
