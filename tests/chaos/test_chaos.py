@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from tests.fixtures import onnx_models
 from tests.fixtures.system import wait
 
-from .conftest import ATTEMPT_TIMEOUT, CALLS, SESSION_TIMEOUT, Chaos
+from .conftest import ATTEMPT_TIMEOUT, CALLS, SESSION_TIMEOUT, Chaos, System
 
 pytestmark = [pytest.mark.chaos, pytest.mark.zk]
 
@@ -252,3 +256,103 @@ def _served(url: str) -> float:
         for line in text.splitlines()
         if line.startswith("eas_requests_total{") and 'outcome="success"' in line
     )
+
+
+def test_2_rolling_sigterm_restart_of_every_instance(chaos: Chaos, figures: Any) -> None:
+    """Every instance in turn gets SIGTERM (it deregisters, drains, exits 0); the reconciler
+    starts its replacement; the next one goes once the system is whole again."""
+    system = chaos.system
+    started = time.monotonic()
+    replaced = 0
+    for model, version in sorted(system.services):
+        for victim in system.records(model, version):
+            os.kill(victim.pid, signal.SIGTERM)
+            wait(partial(_gone, victim.pid), 30, f"pid {victim.pid} to drain and exit")
+            wait(
+                partial(_replaced, system, model, version, victim.pid),
+                30,
+                "its replacement to be ready and discovered",
+                step=0.2,
+            )
+            replaced += 1
+    took = time.monotonic() - started
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    figures(
+        "2 SIGTERM rolling restart of every instance",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        instances_restarted=replaced,
+        rolling_restart_s=round(took, 2),
+        fallbacks_counted=int(chaos.fallbacks()),
+    )
+    assert not failed, failed
+    assert replaced == 5
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def _replaced(system: System, model: str, version: str, pid: int) -> bool:
+    return pid not in {r.pid for r in system.records(model, version)} and system.healthy()
+
+
+_COLD_SDK = """
+import sys
+import numpy as np
+from prometheus_client import CollectorRegistry
+from autoai.sdk import ModelClient
+
+url, snapshot, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bert = {"input_ids": np.arange(1, 9, dtype=np.int64).reshape(1, 8),
+        "attention_mask": np.ones((1, 8), np.int64)}
+plus_one = {"x": np.zeros((1, 4), np.float32)}
+ok = 0
+with ModelClient(url, registry=CollectorRegistry(), snapshot_dir=snapshot) as sdk:
+    for i in range(calls):
+        sdk.predict("a", bert)
+        sdk.predict("b", plus_one)
+        ok += 2
+print("ok", ok, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_6_a_new_sdk_process_starts_while_the_store_is_down(chaos: Chaos, figures: Any) -> None:
+    """The ensemble is down; a new SDK process on this host starts from the snapshot that the
+    running SDK keeps, and routes calls to the instances it lists."""
+    system = chaos.system
+    snapshot = system.root / "sdk-snapshot"
+    assert snapshot.is_dir(), "the running SDK keeps a snapshot here"
+    system.ensemble.stop(kill=True)
+    try:
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", _COLD_SDK, system.url, str(snapshot), "50"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        took = time.monotonic() - t0
+    finally:
+        for server in system.ensemble:
+            server.start(wait=False)
+        for server in system.ensemble:
+            server.wait_ready()
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    figures(
+        "6 a new SDK process while the store is down",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        cold_sdk_calls_ok=int(done.stdout.split()[-1]) if done.returncode == 0 else 0,
+        cold_sdk_process_s=round(took, 2),
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["ok", "100"], done.stderr[-2000:]
+    assert not failed, failed
