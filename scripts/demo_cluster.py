@@ -25,13 +25,11 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 from demo import Api, console, deploy, example_model, publish
 from demo_controlplane import (
@@ -40,6 +38,7 @@ from demo_controlplane import (
     free_port,
     port_free,
     save_state,
+    start,
     stop_previous,
 )
 from demo_traffic import Fleet, Load, percentile_ms
@@ -117,39 +116,13 @@ def describe(ns: list[Node]) -> str:
 
 
 def start_control_plane(port: int, token: str, store_url: str) -> ControlPlane:
-    """``autoai up`` on the ensemble, detached, with the state layout of demo_controlplane (whose
-    ``start`` always opens an embedded store), so that its ``stop_previous`` stops this one too.
+    """``autoai up`` on the ensemble, detached, in demo_controlplane's state layout, so that its
+    ``stop_previous`` stops this one too.
 
     Raises:
         SystemExit: it exited or did not answer ``/healthz`` within 60 s.
     """
-    run_dir = HOME / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True)
-    log = run_dir / "controlplane.log"
-    args = [
-        sys.executable, "-m", "autoai.cli", "up", "--port", str(port), "--store", store_url,
-        "--repo", str(run_dir / "repo"), "--run-dir", str(run_dir / "instances"),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "AUTOAI_ADMIN_TOKEN": token}, start_new_session=True, cwd=run_dir,
-        )  # fmt: skip
-    cp = ControlPlane(proc.pid, f"http://127.0.0.1:{port}", run_dir, store_url, log)
-    save_state(HOME, cp, [])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise SystemExit(f"autoai up exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{cp.url}/healthz", timeout=1).status_code == 200:
-                return cp
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"autoai up did not answer on {cp.url} within 60 s; log: {log}")
+    return start(HOME, port, token, store_url)
 
 
 def retries(fleet: Fleet) -> float:

@@ -144,16 +144,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(home: Path, port: int, token: str) -> ControlPlane:
+def start(home: Path, port: int, token: str, store_url: str | None = None) -> ControlPlane:
     """Start ``autoai up`` in its own session on 127.0.0.1:``port``, on a fresh run directory,
-    and wait for ``/healthz``.
+    and wait for ``/healthz``. ``store_url``: default, an embedded store in the run directory.
 
     Raises:
         SystemExit: it exited or did not answer within 60 s (with its log's last lines).
     """
     run_dir = home / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
-    store_url = f"sqlite://{run_dir / 'store.db'}"
+    store_url = store_url or f"sqlite://{run_dir / 'store.db'}"
     log = run_dir / "controlplane.log"
     args = [
         sys.executable, "-m", "autoai.cli", "up", "--port", str(port), "--store", store_url,
