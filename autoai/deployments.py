@@ -323,7 +323,7 @@ class DeploymentService:
 
     def _describe(self, record: Mapping[str, Any]) -> dict[str, Any]:
         live = self.store.instances(record["service"])
-        instances = self.orchestrator.health(record["service"], record)
+        instances = self.orchestrator.health(record["service"], record, live)
         return {
             **{k: v for k, v in record.items() if k != "instances"},
             "instances": instances,

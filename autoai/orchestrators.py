@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from config_store import ConfigStore
+from config_store import ConfigStore, Instance
 
 from .errors import ControlPlaneError
 
@@ -89,8 +89,11 @@ class Orchestrator(Protocol):
         """Stop every instance of the deployment (drained)."""
         ...
 
-    def health(self, service: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The deployment's instances, each with ``alive`` and ``ready``."""
+    def health(
+        self, service: str, record: Mapping[str, Any], registered: Sequence[Instance]
+    ) -> list[dict[str, Any]]:
+        """The deployment's instances, each with ``alive`` and ``ready``; ``registered`` is the
+        service's registrations in the store, read once by the caller."""
         ...
 
 
@@ -127,6 +130,15 @@ def _tail(path: Path, lines: int = 20) -> list[str]:
         return path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
         return []
+
+
+def _argv(pid: int) -> list[str] | None:
+    """A process's command line (None when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def process_alive(pid: int) -> bool:
@@ -226,12 +238,13 @@ class LocalOrchestrator:
     def teardown(self, service: str, record: Mapping[str, Any]) -> None:
         self.stop([InstanceRecord.from_json(r) for r in record["instances"]])
 
-    def health(self, service: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-        registered = {i.payload.get("pid") for i in self.store.instances(service)}
+    def health(
+        self, service: str, record: Mapping[str, Any], registered: Sequence[Instance]
+    ) -> list[dict[str, Any]]:
+        pids = {i.payload.get("pid") for i in registered}
         ours = self.processes()
         return [
-            {**r, "alive": r["pid"] in ours, "ready": r["pid"] in registered}
-            for r in record["instances"]
+            {**r, "alive": r["pid"] in ours, "ready": r["pid"] in pids} for r in record["instances"]
         ]
 
     # -- processes -------------------------------------------------------------------------
@@ -320,7 +333,7 @@ class LocalOrchestrator:
             if all(r.pid in live for r in started):
                 return {r.pid: live[r.pid] for r in started}
             for record in started:
-                if not self.alive(record):
+                if not self.running(record):
                     raise StartFailed(
                         f"instance pid {record.pid} of {service} exited before it was ready",
                         {"service": service, "log": _tail(Path(record.log))},
@@ -352,21 +365,11 @@ class LocalOrchestrator:
             while process_alive(record.pid) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
 
-    def alive(self, record: InstanceRecord) -> bool:
-        """Whether the recorded process still runs: its PID is alive and is still one of ours
-        (a reused PID running something else is not)."""
-        return process_alive(record.pid) and self.processes().get(record.pid) is not None
-
     @staticmethod
     def running(record: InstanceRecord) -> bool:
-        """Whether the recorded process runs, as recorded: same PID, same command line."""
-        if not process_alive(record.pid):
-            return False
-        try:
-            argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return [a.decode(errors="replace") for a in argv if a] == record.args
+        """Whether the recorded process runs, as recorded: same PID, same command line (a
+        reused PID running something else does not)."""
+        return process_alive(record.pid) and _argv(record.pid) == record.args
 
     def processes(self) -> dict[int, str]:
         """Every live ``eas-server`` this orchestrator started, recorded or not: pid -> service.
@@ -377,12 +380,8 @@ class LocalOrchestrator:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            args = [a.decode(errors="replace") for a in argv]
-            if "eas_server" not in args or "--config" not in args:
+            args = _argv(int(entry.name))
+            if args is None or "eas_server" not in args or "--config" not in args:
                 continue
             config = (
                 args[args.index("--config") + 1] if args.index("--config") + 1 < len(args) else ""

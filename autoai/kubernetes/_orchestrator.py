@@ -19,11 +19,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from config_store import ConfigStore
+from config_store import ConfigStore, Instance
 
 from ..errors import Unavailable
 from ..orchestrators import StartFailed
@@ -431,15 +431,16 @@ class KubernetesOrchestrator:
         self._delete(name)
         self._wait_deregistered(service, 0)
 
-    def health(self, service: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def health(
+        self, service: str, record: Mapping[str, Any], registered: Sequence[Instance]
+    ) -> list[dict[str, Any]]:
         """One row per pod (``alive``: running, ``ready``: registered); the registrations alone
         when the API cannot be reached."""
-        instances = self.store.instances(service)
         try:
             pods: list[dict[str, Any]] | None = self.pods(service)
         except KubernetesError as exc:
-            return health_rows(None, instances, str(exc))
-        return health_rows(pods, instances)
+            return health_rows(None, registered, str(exc))
+        return health_rows(pods, registered)
 
     # -- reconciliation -----------------------------------------------------------------------
 

@@ -132,7 +132,9 @@ def test_launch_scale_health_teardown(api_client: Any, namespace: str, store: Co
     try:
         assert [i["pod"] is not None for i in fields["instances"]] == [True]
         record = {"service": service, **fields}
-        assert [r["ready"] for r in orchestrator.health(service, record)] == [True]
+        assert [
+            r["ready"] for r in orchestrator.health(service, record, store.instances(service))
+        ] == [True]
         bigger, finish = orchestrator.resize(service, record, 2)
         finish()
         assert len(store.instances(service)) == 2

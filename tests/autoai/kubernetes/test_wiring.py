@@ -154,7 +154,7 @@ def test_health_falls_back_to_the_registrations(
     orchestrator: KubernetesOrchestrator, store: ConfigStore
 ) -> None:
     with store.register("intent-cls-1", "10.1.2.3", 8000, {"model": "intent-cls"}):
-        (row,) = orchestrator.health("intent-cls-1", {})
+        (row,) = orchestrator.health("intent-cls-1", {}, store.instances("intent-cls-1"))
     assert row["ip"] == "10.1.2.3" and row["ready"] is True
     assert "Kubernetes API" in row["error"]
 
