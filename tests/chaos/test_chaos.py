@@ -16,12 +16,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures import onnx_models
-from tests.fixtures.system import wait
+from tests.fixtures.system import served_requests, wait
 
 from .conftest import ATTEMPT_TIMEOUT, CALLS, SESSION_TIMEOUT, Chaos, System
 
@@ -229,8 +228,10 @@ def test_7_a_hung_instance(chaos: Chaos, figures: Any) -> None:
     finally:
         os.kill(victim.pid, signal.SIGCONT)
     resumed = time.monotonic()
-    served = _served(url)
-    back = wait(lambda: _served(url) > served + 20, 30, "the resumed instance to serve again")
+    served = served_requests(url)
+    back = wait(
+        lambda: served_requests(url) > served + 20, 30, "the resumed instance to serve again"
+    )
     _settle(chaos)
     sent, failed = _finish(chaos)
     figures(
@@ -246,16 +247,6 @@ def test_7_a_hung_instance(chaos: Chaos, figures: Any) -> None:
     assert max(during) < ATTEMPT_TIMEOUT + 1.5  # one attempt on the hung instance at most
     assert 1 <= retried <= 100 and len(during) > 200  # ejected: few calls paid the attempt
     assert time.monotonic() - resumed < 30
-
-
-def _served(url: str) -> float:
-    """Requests an instance answered, from its own /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("eas_requests_total{") and 'outcome="success"' in line
-    )
 
 
 def test_2_rolling_sigterm_restart_of_every_instance(chaos: Chaos, figures: Any) -> None:

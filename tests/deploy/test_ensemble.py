@@ -11,11 +11,9 @@ PIDs the control plane recorded, the ensemble by the script's PID files.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,15 +25,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 
-from autoai.api import ControlSettings, create_app
+from autoai.api import ControlSettings
 from autoai.orchestrators import process_alive
 from autoai.sdk import ModelClient
 from config_store import open_store
 from config_store.testing import ZooKeeperNotInstalled, four_letter_word, zookeeper_classpath
 from tests.fixtures import onnx_models
+from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances
 
 pytestmark = [pytest.mark.slow, pytest.mark.zk]
 
@@ -245,45 +243,22 @@ def _traffic(store_url: str, stop: threading.Event, calls: Calls, threads: int =
         calls.sessions = (session, store.session_id)  # type: ignore[attr-defined]
 
 
-def _stop_recorded_instances(store_url: str) -> None:
-    """Kill what the deploy started and left running (recorded PIDs only)."""
-    with open_store(store_url, snapshot_dir=False) as store:
-        for key in store.keys("control"):
-            item = store.get(key, group="control")
-            if key.startswith("deployment.") and item is not None:
-                for instance in json.loads(item.content)["instances"]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(instance["pid"], signal.SIGKILL)
-
-
 @contextlib.contextmanager
 def _control_plane(store_url: str, root: Path) -> Iterator[httpx.Client]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     settings = ControlSettings(
-        store_url=store_url,
-        repo_dir=root / "repo",
-        run_dir=root / "run",
-        admin_token=TOKEN,
-        port=port,
+        store_url=store_url, repo_dir=root / "repo", run_dir=root / "run", admin_token=TOKEN
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60)
     try:
-        _wait(lambda: server.started or not thread.is_alive(), "the control plane")
-        assert server.started, "the control plane did not start"
-        yield http
+        with control_plane_in_thread(settings) as url:
+            http = httpx.Client(base_url=url, headers=AUTH, timeout=60)
+            try:
+                yield http
+            finally:
+                with contextlib.suppress(httpx.HTTPError):
+                    http.delete("/api/v1/models/tagger/versions/1/deploy?force=true")
+                http.close()
     finally:
-        with contextlib.suppress(httpx.HTTPError):
-            http.delete("/api/v1/models/tagger/versions/1/deploy?force=true")
-        http.close()
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        _stop_recorded_instances(store_url)
+        kill_recorded_instances(store_url)
 
 
 def _ok(answer: httpx.Response, code: int = 200) -> Any:

@@ -13,12 +13,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,13 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoai.api import ControlSettings, create_app
-from config_store import open_store
+from autoai.api import ControlSettings
 from tests.fixtures import onnx_models
+from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances
 
 from ._exported import exported
 from ._promtool import REPO, run_promtool
@@ -194,19 +189,6 @@ def _deploy(http: httpx.Client, tmp: Path) -> int:
     return revision
 
 
-def _stop_recorded_instances(store_url: str) -> None:
-    """Kill what a deploy of this test started and left running (recorded PIDs only)."""
-    with open_store(store_url, snapshot_dir=False) as store:
-        for key in store.keys("control"):
-            item = store.get(key, group="control")
-            if key.startswith("deployment.") and item is not None:
-                for instance in json.loads(item.content)["instances"]:
-                    try:
-                        os.kill(instance["pid"], signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     # set up before tests/conftest.py's per-test HOME: give this process and the ones it starts
@@ -217,41 +199,28 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 def _live(root: Path) -> Iterator[Live]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     store_url = f"sqlite:///{root / 'store.db'}"
     settings = ControlSettings(
-        store_url=store_url,
-        repo_dir=root / "repo",
-        run_dir=root / "run",
-        admin_token=TOKEN,
-        port=port,
+        store_url=store_url, repo_dir=root / "repo", run_dir=root / "run", admin_token=TOKEN
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, headers=AUTH, timeout=30)
-    sdk: SdkApp | None = None
     try:
-        _wait(lambda: server.started or not thread.is_alive(), "the control plane")
-        assert server.started, "the control plane did not start"
-        before = Scrape.get(f"{url}/metrics")
-        revision = _deploy(http, root)
-        sdk = SdkApp(store_url, "tagger")
-        yield Live(url, http, sdk, revision, before)
+        with control_plane_in_thread(settings) as url:
+            http = httpx.Client(base_url=url, headers=AUTH, timeout=30)
+            sdk: SdkApp | None = None
+            try:
+                before = Scrape.get(f"{url}/metrics")
+                revision = _deploy(http, root)
+                sdk = SdkApp(store_url, "tagger")
+                yield Live(url, http, sdk, revision, before)
+            finally:
+                if sdk is not None:
+                    sdk.stop()
+                for version in ("1", "2"):  # drain and stop; what is left is killed below
+                    with contextlib.suppress(httpx.HTTPError):
+                        http.delete(f"/api/v1/models/tagger/versions/{version}/deploy?force=true")
+                http.close()
     finally:
-        if sdk is not None:
-            sdk.stop()
-        for version in ("1", "2"):  # drain and stop; what is left is killed below
-            with contextlib.suppress(httpx.HTTPError):
-                http.delete(f"/api/v1/models/tagger/versions/{version}/deploy?force=true")
-        http.close()
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        _stop_recorded_instances(store_url)
+        kill_recorded_instances(store_url)
 
 
 def test_every_component_s_metrics_move_under_traffic(live: Live) -> None:

@@ -37,6 +37,7 @@ from eas_client import (
 )
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import StartServer
+from tests.fixtures.system import served_requests
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 URLS = ["http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
@@ -372,16 +373,6 @@ def test_no_async_call_fails_when_an_instance_dies_under_load(
     assert doomed.proc.returncode == (-9 if how == "kill" else 0)
 
 
-def _served(url: str) -> float:
-    """Requests an instance answered, from its own /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("eas_requests_total{") and 'outcome="success"' in line
-    )
-
-
 @pytest.mark.slow
 def test_a_hung_instance_costs_one_attempt_then_is_ejected_and_comes_back(
     start_server: StartServer, identity: Path, tmp_path: Path
@@ -422,8 +413,10 @@ def test_a_hung_instance_costs_one_attempt_then_is_ejected_and_comes_back(
             labels = {"model": "svc", "version": "", "processor": "onnx"}
             retried = registry.get_sample_value("autoai_client_retries_total", labels) or 0
             os.kill(hung.proc.pid, signal.SIGCONT)
-            before = _served(hung.url)
-            wait_until(lambda: _served(hung.url) > before + 20, timeout=30)  # back in rotation
+            before = served_requests(hung.url)
+            wait_until(
+                lambda: served_requests(hung.url) > before + 20, timeout=30
+            )  # back in rotation
         finally:
             os.kill(hung.proc.pid, signal.SIGCONT)
             stop.set()

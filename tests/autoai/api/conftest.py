@@ -3,9 +3,6 @@ every instance a test deployed is stopped by PID afterwards."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import httpx
 import pytest
 
 from autoai.api import ControlSettings, create_app
-from config_store import open_store
+from tests.fixtures.system import kill_recorded_instances
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,16 +40,4 @@ async def client(settings: ControlSettings) -> AsyncIterator[httpx.AsyncClient]:
             async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
                 yield c
     finally:
-        _stop_recorded_instances(settings)
-
-
-def _stop_recorded_instances(settings: ControlSettings) -> None:
-    with open_store(settings.store_url, snapshot_dir=False) as store:
-        for key in store.keys("control"):
-            item = store.get(key, group="control")
-            if key.startswith("deployment.") and item is not None:
-                for instance in json.loads(item.content)["instances"]:
-                    try:
-                        os.kill(instance["pid"], signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        kill_recorded_instances(settings.store_url)

@@ -32,8 +32,9 @@ from schemathesis.core.result import Ok
 from autoai.api import ControlSettings, create_app
 from config_store import open_store
 from tests.fixtures import onnx_models
+from tests.fixtures.system import kill_recorded_instances
 
-from .conftest import AUTH, _stop_recorded_instances
+from .conftest import AUTH
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ def served(settings: ControlSettings) -> Iterator[tuple[FastAPI, Send]]:
 
             yield app, send
     finally:
-        _stop_recorded_instances(settings)
+        kill_recorded_instances(settings.store_url)
 
 
 def _request(case: schemathesis.Case[Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 from autoai.api import ControlSettings
 from autoai.cli import app
 from config_store.testing import free_ports
-from tests.autoai.api.conftest import _stop_recorded_instances
+from tests.fixtures.system import kill_recorded_instances
 
 TOKEN = "cli-s3cret"
 
@@ -102,4 +102,4 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield ControlPlane(url, settings, root / "control.log")
     finally:
         _stop(proc)
-        _stop_recorded_instances(settings)
+        kill_recorded_instances(settings.store_url)
