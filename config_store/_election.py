@@ -61,7 +61,7 @@ class LeaderElection:
         self.candidate = uuid.uuid4().hex[:12]
         self._on_change = on_change
         self._lock = threading.Lock()
-        self._leader: Instance | None = None
+        self._view: list[Instance] = []
         self._leading = False
         fields = {**(payload or {}), "since": time.time(), "candidate": self.candidate}
         self._registration = store.register(service, host, port, fields)
@@ -69,9 +69,10 @@ class LeaderElection:
         self._watch = store.watch_instances(service, self._update)
 
     def _update(self, instances: list[Instance]) -> None:
-        leader = min(instances, key=_order, default=None)
+        view = sorted(instances, key=_order)
+        leader = view[0] if view else None
         with self._lock:
-            self._leader = leader
+            self._view = view
             leading = leader is not None and leader.payload.get("candidate") == self.candidate
             changed = leading != self._leading
             self._leading = leading
@@ -89,11 +90,12 @@ class LeaderElection:
     def leader(self) -> Instance | None:
         """The leading candidate in the last view (None before the first one arrived)."""
         with self._lock:
-            return self._leader
+            return self._view[0] if self._view else None
 
     def candidates(self) -> list[Instance]:
-        """Every registered candidate, the leader first."""
-        return sorted(self.store.instances(self.service), key=_order)
+        """Every registered candidate in the last view the watch delivered, the leader first."""
+        with self._lock:
+            return list(self._view)
 
     def close(self) -> None:
         """Leave the election (the next candidate takes over at once). Idempotent."""
