@@ -90,6 +90,8 @@ class InferRequest:
         parameters: the request's ``parameters`` (``priority``, ``timeout``, custom keys, ...).
         binary_output: the request's ``binary_data_output``: the default for outputs without their
             own ``binary_data`` (always ``True`` for a raw binary request).
+        raw: set by the decoder for a raw binary request only; a JSON input that happens to be
+            named ``""`` does not make a request raw.
     """
 
     id: str | None
@@ -97,11 +99,12 @@ class InferRequest:
     outputs: list[RequestedOutput] | None
     parameters: dict[str, Any] = field(default_factory=dict)
     binary_output: bool = False
+    raw: bool = False
 
     @property
     def is_raw(self) -> bool:
         """Whether this is a raw binary request (see :func:`decode_request`)."""
-        return len(self.inputs) == 1 and self.inputs[0].name == ""
+        return self.raw
 
     def wants_binary(self, name: str) -> bool:
         """Whether output ``name`` goes back in binary (fit for ``encode_response(binary=...)``)."""
@@ -263,7 +266,7 @@ def decode_request(
     if length == 0:
         raw = np.frombuffer(view, dtype=np.uint8)
         raw_input = RequestInput("", "UINT8", raw.shape, raw, {"binary_data_size": raw.size})
-        return InferRequest(None, [raw_input], None, {}, True)
+        return InferRequest(None, [raw_input], None, {}, True, raw=True)
     if length is None:
         header, binary = view, view[:0]
     else:

@@ -394,6 +394,10 @@ def test_raw_binary_request_is_one_nameless_input():
     )
     assert text.data.tolist() == [b"\xffhello"]
     assert not decode_request(*req({"inputs": [X]})).is_raw
+    # a JSON input named "" is just a badly named input, not a raw body (the schema fuzzer sent
+    # one, which the server then typed as the model's input)
+    nameless = {"name": "", "datatype": "BOOL", "shape": [0], "data": []}
+    assert not decode_request(*req({"inputs": [nameless]})).is_raw
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], str]] = [
     ("not an object", b"[1, 2]", {}, "object"),
     ("unknown input", _body([IDS, MASK, {**IDS, "name": "extra"}]), {}, "unknown input 'extra'"),
     ("missing input", _body([IDS]), {}, "missing inputs ['attention_mask']"),
+    ("a JSON input named ''", _body([{**IDS, "name": ""}]), {}, "unknown input ''"),
     ("wrong datatype", _body([{**IDS, "datatype": "FP32"}, MASK]), {}, "expects INT64"),
     ("shape rank", _body([{**IDS, "shape": [3]}, MASK]), {}, "has shape [3]"),
     ("element count", _body([{**IDS, "shape": [1, 4]}, MASK]), {}, "4"),
