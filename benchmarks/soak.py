@@ -13,8 +13,8 @@
    send time) for ``--duration`` seconds, in windows of 10 minutes (1 minute when the run is
    shorter than 20 minutes); meanwhile a publish every ``--publish-every`` s alternating the
    weights 90/10 and 10/90, and every ``--restart-every`` s one eas-server SIGKILLed by PID (round
-   robin over the instances): the control plane's reconciler restarts it, and the time until the
-   deployment shows a new ready process is recorded;
+   robin over the instances, none in the last 30 s): the control plane's reconciler restarts it, and
+   the time until the deployment shows a new ready process is recorded;
 5. the report (printed tables, ``--json``): errors by kind, calls/QPS/p50/p99 per window, publishes
    and restarts, RSS and open file descriptors of every process at the start and the end of the
    load (growth over 10 % flagged), and the store's size (ZooKeeper ``mntr``, or sqlite rows).
@@ -48,18 +48,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
-from rich.table import Table
+from soak_report import console, print_report, process_rows, snapshot, window_rows
 
-from autoai.bench import BenchConfig, BenchReport, Step, run
+from autoai.bench import BenchConfig, Step, run
 from autoai.orchestrators import process_alive
 from config_store.testing import ZooKeeperServer, four_letter_word
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "soak"
-GROWTH_FLAG_PERCENT = 10.0
 RAMP = (1, 4, 16, 32)
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+RECOVERY_MARGIN_S = 30.0  # no instance is killed this near the end of the load
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -86,26 +84,6 @@ def stop_pids(pids: list[int], mark: str, timeout: float) -> None:
         if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One process's resident memory and open file descriptors at one moment."""
-
-    pid: int
-    rss_kib: int
-    fds: int
-
-
-def usage(pid: int) -> Usage | None:
-    """From ``/proc``; None when the process is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-    rss = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
-    return Usage(pid, rss, fds)
 
 
 def free_port() -> int:
@@ -248,6 +226,7 @@ class Chaos:
     api: Api
     publish_every: float
     restart_every: float
+    duration: float
     stop: threading.Event = field(default_factory=threading.Event)
     began: float = 0.0
     publishes: list[float] = field(default_factory=list)
@@ -273,6 +252,8 @@ class Chaos:
                     self.publish_errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
             if now >= next_restart:
                 next_restart += self.restart_every
+                if now - self.began > self.duration - RECOVERY_MARGIN_S:
+                    continue  # too near the end for the replacement to be seen
                 # its own thread: waiting for the replacement must not hold the publishes back
                 killer = threading.Thread(target=self._kill_one, args=(next(victims),), daemon=True)
                 killer.start()
@@ -322,119 +303,6 @@ def processes(api: Api, cp_pid: int, zk: ZooKeeperServer | None) -> dict[str, in
         for n, instance in enumerate(found):
             out[f"eas-server v{version}#{n}"] = int(instance["pid"])
     return out
-
-
-def snapshot(roles: dict[str, int]) -> dict[str, Usage | None]:
-    return {role: usage(pid) for role, pid in roles.items()}
-
-
-def growth(start: int, end: int) -> float:
-    return 100.0 * (end - start) / start if start else 0.0
-
-
-def process_rows(
-    start: dict[str, Usage | None], end: dict[str, Usage | None]
-) -> list[dict[str, Any]]:
-    rows = []
-    for role in sorted(set(start) | set(end)):
-        a, b = start.get(role), end.get(role)
-        row: dict[str, Any] = {"process": role, "start": asdict(a) if a else None}
-        row["end"] = asdict(b) if b else None
-        row["restarted"] = bool(a and b and a.pid != b.pid)
-        if a and b:
-            row["rss_growth_percent"] = round(growth(a.rss_kib, b.rss_kib), 1)
-            row["fd_growth"] = b.fds - a.fds
-            row["flagged"] = (
-                not row["restarted"] and row["rss_growth_percent"] > GROWTH_FLAG_PERCENT
-            )
-        rows.append(row)
-    return rows
-
-
-def window_rows(report: BenchReport, chaos: Chaos, window_s: float) -> list[dict[str, Any]]:
-    rows = []
-    for n, step in enumerate(report.steps):
-        lo, hi = n * window_s, (n + 1) * window_s
-        lat = step.client.latency
-        rows.append(
-            {
-                "window": n + 1,
-                "from_s": round(lo),
-                "to_s": round(lo + step.window_s),
-                "calls": step.client.requests + step.client.error_count,
-                "errors": step.client.error_count,
-                "qps": round(step.client.qps, 1),
-                "p50_ms": round(lat.p50 * 1e3, 2) if lat else None,
-                "p99_ms": round(lat.p99 * 1e3, 2) if lat else None,
-                "max_ms": round(lat.max * 1e3, 2) if lat else None,
-                "publishes": sum(lo <= t < hi for t in chaos.publishes),
-                "restarts": sum(lo <= r.at_s < hi for r in chaos.restarts),
-                "generator_cpu_percent": round(step.generator.cpu_percent, 1),
-            }
-        )
-    return rows
-
-
-def print_report(doc: dict[str, Any]) -> None:
-    c = doc["config"]
-    console.print(
-        f"\nsoak: {c['store']} store, {c['instances']} instances x 2 versions, "
-        f"max {doc['max_qps']:.0f} QPS (closed-loop ramp {list(RAMP)}), load {c['rate']:.0f} QPS "
-        f"({c['load'] * 100:.0f} %), {c['duration_s']:.0f} s, publish every "
-        f"{c['publish_every_s']:.0f} s, SIGKILL an instance every {c['restart_every_s']:.0f} s; "
-        f"load average {doc['loadavg_start']} -> {doc['loadavg_end']} on {os.cpu_count()} CPUs"
-    )
-    t = Table(title="Calls per window (SDK, open loop)", title_justify="left")
-    cols = ("window", "from_s", "to_s", "calls", "errors", "qps", "p50_ms", "p99_ms", "max_ms")
-    for col in (*cols, "publishes", "restarts"):
-        t.add_column(col.replace("_", " "), justify="right")
-    for w in doc["windows"]:
-        t.add_row(*("-" if w[k] is None else str(w[k]) for k in (*cols, "publishes", "restarts")))
-    console.print(t)
-    t = Table(title="Errors by kind", title_justify="left")
-    t.add_column("kind")
-    t.add_column("count", justify="right")
-    for kind, n in sorted(doc["errors"].items()) or [("(none)", 0)]:
-        t.add_row(kind, str(n))
-    console.print(t)
-    t = Table(title="Instance restarts (SIGKILL, reconciler restarts)", title_justify="left")
-    for col in ("at s", "version", "killed pid", "new pid", "recovered in s"):
-        t.add_column(col, justify="right")
-    for r in doc["restarts"]:
-        rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
-        t.add_row(f"{r['at_s']:.0f}", r["version"], str(r["pid"]), str(r["new_pid"]), rec)
-    console.print(t)
-    t = Table(
-        title="Processes at the start and the end of the load",
-        title_justify="left",
-        caption=f"! : RSS grew more than {GROWTH_FLAG_PERCENT:.0f} %; restarted: a new process "
-        "(SIGKILLed and restarted during the run), so its growth is not a leak figure",
-    )
-    for col in ("process", "pid", "RSS start MiB", "RSS end MiB", "growth", "fds start", "fds end"):
-        t.add_column(col, justify="left" if col == "process" else "right")
-    for p in doc["processes"]:
-        a, b = p["start"], p["end"]
-        pid = "-" if not a else str(a["pid"]) if not p["restarted"] else f"{a['pid']}->{b['pid']}"
-        g = "-"
-        if "rss_growth_percent" in p:
-            g = f"{p['rss_growth_percent']:+.1f} %" + (" !" if p["flagged"] else "")
-            g += " (restarted)" if p["restarted"] else ""
-        t.add_row(
-            p["process"], pid,
-            f"{a['rss_kib'] / 1024:.1f}" if a else "-", f"{b['rss_kib'] / 1024:.1f}" if b else "-",
-            g, str(a["fds"]) if a else "-", str(b["fds"]) if b else "-",
-        )  # fmt: skip
-    console.print(t)
-    t = Table(title="Store size", title_justify="left")
-    for col in ("figure", "start", "end"):
-        t.add_column(col, justify="left" if col == "figure" else "right")
-    for key in doc["store_start"]:
-        t.add_row(key, str(doc["store_start"][key]), str(doc["store_end"].get(key, "-")))
-    console.print(t)
-    console.print(
-        f"publishes {len(doc['publishes_s'])} ok, {sum(doc['publish_errors'].values())} failed; "
-        f"calls {doc['calls']}, failed {sum(doc['errors'].values())}"
-    )
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -492,7 +360,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         window = 600.0 if args.duration >= 1200 else 60.0
         n = max(1, math.ceil(args.duration / window - 1e-9))
         window = args.duration / n
-        chaos = Chaos(api, args.publish_every, args.restart_every)
+        chaos = Chaos(api, args.publish_every, args.restart_every, args.duration)
         loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
         store_start = store_size(args.store, zk, work / "store.db")
         start = snapshot(roles)
@@ -513,6 +381,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         end_roles = processes(api, cp.pid, zk)
         pids.update(end_roles.values())
         end = snapshot(end_roles)
+        restarted_at = [r.at_s for r in chaos.restarts]
         errors: Counter[str] = Counter()
         for step in report.steps:
             errors.update(step.client.errors)
@@ -530,7 +399,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "calls": sum(s.client.requests + s.client.error_count for s in report.steps),
             "errors": dict(errors),
-            "windows": window_rows(report, chaos, window),
+            "windows": window_rows(report, chaos.publishes, restarted_at, window),
             "publishes_s": [round(t, 1) for t in chaos.publishes],
             "publish_errors": dict(chaos.publish_errors),
             "restarts": [asdict(r) for r in chaos.restarts],
@@ -577,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print_report(doc)
+    print_report(doc, RAMP)
     if args.json is not None:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
