@@ -28,8 +28,10 @@ from ..errors import (
     Conflict,
     ControlPlaneError,
     Forbidden,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -39,6 +41,7 @@ from ..orchestrators import LocalOrchestrator, Orchestrator
 from ..reconciler import Reconciler
 from ..releases import ReleaseService
 from ..repository import ModelRepository
+from ._limits import BodyLimit
 from ._metrics import ControlMetrics
 from ._settings import ControlSettings
 
@@ -55,13 +58,16 @@ __all__ = [
     "services",
 ]
 
+# The first class the error is an instance of gives the status: subclasses before their bases.
 STATUS: Final[dict[type[ControlPlaneError], int]] = {
+    PayloadTooLarge: 413,
     InvalidRequest: 400,
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     Unavailable: 503,
+    InsufficientStorage: 507,
 }
 
 # config_store errors that reach a route unconverted: the store's refusal of a name or a size is
@@ -222,7 +228,10 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     @app.exception_handler(ControlPlaneError)
     async def domain_error(request: Request, exc: ControlPlaneError) -> JSONResponse:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-        return JSONResponse({"error": str(exc), "detail": exc.detail}, status_code=status)
+        headers = {"Retry-After": "5"} if isinstance(exc, Unavailable) else {}
+        return JSONResponse(
+            {"error": str(exc), "detail": exc.detail}, status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -252,6 +261,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     for store_error in _STORE_ERRORS:
         app.add_exception_handler(store_error, _store_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(BodyLimit)  # bodies capped before any route buffers them
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(releases.router)

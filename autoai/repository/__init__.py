@@ -8,6 +8,20 @@ repo.delete("intent-cls", "1")
 ```
 """
 
-from ._repository import MAX_MODEL_BYTES, Model, ModelRepository, ModelVersion, validate_name
+from ._repository import (
+    MAX_MODEL_BYTES,
+    Model,
+    ModelRepository,
+    ModelVersion,
+    storage_error,
+    validate_name,
+)
 
-__all__ = ["MAX_MODEL_BYTES", "Model", "ModelRepository", "ModelVersion", "validate_name"]
+__all__ = [
+    "MAX_MODEL_BYTES",
+    "Model",
+    "ModelRepository",
+    "ModelVersion",
+    "storage_error",
+    "validate_name",
+]

@@ -2,6 +2,8 @@
 
 Files live under ``root/blobs/sha256/<2 hex>/<64 hex>.onnx``, written to a temporary file and
 renamed, so a reader never sees half a file and the same bytes registered twice are stored once.
+A write that fails (a full disk is ``InsufficientStorage``, 507; any other write error
+``Unavailable``, 503) removes its temporary file and records nothing.
 Each model's record (its versions, their digests and signatures) is one JSON document in the
 store's ``control`` group, key ``model.<name>``, updated with compare-and-swap: two control-plane
 replicas registering at once get versions N and N+1, never the same N.
@@ -9,6 +11,7 @@ replicas registering at once get versions N and N+1, never the same N.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,14 +27,41 @@ from urllib.parse import urlsplit
 
 from config_store import ConfigStore, Conflict as StoreConflict
 
-from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
+from ..errors import (
+    Conflict,
+    ControlPlaneError,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 
-__all__ = ["MAX_MODEL_BYTES", "Model", "ModelRepository", "ModelVersion", "validate_name"]
+__all__ = [
+    "MAX_MODEL_BYTES",
+    "Model",
+    "ModelRepository",
+    "ModelVersion",
+    "storage_error",
+    "validate_name",
+]
 
 GROUP: Final = "control"
 MAX_MODEL_BYTES: Final = 2 * 1024**3  # ONNX's protobuf limit: larger models use external data
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _CAS_ATTEMPTS: Final = 20
+_NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def storage_error(exc: OSError, what: str) -> ControlPlaneError:
+    """The error for a failed write of ``what``: no room is ``InsufficientStorage`` (507), any
+    other failure (read-only, I/O error, permissions) ``Unavailable`` (503)."""
+    detail = {"errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)), "what": what}
+    if exc.errno in _NO_ROOM:
+        return InsufficientStorage(
+            f"no room to store {what}: {exc.strerror}; nothing was registered", detail
+        )
+    return Unavailable(f"cannot store {what}: {exc.strerror}; nothing was registered", detail)
 
 
 def validate_name(name: object) -> str:
@@ -140,21 +170,28 @@ class ModelRepository:
         if not data:
             raise InvalidRequest("the model file is empty")
         if len(data) > MAX_MODEL_BYTES:
-            raise InvalidRequest(
+            raise PayloadTooLarge(
                 f"the model file has {len(data)} bytes, more than {MAX_MODEL_BYTES}",
                 {"size": len(data), "limit": MAX_MODEL_BYTES},
             )
         digest = hashlib.sha256(data).hexdigest()
         path = self._blob(digest)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+            except OSError as exc:
+                raise storage_error(exc, f"the model file ({len(data)} bytes)") from exc
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())  # ENOSPC can wait for the flush; it must come now
                 os.replace(tmp, path)
-            except BaseException:
+            except BaseException as exc:
                 Path(tmp).unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    raise storage_error(exc, f"the model file ({len(data)} bytes)") from exc
                 raise
         return digest, path
 
@@ -221,7 +258,10 @@ class ModelRepository:
             source: where it came from, for the record (default: the path, or "upload").
 
         Raises:
-            InvalidRequest: a bad name, an empty, oversized or unreadable file, not an ONNX model.
+            InvalidRequest: a bad name, an empty or unreadable file, not an ONNX model.
+            PayloadTooLarge: a file over ``MAX_MODEL_BYTES``.
+            InsufficientStorage: no room for the file in ``root`` (nothing is left of it).
+            Unavailable: ``root`` cannot be written, or the store cannot be reached.
         """
         validate_name(name)
         if isinstance(data, Path):

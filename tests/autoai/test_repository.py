@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from autoai.errors import Conflict, InvalidRequest, NotFound
+from autoai.errors import Conflict, InsufficientStorage, InvalidRequest, NotFound, Unavailable
 from autoai.repository import ModelRepository, validate_name
 from config_store import open_store
-from tests.fixtures import onnx_models
+from tests.fixtures import disks, onnx_models
 
 
 @pytest.fixture
@@ -100,3 +101,38 @@ def test_unknown_versions_list_what_exists(repo: ModelRepository, tmp_path: Path
     repo.register("m", onnx_models.identity(tmp_path))
     with pytest.raises(NotFound, match=r"has no version '9'; versions: \['1'\]"):
         repo.version("m", "9")
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_full_disk_is_insufficient_storage_and_leaves_nothing(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", snapshot_dir=False)
+    small = onnx_models.identity(tmp_path)
+    big = onnx_models.tiny_bert(tmp_path / "big", hidden=64, layers=2)  # about 460 KB
+    with disks.tmpfs(tmp_path / "repo", 4 << 20) as root:
+        repo = ModelRepository(root, store)
+        assert repo.register("m", small).version == "1"
+        filler = disks.fill(root, leave=128 << 10)
+        before = _files(root)
+        with pytest.raises(InsufficientStorage, match="no room") as caught:
+            repo.register("m", big)
+        assert caught.value.detail["errno"] == "ENOSPC"
+        assert _files(root) == before  # no temporary file, no blob
+        assert [v.version for v in repo.model("m").versions] == ["1"]
+        filler.unlink()
+        assert repo.register("m", big).version == "2"  # the number was not used up
+
+
+def test_a_repository_that_cannot_be_written_is_unavailable(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", snapshot_dir=False)
+    model = onnx_models.identity(tmp_path)
+    with disks.tmpfs(tmp_path / "repo", 1 << 20) as root:
+        repo = ModelRepository(root, store)
+        subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+        with pytest.raises(Unavailable, match="cannot store") as caught:
+            repo.register("m", model)
+        assert caught.value.detail["errno"] == "EROFS"
+        with pytest.raises(NotFound):
+            repo.model("m")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.types import Message
 
 from ...errors import InvalidRequest
-from ...repository import MAX_MODEL_BYTES, ModelRepository
+from ...repository import ModelRepository, storage_error
 from .._app import Services, require_read, require_write, services
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
@@ -18,51 +17,23 @@ router = APIRouter(prefix="/api/v1/models", tags=["models"])
 Svc = Annotated[Services, Depends(services)]
 
 
-# A multipart body is the model plus its framing; a JSON one only names a URI.
-MAX_UPLOAD_BYTES: Final = MAX_MODEL_BYTES + (1 << 20)
-MAX_JSON_BYTES: Final = 1 << 20
-
-
-def _capped(request: Request, limit: int) -> Request:
-    """The request with its body refused past ``limit`` bytes: at once when its Content-Length
-    says so, else as soon as the bytes received pass it (chunked), before they are all read.
-
-    Raises:
-        InvalidRequest: the body is too large (on reading, for a chunked one).
-    """
-    declared = request.headers.get("content-length", "")
-    too_large = f"the request body is larger than {limit} bytes"
-    if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        raise InvalidRequest(too_large, {"limit": limit})
-    seen = 0
-    receive = request.receive
-
-    async def capped() -> Message:
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise InvalidRequest(too_large, {"limit": limit})
-        return message
-
-    return Request(request.scope, capped)
-
-
 async def _register(request: Request, repo: ModelRepository) -> dict[str, Any]:
     """Multipart (``name`` + ``file``) or JSON ``{"name", "uri"}``."""
     kind = request.headers.get("content-type", "")
     multipart = kind.startswith("multipart/form-data")
-    request = _capped(request, MAX_UPLOAD_BYTES if multipart else MAX_JSON_BYTES)
     if multipart:
-        async with request.form() as form:  # closes the spooled upload files
-            name, file = form.get("name"), form.get("file")
-            if not isinstance(name, str) or not isinstance(file, UploadFile):
-                raise InvalidRequest(
-                    "a multipart registration needs the fields 'name' (text) and 'file' "
-                    "(the ONNX file)"
-                )
-            data = await file.read()
-            source = file.filename or "upload"
+        try:
+            async with request.form() as form:  # closes the spooled upload files
+                name, file = form.get("name"), form.get("file")
+                if not isinstance(name, str) or not isinstance(file, UploadFile):
+                    raise InvalidRequest(
+                        "a multipart registration needs the fields 'name' (text) and 'file' "
+                        "(the ONNX file)"
+                    )
+                data = await file.read()
+                source = file.filename or "upload"
+        except OSError as exc:  # spooling the upload to the temporary directory failed
+            raise storage_error(exc, "the upload (spooled to the temporary directory)") from exc
         version = await run_in_threadpool(repo.register, name, data, source=source)
         return version.json()
     try:
