@@ -6,6 +6,9 @@ A 3-node ZooKeeper ensemble on loopback, ``autoai up`` on it, and two published 
   published 90/10; the blade route falls back to version 1.
 - ``b``: ``y = x + 1``, version 1 plain (2 instances), published 100.
 
+The model repository is a 64 MiB tmpfs where the machine allows mounting one (root; CI), so
+scenario 9 can fill it; elsewhere it is a plain directory and scenario 9 is skipped.
+
 Each scenario gets a fresh SDK client (its own store session and metrics registry) and 32 threads
 calling both models in turn (``load``); the fixture waits until every instance is back, ready and
 discovered before handing the system over, so one scenario's damage never leaks into the next.
@@ -34,7 +37,7 @@ from autoai.sdk import ModelClient
 from config_store import ConfigStore, open_store
 from config_store.testing import ZooKeeperEnsemble, free_ports
 from config_store.testing.plugin import _require_zookeeper
-from tests.fixtures import onnx_models
+from tests.fixtures import disks, onnx_models
 from tests.fixtures.system import ControlPlane, Traffic, records, wait
 
 SESSION_TIMEOUT = 4.0
@@ -51,6 +54,8 @@ BERT_SIZE: dict[str, Any] = {"hidden": 64, "layers": 2}
 BLADE: dict[str, Any] = {"batch_sizes": [1, 4]}
 INSTANCES = {("a", "1"): 2, ("a", "2"): 1, ("b", "1"): 2}
 """(model, version) -> instances every scenario starts with."""
+REPO_DISK = 64 << 20
+"""Bytes of the repository's tmpfs."""
 
 
 @dataclass
@@ -61,6 +66,8 @@ class System:
     store: ConfigStore
     plane: ControlPlane
     orchestrator: LocalOrchestrator
+    small_disk_refused: str | None = None
+    """Why the repository is not on its own small tmpfs (None: it is, at ``root / "repo"``)."""
     services: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def start_plane(self) -> ControlPlane:
@@ -139,6 +146,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     store: ConfigStore | None = None
     plane: ControlPlane | None = None
     orchestrator: LocalOrchestrator | None = None
+    refused = disks.mount_error(root / "repo", REPO_DISK)
     try:
         ensemble.start()
         url = _chroot_url(ensemble)
@@ -148,7 +156,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         bert, blade_options = _blade_wins(root)
         plane = ControlPlane(store_url, root, free_ports(1)[0], env=_env(root))
         plane.wait(plane.leads, 30, "the control plane to lead")
-        sys_ = System(root, ensemble, store_url, store, plane, orchestrator)
+        sys_ = System(root, ensemble, store_url, store, plane, orchestrator, refused)
         models = {
             "a": [onnx_models.tiny_bert(root / "a1", **BERT_SIZE), bert],
             "b": [onnx_models.tagged(root / "b1", 1.0)],
@@ -178,6 +186,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         if store is not None:
             store.close()
         ensemble.stop(kill=True)
+        if refused is None:
+            disks.unmount(root / "repo")
 
 
 @dataclass

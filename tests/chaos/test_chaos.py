@@ -11,15 +11,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.fixtures import onnx_models
+from tests.fixtures import disks, onnx_models
 from tests.fixtures.system import served_requests, wait
 
 from .conftest import ATTEMPT_TIMEOUT, CALLS, SESSION_TIMEOUT, Chaos, System
@@ -346,4 +349,180 @@ def test_6_a_new_sdk_process_starts_while_the_store_is_down(chaos: Chaos, figure
         cold_sdk_process_s=round(took, 2),
     )
     assert done.returncode == 0 and done.stdout.split() == ["ok", "100"], done.stderr[-2000:]
+    assert not failed, failed
+
+
+STREAM_PUBLISHES = 60
+"""Publishes of scenario 5, below the 100 revisions the store keeps, so all stay in history."""
+
+
+def _weights(table: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((r.version, r.weight) for r in table.routes)
+
+
+@pytest.mark.timeout(150)
+def test_5_zookeeper_leader_killed_during_a_stream_of_publishes(chaos: Chaos, figures: Any) -> None:
+    """Model ``a`` is republished every 50 ms with new weights through the REST API while the
+    ensemble's leader is SIGKILLed and restarted. Two SDKs sample their route table all along:
+    every table they used must be a published revision, whole (its weights are that revision's
+    in the history), and their revisions never go back."""
+    system = chaos.system
+    second = system.sdk(CollectorRegistry())
+    sdks = (chaos.sdk, second)
+    seen: list[set[tuple[int, tuple[tuple[str, int], ...]]]] = [set(), set()]
+    backwards: list[tuple[int, int]] = []
+    acked: dict[int, dict[str, int]] = {}
+    refused: Counter[int] = Counter()
+    took: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        last = [0, 0]
+        while not stop.is_set():
+            for n, sdk in enumerate(sdks):
+                table = sdk.routes("a")
+                seen[n].add((table.revision, _weights(table)))
+                if table.revision < last[n]:
+                    backwards.append((last[n], table.revision))
+                last[n] = table.revision
+            time.sleep(0.002)
+
+    def publish(weights: dict[str, int], http: httpx.Client) -> None:
+        body = {"routes": [{"version": v, "weight": w} for v, w in weights.items()]}
+        started = time.monotonic()
+        try:
+            answer = http.post("/api/v1/models/a/publish", json=body)
+            took.append(time.monotonic() - started)
+        except httpx.TimeoutException:
+            refused[0] += 1  # outcome unknown: neither acknowledged nor assumed lost
+            return
+        if answer.status_code == 200:
+            acked[answer.json()["revision"]] = weights
+        else:
+            refused[answer.status_code] += 1
+
+    http = httpx.Client(base_url=system.plane.url, headers=system.plane.http.headers, timeout=20)
+    sampler = threading.Thread(target=sample, daemon=True)
+    killed_at = restarted_at = 0.0
+    try:
+        for sdk in sdks:
+            sdk.predict(*CALLS[0])
+        sampler.start()
+        leader = system.ensemble.leader()
+        for i in range(STREAM_PUBLISHES):
+            share = 10 + (i * 7) % 31  # 10..40 % to the blade version, different each time
+            publish({"1": 100 - share, "2": share}, http)
+            if i == 15:
+                leader.stop(kill=True)
+                killed_at = time.monotonic()
+            if i > 15 and not restarted_at and time.monotonic() - killed_at > 3:
+                leader.start(wait=False)
+                restarted_at = time.monotonic()
+            time.sleep(0.05)
+        if not restarted_at:
+            leader.start(wait=False)
+        leader.wait_ready()
+
+        # the last publish restores the fixture's 90/10, retried until acknowledged
+        def restored() -> bool:
+            count = len(acked)
+            publish({"1": 90, "2": 10}, http)
+            return len(acked) > count
+
+        wait(restored, 30, "the final publish to be acknowledged", step=0.5)
+        last = max(acked)
+        reached = wait(
+            lambda: all(s.routes("a").revision == last for s in sdks),
+            10,
+            "every SDK to reach the last revision",
+            step=0.01,
+        )
+        stop.set()
+        sampler.join(10)
+        history = {
+            r["revision"]: r["routes"]
+            for r in system.plane.call("GET", "/api/v1/models/a/releases?limit=100")["releases"]
+        }
+        _settle(chaos)
+        sent, failed = _finish(chaos)
+    finally:
+        stop.set()
+        http.close()
+        second.close()
+    lost = sorted(r for r in acked if r not in history)
+    changed = sorted(r for r, w in acked.items() if history.get(r) != w)
+    used = set().union(*seen)
+    # whole: every table an SDK used is a revision in the history, with that revision's weights
+    torn = sorted((rev, w) for rev, w in used if history.get(rev) != dict(w))
+    figures(
+        "5 ZooKeeper leader killed during a stream of publishes",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        publishes_acknowledged=len(acked),
+        publishes_refused=dict(refused),
+        acknowledged_lost=len(lost),
+        revisions_seen_by_sdks=len({rev for rev, _ in used}),
+        torn_tables=len(torn),
+        slowest_publish_s=round(max(took), 3),
+        last_revision_reached_all_sdks_s=round(reached, 3),
+    )
+    assert not failed, failed
+    assert len(acked) >= STREAM_PUBLISHES // 2
+    assert not lost, f"acknowledged publishes missing from history: {lost}"
+    assert not changed, f"history holds other weights for acknowledged revisions: {changed}"
+    assert not torn, torn
+    assert not backwards, backwards
+    assert set(refused) <= {503, 0}, refused
+
+
+def _repo_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.timeout(120)
+def test_9_disk_full_during_register(chaos: Chaos, figures: Any) -> None:
+    """The repository's filesystem is filled to within 128 KiB; registering a 460 KB model (an
+    upload, then a file:// URI) is 507 and leaves no file and no version; the published models
+    keep serving; once room is back the same registration succeeds, with the next number."""
+    system = chaos.system
+    if system.small_disk_refused is not None:
+        pytest.skip(f"the repository is not on a small tmpfs: {system.small_disk_refused}")
+    plane = system.plane
+    repo = system.root / "repo"
+    seed = time.monotonic_ns() % 10**6 + 2  # new bytes: a copy of a stored file needs no room
+    model = onnx_models.tiny_bert(system.root / f"c-{seed}", hidden=64, layers=2, seed=seed)
+    versions = [v["version"] for v in plane.call("GET", "/api/v1/models/b")["versions"]]
+    filler = disks.fill(repo, leave=128 << 10)
+    try:
+        files = _repo_files(repo)
+        with model.open("rb") as f:
+            upload = plane.http.post(
+                "/api/v1/models", data={"name": "b"}, files={"file": ("c.onnx", f)}
+            )
+        by_uri = plane.http.post("/api/v1/models", json={"name": "b", "uri": f"file://{model}"})
+        after = _repo_files(repo)
+        kept = [v["version"] for v in plane.call("GET", "/api/v1/models/b")["versions"]]
+    finally:
+        filler.unlink()
+    registered = plane.call(
+        "POST", "/api/v1/models", 201, json={"name": "b", "uri": f"file://{model}"}
+    )
+    plane.call("DELETE", f"/api/v1/models/b/versions/{registered['version']}", 204)
+    _settle(chaos)
+    sent, failed = _finish(chaos)
+    figures(
+        "9 disk full during register",
+        calls_sent=sent,
+        calls_failed=sum(failed.values()),
+        upload_status=upload.status_code,
+        uri_status=by_uri.status_code,
+        files_left_behind=len(set(after) - set(files)),
+        versions_added=len(kept) - len(versions),
+    )
+    assert (upload.status_code, by_uri.status_code) == (507, 507), (upload.text, by_uri.text)
+    assert "no room" in upload.json()["error"]
+    assert upload.json()["detail"]["errno"] == "ENOSPC"
+    assert after == files  # no temporary file, no blob
+    assert kept == versions  # no partial version
+    assert int(registered["version"]) > max(int(v) for v in versions)
     assert not failed, failed

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -33,6 +32,7 @@ from eas_server._server import build_app
 from eas_server._settings import ServerSettings
 from eas_server.processors import create_processor
 from tests.fixtures import onnx_models
+from tests.fixtures.fuzzing import examples
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,10 @@ def _still_serves(served: tuple[EasApp, BlockingPortal]) -> None:
 
 
 FUZZ = hypothesis.settings(
-    max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=examples(400),
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
 )
 
 
@@ -373,7 +376,7 @@ async def _client(app: EasApp) -> AsyncIterator[httpx.AsyncClient]:
 
 def test_schemathesis_finds_no_5xx(served: tuple[EasApp, BlockingPortal]) -> None:
     app, portal = served
-    examples = int(os.environ.get("AUTOAI_FUZZ_EXAMPLES", SCHEMATHESIS_EXAMPLES))
+    count = examples(SCHEMATHESIS_EXAMPLES)
     schema = schemathesis.openapi.from_dict(OIP_SCHEMA)
     results = list(schema.get_all_operations())
     operations = [r.ok() for r in results if isinstance(r, Ok)]
@@ -393,7 +396,7 @@ def test_schemathesis_finds_no_5xx(served: tuple[EasApp, BlockingPortal]) -> Non
                 strategies += [operation.as_strategy(m, path_parameters=fixed) for m in modes]
 
             @hypothesis.settings(
-                max_examples=examples,
+                max_examples=count,
                 deadline=None,
                 database=None,
                 suppress_health_check=list(HealthCheck),

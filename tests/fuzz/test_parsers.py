@@ -26,9 +26,13 @@ from config_store._envelope import MAGIC, decode, encode
 from config_store._keys import validate_key
 from config_store._url import parse_url
 from eas_server._settings import load_service_json
+from tests.fixtures.fuzzing import examples
 
 FUZZ = hypothesis.settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=examples(300),
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
 )
 
 SCALARS = (

@@ -32,13 +32,14 @@ from schemathesis.core.result import Ok
 from autoai.api import ControlSettings, create_app
 from config_store import open_store
 from tests.fixtures import onnx_models
+from tests.fixtures.fuzzing import examples
 from tests.fixtures.system import kill_recorded_instances
 
 from .conftest import AUTH
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = 50  # per operation and generation mode: the whole run stays well under a minute
+EXAMPLES = examples(50)  # per operation and mode: the CI run stays well under a minute
 
 Send = Callable[..., httpx.Response]
 
@@ -173,7 +174,10 @@ def test_no_5xx_on_registration_bodies(served: tuple[FastAPI, Send], tmp_path: P
     )
 
     @hypothesis.settings(
-        max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=examples(150),
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
     )
     @given(request=bodies)
     def fuzz(request: dict[str, Any]) -> None:
