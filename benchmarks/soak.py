@@ -42,13 +42,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from soak_report import console, print_report, process_rows, snapshot, window_rows
+from soak_report import (
+    console,
+    print_report,
+    process_rows,
+    snapshot,
+    usage_series,
+    window_rows,
+)
 
 from autoai.bench import BenchConfig, Step, run
 from autoai.orchestrators import process_alive
@@ -210,6 +217,25 @@ def store_size(kind: str, zk: ZooKeeperServer | None, db: Path) -> dict[str, int
 # --- the faults ------------------------------------------------------------------------------
 
 
+def sample_windows(
+    stop: threading.Event, every: float, take: Callable[[], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``take()`` at the end of every window until ``stop`` (the last may come just before the
+    end snapshot); each with ``at_s``, seconds since the load began. The list fills as it runs."""
+    out: list[dict[str, Any]] = []
+    began = time.monotonic()
+
+    def loop() -> None:
+        k = 1
+        while not stop.wait(max(0.0, began + k * every - time.monotonic())):
+            with contextlib.suppress(SystemExit, httpx.HTTPError, OSError):
+                out.append({"at_s": round(time.monotonic() - began), **take()})
+            k += 1
+
+    threading.Thread(target=loop, name="soak-usage", daemon=True).start()
+    return out
+
+
 @dataclass
 class Restart:
     at_s: float
@@ -369,6 +395,15 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
         thread = threading.Thread(target=chaos.run, name="soak-chaos", daemon=True)
         thread.start()
+        store_db = work / "store.db"
+        series = sample_windows(
+            chaos.stop,
+            window,
+            lambda: {
+                "usage": snapshot(processes(api, cp.pid, zk)),
+                "store": store_size(args.store, zk, store_db),
+            },
+        )
         report = run(
             BenchConfig(MODEL, store=store_url, steps=[Step(rate=rate)] * n, warmup=0,
                         duration=window),
@@ -381,6 +416,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         end_roles = processes(api, cp.pid, zk)
         pids.update(end_roles.values())
         end = snapshot(end_roles)
+        store_end = store_size(args.store, zk, store_db)
         restarted_at = [r.at_s for r in chaos.restarts]
         errors: Counter[str] = Counter()
         for step in report.steps:
@@ -404,8 +440,12 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "publish_errors": dict(chaos.publish_errors),
             "restarts": [asdict(r) for r in chaos.restarts],
             "processes": process_rows(start, end),
+            "usage_windows": usage_series(
+                [("start", start, store_start), *((f"{x['at_s']} s", x["usage"], x["store"])
+                 for x in series), ("end", end, store_end)]
+            ),
             "store_start": store_start,
-            "store_end": store_size(args.store, zk, work / "store.db"),
+            "store_end": store_end,
         }  # fmt: skip
     finally:
         if chaos is not None:

@@ -92,6 +92,34 @@ def window_rows(
     return rows
 
 
+def usage_series(
+    points: list[tuple[str, dict[str, Usage | None], dict[str, int]]],
+) -> dict[str, Any]:
+    """RSS of every process and the store's size at each point (the start, the end of each
+    window, the end), and each process's RSS growth from the end of the first window to the end:
+    the figure that tells a leak from warming up (a JVM's heap, the allocator's pools)."""
+    roles = sorted({role for _, usage, _ in points for role in usage})
+    rss: dict[str, list[float | None]] = {}
+    pids: dict[str, list[int | None]] = {}
+    for role in roles:
+        found = [usage.get(role) for _, usage, _ in points]
+        rss[role] = [round(u.rss_kib / 1024, 1) if u else None for u in found]
+        pids[role] = [u.pid if u else None for u in found]
+    warm: dict[str, float | None] = {}
+    for role in roles:
+        a, b = rss[role][1 if len(points) > 2 else 0], rss[role][-1]
+        same = pids[role][1 if len(points) > 2 else 0] == pids[role][-1]
+        warm[role] = round(growth(int(a * 1024), int(b * 1024)), 1) if a and b and same else None
+    figures = sorted({k for _, _, store in points for k in store})
+    return {
+        "at": [label for label, _, _ in points],
+        "rss_mib": rss,
+        "pids": pids,
+        "growth_after_first_window_percent": warm,
+        "store": {k: [store.get(k) for _, _, store in points] for k in figures},
+    }
+
+
 def print_report(doc: dict[str, Any], ramp: tuple[int, ...]) -> None:
     c = doc["config"]
     console.print(
@@ -142,11 +170,22 @@ def print_report(doc: dict[str, Any], ramp: tuple[int, ...]) -> None:
             g, str(a["fds"]) if a else "-", str(b["fds"]) if b else "-",
         )  # fmt: skip
     console.print(t)
-    t = Table(title="Store size", title_justify="left")
-    for col in ("figure", "start", "end"):
-        t.add_column(col, justify="left" if col == "figure" else "right")
-    for key in doc["store_start"]:
-        t.add_row(key, str(doc["store_start"][key]), str(doc["store_end"].get(key, "-")))
+    series = doc["usage_windows"]
+    t = Table(
+        title="RSS (MiB) and store size through the run",
+        title_justify="left",
+        caption="after w1: growth from the end of the first window to the end (a restarted "
+        "process: -)",
+    )
+    t.add_column("process / figure")
+    for label in (*series["at"], "after w1"):
+        t.add_column(label, justify="right")
+    for role, values in series["rss_mib"].items():
+        warm = series["growth_after_first_window_percent"][role]
+        cells = ["-" if v is None else f"{v:.1f}" for v in values]
+        t.add_row(role, *cells, "-" if warm is None else f"{warm:+.1f} %")
+    for key, values in series["store"].items():
+        t.add_row(key, *("-" if v is None else str(v) for v in values), "")
     console.print(t)
     console.print(
         f"publishes {len(doc['publishes_s'])} ok, {sum(doc['publish_errors'].values())} failed; "

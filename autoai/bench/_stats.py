@@ -16,9 +16,13 @@ The measured window ``[start, end]`` gives:
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from eas_client import (
     ConnectError,
@@ -73,18 +77,23 @@ class LatencySummary:
     max: float
 
     @classmethod
-    def of(cls, latencies: Sequence[float]) -> LatencySummary | None:
+    def of(cls, latencies: Sequence[float] | npt.NDArray[np.float64]) -> LatencySummary | None:
         """The summary of ``latencies`` (any order); ``None`` for none."""
-        if not latencies:
+        if len(latencies) == 0:
             return None
-        ordered = sorted(latencies)
+        ordered = np.sort(np.asarray(latencies, dtype=np.float64))
+        n = len(ordered)
+
+        def at(q: float) -> float:  # nearest rank, as ``percentile``
+            return float(ordered[max(1, math.ceil(q * n - 1e-9)) - 1])
+
         return cls(
-            count=len(ordered),
-            mean=math.fsum(ordered) / len(ordered),
-            p50=percentile(ordered, 0.50),
-            p90=percentile(ordered, 0.90),
-            p99=percentile(ordered, 0.99),
-            max=ordered[-1],
+            count=n,
+            mean=math.fsum(ordered.tolist()) / n,
+            p50=at(0.50),
+            p90=at(0.90),
+            p99=at(0.99),
+            max=float(ordered[-1]),
         )
 
 
@@ -110,13 +119,19 @@ class ClientStats:
 
 
 class Samples:
-    """The completions of one step's calls, appended by the load loops (hot path: two appends)."""
+    """The completions of one step's calls, appended by the load loops (hot path: two appends).
+
+    Successful calls' times are kept in ``array("d")`` buffers, 16 bytes a call instead of two
+    float objects and two list slots (about 64 bytes): an hour at 1,500 QPS is 5.4 million calls,
+    and a window's buffers go back to the OS in one piece when the step ends, so the generator's
+    own bookkeeping does not pose as the SDK's memory growth in a soak.
+    """
 
     __slots__ = ("failed", "ok_done", "ok_ref")
 
     def __init__(self) -> None:
-        self.ok_ref: list[float] = []
-        self.ok_done: list[float] = []
+        self.ok_ref = array("d")
+        self.ok_done = array("d")
         self.failed: list[tuple[float, float, str]] = []
 
     def ok(self, ref: float, done: float) -> None:
@@ -143,17 +158,17 @@ def summarize(samples: Samples, start: float, end: float, *, by_intended: bool) 
     """
     if not end > start:
         raise ValueError(f"empty window [{start}, {end}]")
-    finished = [start <= d <= end for d in samples.ok_done]
-    requests = sum(finished)
+    done = np.array(samples.ok_done, dtype=np.float64)  # copies: the loops may still append
+    ref = np.array(samples.ok_ref, dtype=np.float64)
+    finished = (start <= done) & (done <= end)
+    requests = int(finished.sum())
     if by_intended:
-        chosen = [start <= r < end for r in samples.ok_ref]
+        chosen = (start <= ref) & (ref < end)
         errors = Counter(k for r, _, k in samples.failed if start <= r < end)
     else:
         chosen = finished
         errors = Counter(k for _, d, k in samples.failed if start <= d <= end)
-    latencies = [
-        d - r for r, d, keep in zip(samples.ok_ref, samples.ok_done, chosen, strict=True) if keep
-    ]
+    latencies = (done - ref)[chosen]
     return ClientStats(
         requests=requests,
         qps=requests / (end - start),
