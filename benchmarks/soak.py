@@ -77,6 +77,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def ours(mark: str) -> list[int]:
+    """PIDs of every process whose command line names ``mark`` (the run's work directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and mark in _cmdline(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def stop_pids(pids: list[int], mark: str, timeout: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: only the PIDs whose command line names ``mark``
     (the work directory), so a reused PID is never signalled."""
@@ -459,6 +468,9 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if cp is not None:  # first, so that its reconciler restarts nothing we stop
             stop_pids([cp.pid], str(work), timeout=15)
             cp.wait(5)
+        # and any instance the reconciler started after the last listing: its command line
+        # names the work directory, which only this run's processes do
+        pids.update(p for p in ours(str(work)) if p != os.getpid())
         stop_pids(sorted(p for p in pids if p != os.getpid()), str(work), timeout=20)
         if zk is not None:
             zk.stop()
