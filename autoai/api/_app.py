@@ -174,17 +174,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _answer(error: ControlPlaneError) -> JSONResponse:
+    """A service error as its status (``STATUS``) and body; ``Retry-After`` on a 503."""
+    status = next((s for cls, s in STATUS.items() if isinstance(error, cls)), 400)
+    headers = {"Retry-After": "5"} if isinstance(error, Unavailable) else {}
+    return JSONResponse(
+        {"error": str(error), "detail": error.detail}, status_code=status, headers=headers
+    )
+
+
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     """A ``config_store`` error below a route, converted once here (``_STORE_ERRORS``)."""
     ours = next(v for k, v in _STORE_ERRORS.items() if isinstance(exc, k))
     if ours is Unavailable:
-        error: ControlPlaneError = Unavailable(f"the config store is unavailable: {exc}")
-        headers = {"Retry-After": "5"}
-    else:
-        error, headers = ours(str(exc)), {}
-    return JSONResponse(
-        {"error": str(error), "detail": error.detail}, status_code=STATUS[ours], headers=headers
-    )
+        return _answer(Unavailable(f"the config store is unavailable: {exc}"))
+    return _answer(ours(str(exc)))
 
 
 def require_write(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
@@ -227,11 +231,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ControlPlaneError)
     async def domain_error(request: Request, exc: ControlPlaneError) -> JSONResponse:
-        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-        headers = {"Retry-After": "5"} if isinstance(exc, Unavailable) else {}
-        return JSONResponse(
-            {"error": str(exc), "detail": exc.detail}, status_code=status, headers=headers
-        )
+        return _answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

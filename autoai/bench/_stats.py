@@ -81,19 +81,14 @@ class LatencySummary:
         """The summary of ``latencies`` (any order); ``None`` for none."""
         if len(latencies) == 0:
             return None
-        ordered = np.sort(np.asarray(latencies, dtype=np.float64))
-        n = len(ordered)
-
-        def at(q: float) -> float:  # nearest rank, as ``percentile``
-            return float(ordered[max(1, math.ceil(q * n - 1e-9)) - 1])
-
+        ordered: list[float] = np.sort(np.asarray(latencies, dtype=np.float64)).tolist()
         return cls(
-            count=n,
-            mean=math.fsum(ordered.tolist()) / n,
-            p50=at(0.50),
-            p90=at(0.90),
-            p99=at(0.99),
-            max=float(ordered[-1]),
+            count=len(ordered),
+            mean=math.fsum(ordered) / len(ordered),
+            p50=percentile(ordered, 0.50),
+            p90=percentile(ordered, 0.90),
+            p99=percentile(ordered, 0.99),
+            max=ordered[-1],
         )
 
 
