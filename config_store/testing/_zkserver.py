@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +37,7 @@ _JARS = (
 )
 _JAVA_DIR = Path("/usr/share/java")
 _CONF_DIR = Path("/etc/zookeeper/conf")
+_HEAP_USED = re.compile(r"(?:generation|heap)\s+total \d+K, used (\d+)K")
 
 
 class ZooKeeperNotInstalled(RuntimeError):
@@ -96,7 +99,12 @@ class ZooKeeperServer:
         *,
         tick_ms: int = 1000,
         force_sync: bool = False,
+        jvm_options: Sequence[str] = (),
     ):
+        """``jvm_options`` go on the java command line after the defaults (``-Xmx256m``, serial
+        GC), so they can override them: the soak sizes the heap up front with ``-Xms256m
+        -XX:+AlwaysPreTouch`` as a production server would, so that its RSS is the heap's size from
+        the start rather than growing while the JVM first touches pages it already owns."""
         self.peer = peer
         self.dir = base_dir / f"zk{peer.server_id}"
         self.data_dir = self.dir / "data"
@@ -104,6 +112,7 @@ class ZooKeeperServer:
         self._ensemble = list(ensemble)
         self._tick_ms = tick_ms
         self._force_sync = force_sync
+        self._jvm_options = list(jvm_options)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,6 +175,7 @@ class ZooKeeperServer:
             "-Dzookeeper.root.logger=INFO,CONSOLE",
             "-Dlog4j.configuration=file:" + str(_CONF_DIR / "log4j.properties"),
             "-Dfile.encoding=UTF-8",
+            *self._jvm_options,
             "-cp",
             zookeeper_classpath(),
             "org.apache.zookeeper.server.quorum.QuorumPeerMain",
@@ -219,6 +229,30 @@ class ZooKeeperServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+    def live_heap_kib(self, timeout: float = 30.0) -> int | None:
+        """The JVM's heap in use right after a full collection (``jcmd GC.run``, then
+        ``GC.heap_info``): the live data, which a leak makes grow, unlike the RSS, which also
+        counts heap pages the JVM touched once and keeps. ``None`` when not running, or when
+        ``jcmd`` (a JDK tool, not in every JRE) is missing or fails."""
+        pid = self.pid
+        if pid is None or shutil.which("jcmd") is None:
+            return None
+        try:
+            subprocess.run(
+                ["jcmd", str(pid), "GC.run"], capture_output=True, timeout=timeout, check=True
+            )
+            info = subprocess.run(
+                ["jcmd", str(pid), "GC.heap_info"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        used = [int(m) for m in _HEAP_USED.findall(info)]
+        return sum(used) if used else None
 
     def restart(self, wait: bool = True) -> None:
         self.stop()
