@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from ._heap import trim_heap
 from ._load import closed_loop, open_loop
 from ._prom import ServerSnapshot, server_stats
 from ._report import BenchReport, Step, StepResult
@@ -178,6 +179,7 @@ async def run_steps(
                 progress=progress or (lambda _i, _s: None),
                 clock=clock,
             )
+            trim_heap()  # the step's samples and their copies are freed by now
             if result is not None:
                 report.steps.append(result)
             if result is None or result.interrupted:

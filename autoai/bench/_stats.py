@@ -48,7 +48,7 @@ SATURATED_PERCENT = 90.0
 server, may be what limits it."""
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
+def percentile(ordered: Sequence[float] | npt.NDArray[np.float64], q: float) -> float:
     """The nearest-rank ``q``-quantile of ``ordered`` (sorted ascending, not empty).
 
     The smallest value such that at least a fraction ``q`` of the values are <= it (so ``q=1``
@@ -57,12 +57,12 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     Raises:
         ValueError: ``ordered`` is empty or ``q`` is outside ``[0, 1]``.
     """
-    if not ordered:
+    if len(ordered) == 0:
         raise ValueError("percentile of no values")
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1], got {q!r}")
     rank = max(1, math.ceil(q * len(ordered) - 1e-9))
-    return ordered[rank - 1]
+    return float(ordered[rank - 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +81,15 @@ class LatencySummary:
         """The summary of ``latencies`` (any order); ``None`` for none."""
         if len(latencies) == 0:
             return None
-        ordered: list[float] = np.sort(np.asarray(latencies, dtype=np.float64)).tolist()
+        # stays an array: a list of a window's latencies would be a million float objects
+        ordered = np.sort(np.asarray(latencies, dtype=np.float64))
         return cls(
             count=len(ordered),
             mean=math.fsum(ordered) / len(ordered),
             p50=percentile(ordered, 0.50),
             p90=percentile(ordered, 0.90),
             p99=percentile(ordered, 0.99),
-            max=ordered[-1],
+            max=float(ordered[-1]),
         )
 
 
