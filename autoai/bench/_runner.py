@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from ._heap import trim_heap
+from ._heap import map_big_blocks, trim_heap
 from ._load import closed_loop, open_loop
 from ._prom import ServerSnapshot, server_stats
 from ._report import BenchReport, Step, StepResult
@@ -160,6 +160,7 @@ async def run_steps(
         ``report``.
     """
     stop = stop or asyncio.Event()
+    map_big_blocks()  # each step's samples and their copies: mapped, and unmapped when freed
     own = scraper is None
     scraper = scraper or Scraper()
     try:
