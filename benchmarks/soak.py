@@ -19,6 +19,10 @@
    and restarts, RSS and open file descriptors of every process at the start and the end of the
    load (growth over 10 % flagged), and the store's size (ZooKeeper ``mntr``, or sqlite rows).
 
+ZooKeeper runs with its heap sized and touched up front (``ZK_JVM``), as in production, and the
+report adds its live heap after a full collection (``jcmd``, where a JDK is installed): the RSS of
+a JVM started without them grows toward ``-Xmx`` as pages are first touched, leak or not.
+
 Every process it starts is stopped by PID at the end, also on Ctrl-C (the first one ends the
 current window and reports what was measured) and on SIGTERM.
 """
@@ -65,6 +69,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "soak"
 RAMP = (1, 4, 16, 32)
 RECOVERY_MARGIN_S = 30.0  # no instance is killed this near the end of the load
+ZK_JVM = ("-Xms256m", "-Xmx256m", "-XX:+AlwaysPreTouch")
+"""The heap sized and touched up front, as a production ZooKeeper is run: the JVM's RSS then
+starts at its working size, and what grows is not pages of a heap it already owned."""
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -202,7 +209,8 @@ def deploy_model(api: Api, work: Path, instances: int) -> None:
 
 
 def store_size(kind: str, zk: ZooKeeperServer | None, db: Path) -> dict[str, int]:
-    """ZooKeeper's ``mntr`` node count, watches and data size; or the sqlite store's rows."""
+    """ZooKeeper's ``mntr`` node count, watches and data size, and its JVM's live heap after a
+    full collection (where ``jcmd`` is installed); or the sqlite store's rows."""
     if kind == "zk":
         assert zk is not None
         wanted = ("zk_znode_count", "zk_watch_count", "zk_approximate_data_size")
@@ -211,6 +219,8 @@ def store_size(kind: str, zk: ZooKeeperServer | None, db: Path) -> dict[str, int
             key, _, value = line.partition("\t")
             if key in wanted:
                 out[key] = int(value)
+        if (live := zk.live_heap_kib()) is not None:
+            out["zk_live_heap_kib"] = live
         return out
     uri = f"file:{db}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
@@ -376,7 +386,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pids: set[int] = set()
     try:
         if args.store == "zk":
-            zk = ZooKeeperServer.standalone(work / "zk")
+            zk = ZooKeeperServer.standalone(work / "zk", jvm_options=ZK_JVM)
             zk.start()
             store_url = f"zk://{zk.address}/autoai-soak"
         else:
