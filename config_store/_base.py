@@ -139,12 +139,14 @@ class ConfigStore(abc.ABC):
         failover_poll_interval: float = 1.0,
     ):
         self._url = url
+        self._identity = identity
         self._snapshot = SnapshotDir(snapshot_dir, identity) if snapshot_dir else None
         self._failover = FailoverDir(failover_dir) if failover_dir else None
         self._history_keep = history_keep
         self._lock = threading.RLock()
         self._keys: dict[Key, _KeyState] = {}
         self._services: dict[str, _ServiceState] = {}
+        self._last_instances: dict[str, list[Instance]] = {}
         self._snapshotted: dict[Key, int] = {}
         self._snapshot_box: dict[Key, Mailbox[ConfigItem | None]] = {}
         self._closed = threading.Event()
@@ -157,6 +159,13 @@ class ConfigStore(abc.ABC):
     def url(self) -> str:
         """The store URL without its password."""
         return self._url.redacted()
+
+    @property
+    def identity(self) -> str:
+        """Which store this is, the same for every client of it and different for any other
+        store (``sqlite_<hash of the file's real path>``, ``zk_<hosts>_<chroot>``); safe in a
+        file name."""
+        return self._identity
 
     @property
     def history_keep(self) -> int:
@@ -350,10 +359,13 @@ class ConfigStore(abc.ABC):
         return self._backend_register(instance, document)
 
     def instances(self, service: str) -> list[Instance]:
-        """Live instances of a service, sorted by id (cached or snapshot copy while unreachable).
+        """Live instances of a service, sorted by id.
+
+        While the store is unreachable, the last list this client knows is answered instead:
+        the watched copy, else the last answer of this method, else the snapshot.
 
         Raises:
-            StoreUnavailable: the store is unreachable and no local copy exists.
+            StoreUnavailable: the store is unreachable and this client holds no copy.
         """
         service = validate_key(service, "service")
         self._check_open()
@@ -364,10 +376,15 @@ class ConfigStore(abc.ABC):
                 st = self._services.get(service)
                 if st is not None and st.instances is not None:
                     return list(st.instances)
+                known = self._last_instances.get(service)
+            if known is not None:
+                return list(known)
             snap = self._snapshot.read_instances(service) if self._snapshot else None
             if snap is None:
                 raise
             return snap
+        with self._lock:
+            self._last_instances[service] = list(found)
         if self._snapshot is not None:
             self._snapshot.write_instances(service, found)
         return found

@@ -4,7 +4,11 @@ Change notification: every write appends to a ``changes`` log; one poller thread
 database watches ``PRAGMA data_version`` (which moves when *another* connection commits) every few
 milliseconds, reads the new log rows and re-reads the keys and services its stores watch. All
 applications happen on that one thread, in log order. Registrations are leases renewed by a
-heartbeat thread; a dead process's lease expires after ``lease_ttl`` seconds.
+heartbeat thread. A lease names the process that holds it (``_owner.py``): a lease whose process
+is gone is dead at once. ``instances()`` never lists it, the poller looks at the holders of
+watched services every ``_SWEEP_S`` and tells watchers, and every heartbeat pass deletes such
+leases; so a SIGKILLed instance leaves every client's view within a second. A process that is
+alive but hung keeps its lease until ``lease_ttl`` runs out.
 """
 
 from __future__ import annotations
@@ -13,11 +17,9 @@ import contextlib
 import hashlib
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +39,7 @@ from ._errors import (
     StoreClosed,
     StoreUnavailable,
 )
+from ._owner import Owner, dead_owners, is_dead
 from ._types import ConfigItem, Instance, utc_from_timestamp
 from ._url import StoreUrl
 
@@ -64,6 +67,8 @@ INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '1');
 _CHANGES_KEPT = 10_000
 _KIND_CONFIG = "config"
 _KIND_SERVICE = "service"
+_SWEEP_S = 0.2
+"""How often a poller looks for dead holders of the services its stores watch."""
 
 
 def _connect(path: str, read_only: bool) -> sqlite3.Connection:
@@ -150,6 +155,7 @@ class _Poller:
 
     def _run(self) -> None:
         next_lease_check = time.monotonic() + self._lease_check
+        next_sweep = time.monotonic() + _SWEEP_S
         while not self._stop.is_set():
             self._wake.wait(self._interval)
             self._wake.clear()
@@ -157,11 +163,15 @@ class _Poller:
                 break
             try:
                 self._tick()
-                if time.monotonic() >= next_lease_check:
-                    next_lease_check = time.monotonic() + self._lease_check
+                now = time.monotonic()
+                if now >= next_lease_check:
+                    next_lease_check = now + self._lease_check
                     for store in list(self._stores):
                         for service in store._watched_services():
                             self._deliver_service(store, service)
+                elif now >= next_sweep:
+                    next_sweep = now + _SWEEP_S
+                    self._sweep()
             except sqlite3.Error as exc:
                 log.warning("sqlite poller: %s", exc)
                 time.sleep(0.1)
@@ -214,6 +224,18 @@ class _Poller:
             for service in services & set(store._watched_services()):
                 self._deliver_service(store, service)
 
+    def _sweep(self) -> None:
+        """Re-deliver the watched services that a dead process still holds a lease of."""
+        watched = [(st, svc) for st in list(self._stores) for svc in st._watched_services()]
+        if not watched:
+            return
+        rows = self._conn.execute("SELECT DISTINCT service, owner FROM instances").fetchall()
+        dead = dead_owners(owner for _, owner in rows)
+        held_by_dead = {service for service, owner in rows if owner in dead}
+        for store, service in watched:
+            if service in held_by_dead:
+                self._deliver_service(store, service)
+
     def _resync_all(self) -> None:
         for store in list(self._stores):
             for key in store._watched_keys():
@@ -235,17 +257,35 @@ class _Poller:
 
 
 def _select_instances(conn: sqlite3.Connection, service: str) -> list[Instance]:
+    """The service's leases that are neither expired nor held by a dead process."""
     rows = conn.execute(
-        "SELECT id, document FROM instances WHERE service = ? AND expires > ? ORDER BY id",
+        "SELECT id, document, owner FROM instances WHERE service = ? AND expires > ? ORDER BY id",
         (service, time.time()),
     ).fetchall()
     out = []
-    for node_id, doc in rows:
+    for node_id, doc, owner in rows:
+        if is_dead(owner):
+            continue
         try:
             out.append(parse_instance(service, node_id, bytes(doc)))
         except ConfigStoreError as exc:
             log.warning("%s", exc)
     return out
+
+
+def _reap_dead(conn: sqlite3.Connection) -> None:
+    """Delete the leases of dead processes, in the caller's write transaction, and log each
+    change so that every other client's poller hears of it."""
+    rows = conn.execute("SELECT service, id, owner FROM instances").fetchall()
+    dead = dead_owners(owner for _, _, owner in rows)
+    for service, node_id, owner in rows:
+        if owner in dead:
+            conn.execute(
+                "DELETE FROM instances WHERE service = ? AND id = ? AND owner = ?",
+                (service, node_id, owner),
+            )
+            SqliteStore._log_change(conn, _KIND_SERVICE, service, node_id)
+            log.info("removed %s/%s: its process (%s) is gone", service, node_id, owner)
 
 
 class _Lease(BaseRegistration):
@@ -269,7 +309,7 @@ class SqliteStore(ConfigStore):
         self.read_only = url.options.get("mode", "rw") == "ro"
         self.lease_ttl = url.option_float("lease_ttl", 5.0)
         self.poll_interval = url.option_float("poll_interval_ms", 10.0) / 1000.0
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner = Owner.this_process().encode()
         self._db_lock = threading.Lock()
         with _errors(f"cannot open {url.path}"):
             if not self.read_only:
@@ -453,7 +493,8 @@ class SqliteStore(ConfigStore):
                     ).rowcount
                     if renewed < len(leases):
                         self._restore_leases(conn, leases)
-                    # purge leases of processes that died long ago
+                    _reap_dead(conn)
+                    # purge leases that expired long ago (hung processes, older writers)
                     conn.execute("DELETE FROM instances WHERE expires < ?", (time.time() - 60,))
             except StoreClosed:
                 return

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from . import _envelope
 from ._base import (
@@ -69,7 +69,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the zk:// backend needs kazoo: pip install 'autoai[zk]'") from exc
 
-__all__ = ["ZkStore", "drop_connection", "expire_session"]
+__all__ = ["RECONNECT_BACKOFF", "ZkStore", "drop_connection", "expire_session", "reconnect_bound"]
 
 log = logging.getLogger("config_store.zk")
 
@@ -88,11 +88,22 @@ _ERRORS: dict[type[BaseException], type[ConfigStoreError]] = {
     AuthFailedError: PermissionDenied,
     **dict.fromkeys(_UNREACHABLE, StoreUnavailable),
 }
+RECONNECT_BACKOFF: Final = {"delay": 0.05, "backoff": 2, "max_jitter": 0.2, "max_delay": 1.0}
+"""kazoo's pause between two rounds over the hosts while none answers: doubling from 50 ms to at
+most ``max_delay``, then ±``max_jitter`` of it (kazoo 2.11 multiplies by ``uniform(1 - j, 1 + j)``).
+So however long an outage lasted, a client tries again at most 1.2 s after the last refusal, and is
+connected at most that long (plus one handshake) after the ensemble is reachable: below the 2 s
+that ``reconnect_bound()`` states and the tests hold."""
 _PUBLISH_ATTEMPTS = 20
 # A publish writes the content twice in one multi-op (current + history); the whole request must
 # stay under ZooKeeper's jute.maxbuffer (1 MiB less a little). Larger content is written once, in
 # the history entry, and the current node refers to it.
 _INLINE_LIMIT = 256 * 1024
+
+
+def reconnect_bound() -> float:
+    """The longest pause, in seconds, between two reconnection rounds (``RECONNECT_BACKOFF``)."""
+    return float(RECONNECT_BACKOFF["max_delay"]) * (1.0 + float(RECONNECT_BACKOFF["max_jitter"]))
 
 
 @contextlib.contextmanager
@@ -130,7 +141,7 @@ class ZkStore(ConfigStore):
         self.reconcile_interval = 60.0
         self._acl = _acl_for(url)
         auth = [("digest", f"{url.username}:{url.password}")] if url.username else None
-        retry = {"max_tries": -1, "delay": 0.05, "backoff": 2, "max_jitter": 0.2, "max_delay": 1.0}
+        retry = {"max_tries": -1, **RECONNECT_BACKOFF}
         self._zk = KazooClient(
             hosts=url.connect_string,
             timeout=self.session_timeout,
