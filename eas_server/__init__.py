@@ -16,6 +16,7 @@ from ._errors import (
     Unauthorized,
     Unavailable,
 )
+from ._network import is_loopback
 from .batching import DynamicBatcher, Padding
 from .processors import Processor, TensorSpec, create_processor, register_processor
 
@@ -36,5 +37,6 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "create_processor",
+    "is_loopback",
     "register_processor",
 ]

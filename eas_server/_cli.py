@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     a("--name", help="model name clients address")
     a("--version", help="model version (default 1)")
     a("--processor", help="runtime: onnx (default) or blade")
-    a("--host", help="address to bind (default 127.0.0.1)")
+    a(
+        "--host",
+        help="address to bind (default 127.0.0.1; beyond loopback, only with a token or "
+        "--insecure)",
+    )
     a("--port", type=int, help="port to bind (default 0: a free port)")
     a("--store", help="config store URL to register in once ready (zk://... or sqlite:///...)")
     a("--service", help="service name to register under (default NAME-VERSION)")
@@ -58,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     a("--max-body-mb", type=float, help="largest request body in MiB (default 64)")
     a("--token", help="token required on model routes (prefer EAS_TOKEN or --token-file)")
     a("--token-file", type=Path, help="read the token from this file")
+    a(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="serve beyond loopback without a token (EAS_INSECURE): anyone who can reach HOST "
+        "can call the model; without it, a non-loopback --host and no token is refused",
+    )
     a("--drain-timeout-s", type=float, help="on SIGTERM, longest time to drain (default 30)")
     a("--log-level", help="logging level (default warning)")
     a("--config", type=Path, help="EAS service JSON (name, processor, model_path, metadata.rpc.*)")
@@ -74,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = ServerSettings.load(flags, service)
     except (ValueError, OSError) as exc:
         print(f"eas-server: {_explain(exc)}", file=sys.stderr)
+        return 2
+    if settings.exposed_without_token and not settings.insecure:
+        print(
+            f"eas-server: refusing to listen on {settings.host} without a token: set EAS_TOKEN "
+            "or --token-file (or pass --insecure to serve the model to anyone who can reach it)",
+            file=sys.stderr,
+        )
         return 2
     from ._server import serve
 

@@ -50,9 +50,26 @@ class _Stats:
 
 
 class ServerMetrics:
-    """The server's metrics and statistics; also the batcher's ``BatchObserver``."""
+    """The server's metrics and statistics; also the batcher's ``BatchObserver``.
 
-    def __init__(self, registry: CollectorRegistry, *, model: str, version: str, processor: str):
+    Args:
+        registry: where they are registered (one per server; never the global registry).
+        model, version, processor: the labels of every series.
+        server_version: ``eas_build_info``'s ``server_version`` (the installed package's).
+        insecure: ``eas_build_info``'s ``insecure`` label: it serves beyond loopback without a
+            token, as ``--insecure`` allowed.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        model: str,
+        version: str,
+        processor: str,
+        server_version: str = "0",
+        insecure: bool = False,
+    ):
         labels = ("model", "version", "processor")
         values = (model, version, processor)
         self.registry = registry
@@ -86,6 +103,14 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "eas_queue_depth", "Requests waiting in the queue", labels, registry=registry
         ).labels(*values)
+        build = Gauge(
+            "eas_build_info",
+            "Always 1: the server's version, and whether it serves beyond loopback without a "
+            "token (--insecure)",
+            (*labels, "server_version", "insecure"),
+            registry=registry,
+        )
+        build.labels(*values, server_version, "true" if insecure else "false").set(1)
         self._stats = _Stats()
 
     # batcher observer

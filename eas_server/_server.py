@@ -43,7 +43,12 @@ def build_app(
     """Wire a loaded processor into an ASGI app (used by ``serve`` and by in-process tests)."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(
-        registry, model=settings.name, version=settings.version, processor=processor.kind
+        registry,
+        model=settings.name,
+        version=settings.version,
+        processor=processor.kind,
+        server_version=_version(),
+        insecure=settings.insecure and settings.exposed_without_token,
     )
     max_batch = settings.max_batch_size
     batcher = DynamicBatcher(
@@ -232,6 +237,11 @@ def serve(settings: ServerSettings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if settings.insecure and settings.exposed_without_token:
+        log.warning(
+            "--insecure: serving on %s without a token; anyone who can reach it can call the model",
+            settings.host,
+        )
     runner = _Runner(settings)
     try:
         import uvloop

@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ._network import is_loopback
+
 __all__ = ["ServerSettings", "load_service_json"]
 
 log = logging.getLogger("eas_server.settings")
@@ -144,6 +146,9 @@ class ServerSettings(BaseSettings):
     """Largest request body, in MiB (413 beyond)."""
     token: SecretStr | None = None
     """Token required on model routes (``Authorization: Bearer <token>`` or EAS's bare token)."""
+    insecure: bool = False
+    """Serve beyond loopback without a token: without it, a ``host`` other than loopback and
+    no token is refused at start (``--insecure``)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM: longest time to keep serving after deregistering, until traffic stops."""
     log_level: str = "warning"
@@ -185,3 +190,10 @@ class ServerSettings(BaseSettings):
     @property
     def service_name(self) -> str:
         return self.service or f"{self.name}-{self.version}"
+
+    @property
+    def exposed_without_token(self) -> bool:
+        """Whether anyone who can reach ``host`` could call the model: no token (an empty one
+        is none, as on the model routes) and ``host`` beyond loopback."""
+        has_token = self.token is not None and bool(self.token.get_secret_value())
+        return not has_token and not is_loopback(self.host)

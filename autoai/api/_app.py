@@ -91,6 +91,7 @@ class Services:
             CollectorRegistry(),
             jobs=lambda: self.jobs.counts(),
             deployments=lambda: self.deployments.list(),
+            insecure=settings.insecure and settings.exposed_without_token,
         )
         self.jobs = JobRunner(on_finish=self.metrics.job_finished)
         self.deployments: DeploymentService

@@ -14,7 +14,7 @@ the job runner and the deployments, so they are never stale and need no bookkeep
 | autoai_instances                  | gauge     | model, version, processor, state     |
 | autoai_deployments                | gauge     |                                      |
 | autoai_store_up                   | gauge     |                                      |
-| autoai_build_info                 | gauge     | version                              |
+| autoai_build_info                 | gauge     | version, insecure: true, false       |
 
 Publish outcomes: ``published``; ``rejected`` (the control plane refused it: invalid, unknown, or
 a stale ``expected_revision``); ``failed`` (anything else, such as the store being down).
@@ -145,6 +145,8 @@ class ControlMetrics:
         jobs: returns job counts by ``(kind, state)`` (``JobRunner.counts``), called per scrape.
         deployments: returns ``DeploymentService.list()``, called per scrape.
         version: the ``autoai_build_info`` version (default: the installed package's).
+        insecure: its ``insecure`` label: the API listens beyond loopback without an admin token,
+            as ``--insecure`` allowed.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class ControlMetrics:
         jobs: JobCounts,
         deployments: Deployments,
         version: str | None = None,
+        insecure: bool = False,
     ):
         self.registry = registry
         self.deploys = Counter(
@@ -185,10 +188,13 @@ class ControlMetrics:
             for outcome in PUBLISH_OUTCOMES:
                 self.publishes.labels(action, outcome)
         build = Gauge(
-            "autoai_build_info", "The running control plane's version", ("version",),
+            "autoai_build_info",
+            "The running control plane's version, and whether it listens beyond loopback "
+            "without an admin token (--insecure)",
+            ("version", "insecure"),
             registry=registry,
-        )  # fmt: skip
-        build.labels(version or _version()).set(1)
+        )
+        build.labels(version or _version(), "true" if insecure else "false").set(1)
         registry.register(_StateCollector(jobs, deployments))
 
     def job_finished(self, job: Job) -> None:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eas_server import is_loopback
+
 from ..kubernetes import KubernetesSettings
 
 __all__ = ["ControlSettings"]
@@ -42,8 +44,17 @@ class ControlSettings(BaseSettings):
     """Bearer token required on every write (None: writes are open, for a local demo)."""
     protect_reads: bool = False
     """Require the admin token on reads too."""
+    insecure: bool = False
+    """Listen beyond loopback without an admin token, writes open to anyone who can reach
+    ``host`` (``autoai up --insecure``); without it such a start is refused."""
     orchestrator: Literal["local", "kubernetes"] = "local"
     """Where instances run: processes on this host, or Deployments in a Kubernetes cluster
     (``autoai up --orchestrator``; the ``[kubernetes]`` extra)."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     """The Kubernetes orchestrator's settings (``AUTOAI_KUBERNETES__NAMESPACE`` and so on)."""
+
+    @property
+    def exposed_without_token(self) -> bool:
+        """Whether anyone who can reach ``host`` could deploy and publish: no admin token and
+        ``host`` beyond loopback."""
+        return self.admin_token is None and not is_loopback(self.host)

@@ -9,7 +9,8 @@
   ``/v2/health/live``, readiness on ``/v2/health/ready``; a grace period longer than the drain.
   The model comes from the repository's PersistentVolumeClaim, mounted read-only at the control
   plane's ``repo_dir`` (the service JSON names paths under it); the store URL and the token come
-  from Secrets through ``EAS_STORE`` / ``EAS_TOKEN``; the pod IP is what the server binds and
+  from Secrets through ``EAS_STORE`` / ``EAS_TOKEN`` (without a token, ``EAS_INSECURE=true``: the
+  server serves the pod IP without one, as deployed); the pod IP is what the server binds and
   registers (``EAS_HOST``), so clients reach it through the store as before;
 - a **ConfigMap** with the service JSON, token removed;
 - a headless **Service** (DNS names for the pods; discovery stays in the store);
@@ -175,6 +176,12 @@ def _env(service: str, settings: KubernetesSettings, token_secret: str | None) -
                 "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}},
             }
         )
+    else:
+        # eas-server refuses to bind beyond loopback (the pod IP) without a token unless told so.
+        # A service deployed without a token is open by the deployer's choice, and within the
+        # cluster the Service and its network policies are the boundary, as for the local
+        # orchestrator's loopback instances.
+        env.append({"name": "EAS_INSECURE", "value": "true"})
     return env
 
 

@@ -155,7 +155,7 @@ def test_job_and_publish_accounting_on_a_real_job_runner() -> None:
     assert ("autoai_jobs", (("kind", "deploy"), ("state", "pending"))) in samples
     assert _value(samples, "autoai_instances", **_labels("a", "1", "alive_not_ready")) == 1
     assert _value(samples, "autoai_deployments") == 1
-    assert _value(samples, "autoai_build_info", version="9.9") == 1
+    assert _value(samples, "autoai_build_info", version="9.9", insecure="false") == 1
     assert types["autoai_instances"] == "gauge" and types["autoai_deploys"] == "counter"
 
 
@@ -212,7 +212,7 @@ async def test_metric_families_types_and_labels_before_anything_happened(
     assert _value(samples, "autoai_deployments") == 0
     assert _value(samples, "autoai_store_up") == 1
     assert [labels for name, labels in samples if name == "autoai_build_info"] == [
-        (("version", "0.1.0"),)
+        (("insecure", "false"), ("version", "0.1.0"))
     ]
     assert not any(name.startswith(("python_", "process_")) for name, _ in samples)
     discovery = await client.get("/api/v1/sd/prometheus")

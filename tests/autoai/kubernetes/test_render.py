@@ -18,6 +18,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from autoai.errors import InvalidRequest
 from autoai.kubernetes import KubernetesSettings, label_value, object_name, render
+from eas_server._settings import ServerSettings, load_service_json
 
 from ._cases import CASES, OWNER_UID, REPO, SETTINGS, VERSIONS, cpu_case
 
@@ -92,6 +93,7 @@ def test_cpu_deployment() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["EAS_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "autoai-store", "key": "url"}
     assert "EAS_TOKEN" not in env
+    assert env["EAS_INSECURE"] == {"name": "EAS_INSECURE", "value": "true"}  # else refused
     assert env["EAS_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert objects["Service"]["spec"]["clusterIP"] == "None"
 
@@ -109,6 +111,7 @@ def test_gpu_deployment_takes_the_gpu_image_and_a_token_secret() -> None:
     assert secret["stringData"] == {"token": case["service_json"]["token"]}
     env = {e["name"]: e for e in container["env"]}
     assert env["EAS_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert "EAS_INSECURE" not in env  # the token guards the pod IP
     for kind in ("ConfigMap", "Service", "Secret"):
         (owner,) = objects[kind]["metadata"]["ownerReferences"]
         assert owner == {
@@ -118,6 +121,38 @@ def test_gpu_deployment_takes_the_gpu_image_and_a_token_secret() -> None:
             "uid": OWNER_UID,
         }
     assert "ownerReferences" not in objects["Deployment"]["metadata"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_pods_pass_the_servers_loopback_rule(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod binds its IP, beyond loopback: eas-server, given the rendered environment and
+    service JSON, must start there, with the token, or with EAS_INSECURE only when it has none."""
+    objects = _by_kind(render(**CASES[case]()))
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    secret = objects.get("Secret", {"metadata": {"name": None}})
+    for name in [n for n in os.environ if n.startswith("EAS_")]:
+        monkeypatch.delenv(name)
+    for var in container["env"]:
+        source = var.get("valueFrom", {})
+        if "value" in var:
+            value = var["value"]
+        elif source.get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            value = "10.244.1.7"
+        elif source["secretKeyRef"]["name"] == secret["metadata"]["name"]:
+            value = secret["stringData"][source["secretKeyRef"]["key"]]
+        else:
+            value = "sqlite:///store.db"  # the store's Secret, not rendered here
+        monkeypatch.setenv(var["name"], value)
+    config = tmp_path / "service.json"
+    config.write_text(objects["ConfigMap"]["data"]["service.json"])
+    model = tmp_path / "model.onnx"  # the repository's volume is not here: any existing path
+    model.touch()
+    server = ServerSettings.load({"model": str(model)}, load_service_json(config))
+    assert server.host == "10.244.1.7"
+    assert server.insecure is ("token" not in CASES[case]()["service_json"])
+    assert server.insecure or not server.exposed_without_token
 
 
 def test_no_owner_references_without_the_uid() -> None:
