@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._zkserver import (
+    ClientConnection,
     ZooKeeperEnsemble,
     ZooKeeperNotInstalled,
     ZooKeeperServer,
     four_letter_word,
     free_ports,
+    parse_cons,
+    parse_ephemerals,
     zookeeper_classpath,
 )
 
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
     from .._base import ConfigStore
 
 __all__ = [
+    "ClientConnection",
     "ZooKeeperEnsemble",
     "ZooKeeperNotInstalled",
     "ZooKeeperServer",
@@ -25,6 +29,8 @@ __all__ = [
     "expire_session",
     "four_letter_word",
     "free_ports",
+    "parse_cons",
+    "parse_ephemerals",
     "zookeeper_classpath",
 ]
 

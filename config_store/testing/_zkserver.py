@@ -2,6 +2,11 @@
 
 Each server gets a data dir, free ports, the admin server off, every four-letter word allowed, and a
 log file; servers are stopped by the PID we started, never by name.
+
+What a server knows about its clients comes from two four-letter words, parsed by pure functions
+(``parse_cons``, ``parse_ephemerals``) apart from the socket call: ``cons`` lists each client
+connection with its session and the moment the server accepted it, ``dump`` lists each session's
+ephemeral nodes.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ClientConnection",
     "ZooKeeperEnsemble",
     "ZooKeeperNotInstalled",
     "ZooKeeperServer",
     "four_letter_word",
     "free_ports",
+    "parse_cons",
+    "parse_ephemerals",
     "zookeeper_classpath",
 ]
 
@@ -38,6 +46,9 @@ _JARS = (
 _JAVA_DIR = Path("/usr/share/java")
 _CONF_DIR = Path("/etc/zookeeper/conf")
 _HEAP_USED = re.compile(r"(?:generation|heap)\s+total \d+K, used (\d+)K")
+# " /127.0.0.1:40312[1](queued=0,recved=11,sent=11,sid=0x1000006e5000000,...,est=1796631273302,...)"
+_CONS_LINE = re.compile(r"^\s*/(?P<remote>[^\[\s]+)\[\d+\]\((?P<stats>[^)]*)\)\s*$")
+_SESSION_LINE = re.compile(r"^(0x[0-9a-fA-F]+):$")
 
 
 class ZooKeeperNotInstalled(RuntimeError):
@@ -78,6 +89,70 @@ def four_letter_word(port: int, word: str, timeout: float = 2.0) -> str:
         while chunk := s.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks).decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class ClientConnection:
+    """One client connection as a server lists it in ``cons``."""
+
+    remote: str
+    """The client's address as the server sees it (``127.0.0.1:40312``)."""
+    session_id: int
+    """The session the connection serves (``sid``)."""
+    established: float
+    """When the server accepted this TCP connection, seconds since the epoch (``est``, in ms; the
+    server's clock, which on loopback is this host's ``time.time()``). The client sends its
+    session handshake right after connecting, so this is when that client got through."""
+
+
+def parse_cons(text: str) -> list[ClientConnection]:
+    """The connections of a ``cons`` answer that carry a session.
+
+    A connection with no session yet (the ``cons`` query itself, a client between accept and
+    handshake) is left out. ZooKeeper 3.8 writes one line per connection::
+
+        /127.0.0.1:40312[1](queued=0,recved=11,sent=11,sid=0x1000006e5000000,lop=EXIS,
+        est=1796631273302,to=4000,lcxid=0xa,lzxid=0x6,lresp=451930,llat=1,minlat=0,...)
+    """
+    found = []
+    for line in text.splitlines():
+        match = _CONS_LINE.match(line)
+        if match is None:
+            continue
+        stats = {k: v for k, _, v in (f.partition("=") for f in match["stats"].split(","))}
+        if "sid" not in stats or "est" not in stats:
+            continue
+        found.append(
+            ClientConnection(match["remote"], int(stats["sid"], 16), int(stats["est"]) / 1000)
+        )
+    return found
+
+
+def parse_ephemerals(text: str) -> dict[int, list[str]]:
+    """Session id -> its ephemeral nodes (full paths, chroot included), from a ``dump`` answer.
+
+    The section reads as below, each path indented by a tab; the next section ends it::
+
+        Sessions with Ephemerals (2):
+        0x30000072cf10000:
+            /probe/services/svc/instances/127.0.0.1:1234
+        Connections dump:
+    """
+    owners: dict[int, list[str]] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith("Sessions with Ephemerals"):
+            break
+    session: int | None = None
+    for line in lines:
+        if match := _SESSION_LINE.match(line.strip()):
+            session = int(match[1], 16)
+            owners[session] = []
+        elif line.strip().startswith("/") and session is not None:
+            owners[session].append(line.strip())
+        else:
+            break
+    return owners
 
 
 @dataclass
@@ -206,6 +281,23 @@ class ZooKeeperServer:
                 return line.split(":", 1)[1].strip()
         return None
 
+    def connections(self) -> list[ClientConnection]:
+        """The client connections this server holds now, with their sessions (``cons``).
+
+        Raises:
+            OSError: the server does not answer.
+        """
+        return parse_cons(four_letter_word(self.port, "cons"))
+
+    def ephemerals(self) -> dict[int, list[str]]:
+        """Session id -> its ephemeral nodes (``dump``). Every serving member holds the whole
+        tree; the leader's view is the one that is never behind.
+
+        Raises:
+            OSError: the server does not answer.
+        """
+        return parse_ephemerals(four_letter_word(self.port, "dump"))
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -310,6 +402,25 @@ class ZooKeeperEnsemble:
                     return s
             time.sleep(0.1)
         raise TimeoutError("no leader elected")
+
+    def connections(self) -> list[ClientConnection]:
+        """The client connections of every running member that answers ``cons`` (one that does
+        not is skipped: call again to see it)."""
+        found = []
+        for server in self.servers:
+            if server.running:
+                with contextlib.suppress(OSError):
+                    found += server.connections()
+        return found
+
+    def ephemerals(self, timeout: float = 30.0) -> dict[int, list[str]]:
+        """Session id -> its ephemeral nodes, from the leader's ``dump``.
+
+        Raises:
+            TimeoutError: no leader within ``timeout``.
+            OSError: the leader does not answer.
+        """
+        return self.leader(timeout).ephemerals()
 
     def __iter__(self) -> Iterator[ZooKeeperServer]:
         return iter(self.servers)

@@ -14,18 +14,24 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from autoai.api._app import CONTROL_SERVICE
+from autoai.sdk import ModelClient
+from config_store import ConfigStore
+from config_store._keys import instances_path
 from tests.fixtures import disks, onnx_models
 from tests.fixtures.system import served_requests, wait
 
-from .conftest import ATTEMPT_TIMEOUT, CALLS, SESSION_TIMEOUT, Chaos, System
+from .conftest import ATTEMPT_TIMEOUT, CALLS, INSTANCES, SESSION_TIMEOUT, Chaos, System
 
 pytestmark = [pytest.mark.chaos, pytest.mark.zk]
 
@@ -106,6 +112,60 @@ def _publish_code(chaos: Chaos, model: str, reason: str) -> tuple[int, Any]:
 OUTAGE_S = 60.0
 
 
+def _session(store: ConfigStore) -> int | None:
+    session: int | None = store.session_id  # type: ignore[attr-defined]
+    return session
+
+
+def _sessions_by_kind(system: System, sdks: Sequence[ModelClient]) -> dict[str, set[int | None]]:
+    """The ZooKeeper session of every client, by kind: the bare store's and the SDKs' from their
+    clients, the eas-servers' and the control plane's as the owners of their ephemeral nodes
+    (instance registrations; the control plane's leader-election candidate), from the leader."""
+    chroot = urlsplit(system.url).path
+    owners = system.ensemble.ephemerals()
+
+    def owning(service: str) -> set[int | None]:
+        prefix = f"{chroot}{instances_path(service)}/"
+        return {s for s, paths in owners.items() if any(p.startswith(prefix) for p in paths)}
+
+    return {
+        "bare store": {_session(system.store)},
+        "sdk": {_session(sdk._store) for sdk in sdks},
+        "eas-server": set().union(*(owning(service) for service in system.services.values())),
+        "control plane": owning(CONTROL_SERVICE),
+    }
+
+
+def _reconnect_s(
+    system: System, sdks: Sequence[ModelClient], back: float
+) -> dict[str, list[float]]:
+    """Seconds from ``back`` (wall clock) to the moment each client's connection was accepted
+    (``est`` of ``cons`` on the member it is connected to), by kind. A session that expired and
+    was replaced counts as its new one. Waits (bounded) until every client of every kind is
+    connected: the measurement fails rather than silently leaving a kind out."""
+    expected = {
+        "bare store": 1,
+        "sdk": len(sdks),
+        "eas-server": sum(INSTANCES.values()),
+        "control plane": 1,
+    }
+    found: dict[str, list[float]] = {}
+
+    def connected() -> bool:
+        est = {c.session_id: c.established for c in system.ensemble.connections()}
+        sessions = _sessions_by_kind(system, sdks)
+        found.clear()
+        for kind, ids in sessions.items():
+            found[kind] = sorted(est[s] - back for s in ids if s in est)
+        return all(len(found[kind]) == n for kind, n in expected.items())
+
+    try:
+        wait(connected, 15, "every client to be connected", step=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: connected {found}, expected {expected}") from None
+    return found
+
+
 @pytest.mark.timeout(OUTAGE_S + 90)
 def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
     system = chaos.system
@@ -140,6 +200,7 @@ def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
         for server in system.ensemble:
             server.wait_ready()
         back = time.monotonic()
+        back_wall = time.time()  # the same moment, on the clock of ZooKeeper's ``est``
         # The control plane takes writes again once its session is back.
         wait(lambda: _publish_code(chaos, "b", "probe")[0] == 200, 30, "publishes to work")
         code, doc = _publish_code(chaos, "b", "after the outage")
@@ -153,6 +214,7 @@ def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
         )
         wait(system.healthy, 30, "every instance to be registered again", step=0.2)
         recovery = time.monotonic() - back
+        reconnect = _reconnect_s(system, (chaos.sdk, second), back_wall)
         _settle(chaos)
         sent, failed = _finish(chaos)
         after = {m: plane.call("GET", f"/api/v1/models/{m}/releases")["releases"] for m in "ab"}
@@ -174,6 +236,8 @@ def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
         recovery_s=round(recovery, 2),
         revisions_lost=len(lost),
         registered_version_read_back_at_once=seen == 200,
+        # min and max over the clients of each kind; not asserted (docs/reliability.md)
+        reconnect_s={k: [round(min(v), 3), round(max(v), 3)] for k, v in reconnect.items()},
     )
     assert not failed, failed
     assert served > 1000, "calls stalled while the store was down"
