@@ -65,11 +65,19 @@ try:
     from kazoo.handlers.threading import KazooTimeoutError
     from kazoo.protocol.connection import _CONNECTION_DROP
     from kazoo.protocol.states import KazooState
+    from kazoo.retry import KazooRetry
     from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the zk:// backend needs kazoo: pip install 'autoai[zk]'") from exc
 
-__all__ = ["RECONNECT_BACKOFF", "ZkStore", "drop_connection", "expire_session", "reconnect_bound"]
+__all__ = [
+    "RECONNECT_BACKOFF",
+    "ZkStore",
+    "drop_connection",
+    "expire_session",
+    "reconnect_bound",
+    "reconnect_pauses",
+]
 
 log = logging.getLogger("config_store.zk")
 
@@ -104,6 +112,20 @@ _INLINE_LIMIT = 256 * 1024
 def reconnect_bound() -> float:
     """The longest pause, in seconds, between two reconnection rounds (``RECONNECT_BACKOFF``)."""
     return float(RECONNECT_BACKOFF["max_delay"]) * (1.0 + float(RECONNECT_BACKOFF["max_jitter"]))
+
+
+def reconnect_pauses(rounds: int) -> list[float]:
+    """The pauses kazoo itself takes over ``rounds`` failed reconnection rounds under
+    ``RECONNECT_BACKOFF`` (its real retry loop, with sleeping recorded instead of done)."""
+    pauses: list[float] = []
+    failures = iter(range(rounds))
+
+    def round_over_the_hosts() -> None:
+        if next(failures, None) is not None:
+            raise ConnectionLoss("refused")
+
+    KazooRetry(max_tries=-1, sleep_func=pauses.append, **RECONNECT_BACKOFF)(round_over_the_hosts)
+    return pauses
 
 
 @contextlib.contextmanager
