@@ -12,11 +12,17 @@ lines.
 Every process it starts names its service JSON on its command line, so ``processes()`` finds all
 of them by scanning ``/proc``, with or without a record: that is how reconciliation finds orphans,
 and how a recorded PID is told apart from an unrelated process that reused it.
+
+What it owns is scoped by its store (``autoai.ownership``): its files live in
+``<run_dir>/<store identity>/``, each service JSON names the store in ``autoai_store``, and a
+process counts as its own only when both hold, so control planes of different stores on one host
+never adopt, restart or stop each other's instances, nor overwrite each other's files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -31,8 +37,11 @@ from typing import Any, Protocol
 from config_store import ConfigStore, Instance
 
 from .errors import ControlPlaneError
+from .ownership import STORE_FIELD, owner, run_dir_for
 
 __all__ = ["InstanceRecord", "LocalOrchestrator", "Orchestrator", "StartFailed", "process_alive"]
+
+log = logging.getLogger("autoai.orchestrators")
 
 
 class Orchestrator(Protocol):
@@ -159,10 +168,20 @@ def process_alive(pid: int) -> bool:
 # Started through a short-lived launcher, so that instances are not children of the control plane:
 # nothing of ours must reap them, and they outlive it (their own session, parent init).
 _LAUNCHER = (
-    "import subprocess, sys\n"
+    "import subprocess, sys, time\n"
     "log = open(sys.argv[1], 'ab')\n"
     "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,"
     " stderr=subprocess.STDOUT, start_new_session=True)\n"
+    # Popen may return before /proc shows the new command line; the PID is handed over only
+    # once it does, so running() never mistakes a starting instance for a dead one.
+    "deadline = time.monotonic() + 10\n"
+    "while p.poll() is None and time.monotonic() < deadline:\n"
+    "    try:\n"
+    "        if open(f'/proc/{p.pid}/cmdline', 'rb').read():\n"
+    "            break\n"
+    "    except OSError:\n"
+    "        break\n"
+    "    time.sleep(0.002)\n"
     "print(p.pid)\n"
 )
 
@@ -189,14 +208,21 @@ class LocalOrchestrator:
     Args:
         store: where instances register (the control plane's store).
         store_url: the URL the instances open (the same store).
-        run_dir: service JSONs and logs go here.
+        run_dir: service JSONs and logs go to ``<run_dir>/<store identity>/`` (``self.run_dir``),
+            so control planes of different stores may share it.
     """
 
     def __init__(self, store: ConfigStore, store_url: str, run_dir: str | Path):
         self.store = store
         self.store_url = store_url
-        self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.identity = store.identity
+        """The store's identity, written into every service JSON and required of every process
+        this orchestrator adopts, restarts or stops as its own."""
+        self.run_dir = run_dir_for(run_dir, self.identity)
+        # both owner-only when new (mkdir's parents would get the umask's mode)
+        self.run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, exist_ok=True)
+        self._foreign: set[int] = set()  # processes in run_dir left alone, already logged
 
     kind = "local"
 
@@ -265,16 +291,27 @@ class LocalOrchestrator:
     ) -> list[InstanceRecord]:
         """Write the service JSON, start ``instances`` processes and wait until all registered.
 
+        The JSON names this orchestrator's store (``autoai_store``); one that names another store
+        is not overwritten.
+
         Raises:
             StartFailed: a process exited or did not register in time (all started ones are
-                stopped again; the detail has the log tail).
+                stopped again; the detail has the log tail); the service JSON there names
+                another store.
         """
-        # owner-only: the service JSON carries the service token
         config = self.config_path(service)
+        found = owner(config)
+        if found not in (None, self.identity):
+            raise StartFailed(
+                f"{service}: its service JSON {config} belongs to the control plane of another "
+                f"store ({found}); not overwriting it",
+                {"service": service, "store": found},
+            )
+        # owner-only: the service JSON carries the service token
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(service_json, indent=2))
+            f.write(json.dumps({**service_json, STORE_FIELD: self.identity}, indent=2))
         return self.spawn(
             service, instances, timeout=timeout, progress=progress, first_port=first_port,
             restarts=restarts,
@@ -293,11 +330,18 @@ class LocalOrchestrator:
         """Start more processes of a service whose JSON was written by ``start``.
 
         Raises:
-            StartFailed: as ``start``; also when the service JSON is missing.
+            StartFailed: as ``start``; also when the service JSON is missing or does not name
+                this orchestrator's store (a process started from it would not be its own).
         """
         config = self.config_path(service)
         if not config.is_file():
             raise StartFailed(f"{service}: its service JSON {config} is missing", {})
+        if owner(config) != self.identity:
+            raise StartFailed(
+                f"{service}: its service JSON {config} does not name this control plane's store "
+                f"({STORE_FIELD}: {self.identity})",
+                {"service": service},
+            )
         started: list[InstanceRecord] = []
         host = socket.gethostname()
         try:
@@ -346,23 +390,36 @@ class LocalOrchestrator:
             time.sleep(0.1)
 
     def stop(self, records: Sequence[InstanceRecord], timeout: float = 30.0) -> None:
-        """SIGTERM (drain), then SIGKILL after ``timeout``; only the PIDs given."""
+        """SIGTERM (drain), then SIGKILL after ``timeout``; only the PIDs given, and of a record
+        with a command line only while that PID runs it (not a process that reused it)."""
+
+        def ours(record: InstanceRecord) -> bool:
+            return process_alive(record.pid) and (
+                not record.args or _argv(record.pid) == record.args
+            )
+
+        def going(record: InstanceRecord) -> bool:
+            if not process_alive(record.pid):
+                return False
+            argv = _argv(record.pid)  # empty while it exits (its memory is gone, not its sockets)
+            return not record.args or not argv or argv == record.args
+
         for record in records:
-            if process_alive(record.pid):
+            if ours(record):
                 try:
                     os.kill(record.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout
         for record in records:
-            while process_alive(record.pid) and time.monotonic() < deadline:
+            while going(record) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if process_alive(record.pid):
+            if ours(record):
                 try:
                     os.kill(record.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            while process_alive(record.pid) and time.monotonic() < deadline + 5:
+            while going(record) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
 
     @staticmethod
@@ -374,20 +431,36 @@ class LocalOrchestrator:
     def processes(self) -> dict[int, str]:
         """Every live ``eas-server`` this orchestrator started, recorded or not: pid -> service.
 
-        Found by their command lines naming a service JSON in ``run_dir``."""
+        Found by their command lines naming a service JSON in ``run_dir`` that names this
+        orchestrator's store; a process whose JSON is missing, unreadable or names another store
+        is left out (logged once at info)."""
         prefix = str(self.run_dir) + os.sep
         found: dict[int, str] = {}
+        foreign: set[int] = set()
+        owners: dict[str, str | None] = {}  # service JSON -> the store it names, read once
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             args = _argv(int(entry.name))
             if args is None or "eas_server" not in args or "--config" not in args:
                 continue
-            config = (
-                args[args.index("--config") + 1] if args.index("--config") + 1 < len(args) else ""
-            )
-            if config.startswith(prefix) and config.endswith(".json"):
-                pid = int(entry.name)
-                if process_alive(pid):
-                    found[pid] = Path(config).name[: -len(".json")]
+            at = args.index("--config") + 1
+            config = args[at] if at < len(args) else ""
+            if not (config.startswith(prefix) and config.endswith(".json")):
+                continue
+            pid = int(entry.name)
+            if config not in owners:
+                owners[config] = owner(Path(config))
+            if owners[config] != self.identity:
+                foreign.add(pid)
+                if pid not in self._foreign:
+                    log.info(
+                        "leaving eas-server pid %d alone: its service JSON %s names %s, not this "
+                        "control plane's store %s",
+                        pid, config, owners[config] or "no store", self.identity,
+                    )  # fmt: skip
+                continue
+            if process_alive(pid):
+                found[pid] = Path(config).name[: -len(".json")]
+        self._foreign = foreign
         return found

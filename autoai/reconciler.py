@@ -11,7 +11,9 @@ The leader among the control-plane replicas (``config_store.LeaderElection``) ru
   compare-and-swap (a replica that lost the race stops what it started);
 - a process this orchestrator started that no record names is an orphan (a deploy cut short by a
   crash, a restart whose record write lost) and is stopped, unless a live replica's operation on
-  that version is still running;
+  that version is still running; "started by this orchestrator" means its service JSON lies in
+  this store's run directory and names this store (``autoai.ownership``), so the instances of
+  another control plane on the host, with another store, are never taken for orphans;
 - an operation marker whose replica is no longer a candidate is stale and removed.
 
 Nothing here reads HTTP; ``pass_once`` returns what it did, for logs and tests.

@@ -31,7 +31,9 @@ class ControlSettings(BaseSettings):
     repo_dir: Path = Field(default_factory=lambda: _home() / "repo")
     """The model repository directory."""
     run_dir: Path = Field(default_factory=lambda: _home() / "run")
-    """Service JSONs and logs of the instances the local orchestrator starts."""
+    """Service JSONs and logs of the instances the local orchestrator starts, one directory per
+    store below it (``<run_dir>/<store identity>/``): control planes of different stores never
+    share, overwrite or stop each other's instances."""
     host: str = "127.0.0.1"
     """Where the REST API listens (``autoai up --host``); advertised to the other replicas."""
     port: int = Field(default=8080, ge=1, le=65535)

@@ -54,7 +54,11 @@ def up_command(
     ] = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option("--run-dir", envvar="AUTOAI_RUN_DIR", help="instances' configs and logs"),
+        typer.Option(
+            "--run-dir",
+            envvar="AUTOAI_RUN_DIR",
+            help="instances' configs and logs, one directory per store below it",
+        ),
     ] = None,
     orchestrator: Annotated[
         str | None,

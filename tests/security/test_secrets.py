@@ -71,7 +71,8 @@ def test_local_instances_get_secrets_from_owner_only_files_and_env_not_argv(
         records = orchestrator.start("m-1", spec, 1, timeout=60)
         try:
             assert stat.S_IMODE(config.stat().st_mode) == 0o600
-            assert stat.S_IMODE((tmp_path / "run").stat().st_mode) & 0o077 == 0
+            for directory in (tmp_path / "run", orchestrator.run_dir):
+                assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0
             assert json.loads(config.read_text())["token"] == SERVICE_TOKEN
             for record in records:
                 argv = _cmdline(record.pid)
