@@ -143,13 +143,15 @@ def test_listener_gets_current_value_then_changes_from_another_client(
     writer, reader = factory(), factory()
     writer.publish("m", b"one")
     listener = reader.add_listener("m", recorder)
+    witness = Recorder()  # a second listener of the reader: it shows when revision 3 arrived
+    reader.add_listener("m", witness)
     recorder.wait_for(at_revision(1))
     writer.publish("m", b"two")
     values = recorder.wait_for(at_revision(2))
     assert values[-1].content == b"two"
     listener.cancel()
     writer.publish("m", b"three")
-    time.sleep(0.5)
+    witness.wait_for(at_revision(3))  # the reader has handed revision 3 to its listeners
     assert recorder.revisions()[-1] == 2
 
 
@@ -321,8 +323,9 @@ def test_failover_file_overrides_store_for_get_and_listeners(
     factory: StoreFactory, tmp_path: Path, recorder: Recorder
 ) -> None:
     failover = tmp_path / "failover"
+    snapshots = tmp_path / "reader-snapshots"
     writer = factory()
-    reader = factory(failover_dir=failover)
+    reader = factory(failover_dir=failover, snapshot_dir=snapshots)
     writer.publish("m", b"from-store")
     reader.add_listener("m", recorder)
     recorder.wait_for(at_revision(1))
@@ -333,7 +336,12 @@ def test_failover_file_overrides_store_for_get_and_listeners(
     item = reader.get("m")
     assert item is not None and item.source == "failover" and item.content == b"from-operator"
     writer.publish("m", b"while-overridden")
-    time.sleep(0.3)
+    # the reader snapshots a store value after handing it to its listeners: once revision 2 is
+    # in its snapshot, the listener has had its chance to (wrongly) get it
+    deadline = time.monotonic() + 10
+    while not _snapshot_file(snapshots, "m").read_bytes().endswith(b"while-overridden"):
+        assert time.monotonic() < deadline, "the reader never snapshotted revision 2"
+        time.sleep(0.02)
     assert recorder.last().source == "failover"
     (failover / "models" / "m").unlink()
     got = recorder.wait_for(lambda vs: vs[-1].source == "store")

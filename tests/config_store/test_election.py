@@ -9,24 +9,33 @@ import sys
 import textwrap
 import time
 
-from config_store import LeaderElection
+from config_store import LeaderElection, StoreUnavailable
 
 from .conftest import Recorder, StoreFactory
 
 
 def _wait(predicate: object, timeout: float) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout`` (False). A store unreachable for a
+    moment (``StoreUnavailable`` from the predicate) is "not yet"; a timeout after one fails
+    with the last such error instead of returning False."""
     deadline = time.monotonic() + timeout
+    unavailable: StoreUnavailable | None = None
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
+        try:
+            if predicate():  # type: ignore[operator]
+                return True
+        except StoreUnavailable as exc:
+            unavailable = exc
         time.sleep(0.05)
+    if unavailable is not None:
+        raise AssertionError(f"timed out after {timeout:g} s; the store last said: {unavailable}")
     return False
 
 
 def test_the_first_candidate_leads_and_all_agree(factory: StoreFactory) -> None:
     first_changes, second_changes = Recorder(), Recorder()
     first = LeaderElection(factory(), "control", "127.0.0.1", 9001, on_change=first_changes)
-    time.sleep(0.01)
+    time.sleep(0.01)  # enters later (``since``); a slow machine only widens the gap
     second = LeaderElection(factory(), "control", "127.0.0.1", 9002, on_change=second_changes)
     first_changes.wait_for(lambda v: v == [True])
     assert _wait(lambda: second.leader is not None and first.leader is not None, 10)
@@ -40,7 +49,7 @@ def test_the_first_candidate_leads_and_all_agree(factory: StoreFactory) -> None:
 
 def test_the_next_candidate_takes_over_when_the_leader_leaves(factory: StoreFactory) -> None:
     first = LeaderElection(factory(), "control", "127.0.0.1", 9001)
-    time.sleep(0.01)
+    time.sleep(0.01)  # enters later (``since``); a slow machine only widens the gap
     changes = Recorder()
     second = LeaderElection(factory(), "control", "127.0.0.1", 9002, on_change=changes)
     assert _wait(lambda: first.is_leader, 10)
@@ -57,7 +66,10 @@ _CANDIDATE = textwrap.dedent(
     from config_store import LeaderElection, open_store
     store = open_store(sys.argv[1], snapshot_dir=False, failover_dir=False)
     election = LeaderElection(store, "control", "127.0.0.1", 9001)
+    deadline = time.monotonic() + 60
     while not election.is_leader:
+        if time.monotonic() > deadline:
+            sys.exit("never led")  # the test reads EOF instead of waiting for ever
         time.sleep(0.05)
     print("leading", flush=True)
     time.sleep(120)

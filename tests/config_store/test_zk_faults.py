@@ -183,7 +183,9 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
     zk_ensemble: ZooKeeperEnsemble, zk_chroot: str, tmp_path: Path, recorder: Recorder
 ) -> None:
     url = f"zk://{zk_ensemble.connect_string}{zk_chroot}"
-    writer = _open(url + "?write_timeout=10", tmp_path, "w", history_keep=1000)
+    # history_keep must hold every publish of the stream: at most about 70 a second, for the
+    # counted phases below and the rejoining node's start (60 s at most)
+    writer = _open(url + "?write_timeout=10", tmp_path, "w", history_keep=5000)
     reader = _open(url, tmp_path, "r")
     acked: dict[int, str] = {}
     errors: list[BaseException] = []
@@ -202,24 +204,33 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
                 item = writer.get("routes")
                 revision = 0 if item is None else item.revision
             i += 1
-            time.sleep(0.01)  # about 700 publishes in all: history_keep (1000) must hold them
+            time.sleep(0.01)
+
+    def acknowledged(what: str, more: int = 50) -> None:
+        """Wait, bounded, for ``more`` acknowledged publishes: counts, not seconds, so that each
+        phase sees a stream however loaded the machine is."""
+        target = len(acked) + more
+        deadline = time.monotonic() + 60
+        while len(acked) < target:
+            assert time.monotonic() < deadline, f"not {more} publishes {what} in 60 s"
+            time.sleep(0.05)
 
     reader.add_listener("routes", recorder)
     thread = threading.Thread(target=stream)
     thread.start()
     try:
-        time.sleep(2)
+        acknowledged("before the kill")
         leader = zk_ensemble.leader()
         leader.stop(kill=True)
-        time.sleep(3)
+        acknowledged("while the leader was down")
         leader.start()
-        time.sleep(2)
+        acknowledged("after it rejoined")
     finally:
         stop.set()
         thread.join(30)
     try:
         assert len(acked) > 20
-        history = {h.revision: h.md5 for h in writer.history("routes", limit=1000)}
+        history = {h.revision: h.md5 for h in writer.history("routes", limit=5000)}
         missing = [r for r in acked if r not in history]
         assert not missing, f"acknowledged revisions lost: {missing}"
         assert all(history[r] == md5 for r, md5 in acked.items()), "torn or replaced content"

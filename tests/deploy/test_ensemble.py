@@ -33,7 +33,7 @@ from autoai.sdk import ModelClient
 from config_store import open_store
 from config_store.testing import ZooKeeperNotInstalled, four_letter_word, zookeeper_classpath
 from tests.fixtures import onnx_models
-from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances
+from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.zk]
 
@@ -55,10 +55,8 @@ def _require_zookeeper() -> None:
 
 
 def _wait(done: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    # the shared wait: a StoreUnavailable from ``done`` is "not yet", named on timeout
+    wait(done, timeout, what, step=0.05)
 
 
 @dataclass(frozen=True)
@@ -301,9 +299,11 @@ def test_leader_killed_during_sdk_traffic_fails_no_call(ensemble: Ensemble, tmp_
             survivors = [n for n in ensemble.nodes() if n.id != leader.id]
             _wait(lambda: any(n.mode() == "leader" for n in survivors), "a new leader", timeout=30)
             elected_at = time.monotonic()
-            # traffic goes on through, and well after, the election
+            # traffic goes on through, and well after, the election: 20 calls, then 20 more
+            # that ended at least 2 s later (counted, so a slow machine cannot shorten the check)
             _wait(lambda: sum(t > elected_at for t in calls.ok) >= 20, "calls after the election")
-            time.sleep(2.0)
+            later = time.monotonic() + 2.0
+            _wait(lambda: sum(t > later for t in calls.ok) >= 20, "calls well after the election")
         finally:
             stop.set()
             sender.join(30)

@@ -15,7 +15,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoai.api import ControlSettings
 from tests.fixtures import onnx_models
-from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances
+from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances, wait
 
 from ._exported import exported
 from ._promtool import REPO, run_promtool
@@ -100,10 +99,8 @@ def _check_against_definitions(scrape: Scrape, component: str, prefix: str) -> N
 
 
 def _wait(done: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    # the shared wait: a StoreUnavailable from ``done`` is "not yet", named on timeout
+    wait(done, timeout, what, step=0.05)
 
 
 class SdkApp:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from config_store._keys import SERVICES_ROOT, instances_path
 from config_store.testing import ZooKeeperServer, four_letter_word, zookeeper_classpath
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess
+from tests.fixtures.system import wait
 
 from . import _promql
 from ._exported import TARGET_LABELS, exported
@@ -226,10 +226,12 @@ def _registered(
     try:
         host, port = server.address.rsplit(":", 1)
         with open_store(store_url, snapshot_dir=False) as store:
-            deadline = time.monotonic() + 30
-            while not any(i.port == int(port) for i in store.instances("tagger-1")):
-                assert time.monotonic() < deadline, "eas-server did not register in ZooKeeper"
-                time.sleep(0.05)
+            wait(
+                lambda: any(i.port == int(port) for i in store.instances("tagger-1")),
+                30,
+                "eas-server to register in ZooKeeper",
+                step=0.05,
+            )
         path = f"{chroot}{instances_path('tagger-1')}/{host}:{port}"
         yield Registered(zk_server, server, path, config)
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from config_store import open_store
+from config_store import StoreUnavailable, open_store
 from eas_client import (
     AsyncEasClient,
     ClientMetrics,
@@ -41,10 +41,19 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
+    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    unavailable: StoreUnavailable | None = None
+    while True:
+        try:
+            if predicate():
+                return
+        except StoreUnavailable as exc:
+            unavailable = exc
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            also = f" (the store last said: {unavailable})" if unavailable else ""
+            raise AssertionError(f"condition not met in {timeout:g} s{also}")
         time.sleep(0.02)
 
 
@@ -205,7 +214,9 @@ def test_instances_follow_registrations(
             client.infer({"x": X})
         assert served(first) > 5 and served(second) > 5
         assert first.stop() == 0
-        assert [i.address for i in client.instances()] == [second.address]
+        # the client learns of the deregistration through its watch, which may be delivered after
+        # the process exited (its drain waits only 0.3 s of quiet): wait for it, bounded
+        wait_until(lambda: [i.address for i in client.instances()] == [second.address])
         for _ in range(10):
             client.infer({"x": X})
         # the pool of the instance that left was closed once nothing was in flight on it
@@ -249,9 +260,9 @@ def test_async_client_discovers_and_calls_concurrently(
 
     async def main() -> list[dict[str, Any]]:
         async with AsyncEasClient(store=url, service="svc") as client:
-            for _ in range(500):
-                if len(client.instances()) == 2:
-                    break
+            deadline = time.monotonic() + 15
+            while len(client.instances()) < 2:
+                assert time.monotonic() < deadline, "the client did not see both instances"
                 await asyncio.sleep(0.02)
             outs = await asyncio.gather(*(client.infer({"a": a * k, "b": a}) for k in range(40)))
             with pytest.raises(InvalidRequest):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from config_store import StoreUnavailable
 from eas_client import (
     AsyncEasClient,
     ClientMetrics,
@@ -262,10 +263,19 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
+    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    unavailable: StoreUnavailable | None = None
+    while True:
+        try:
+            if predicate():
+                return
+        except StoreUnavailable as exc:
+            unavailable = exc
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            also = f" (the store last said: {unavailable})" if unavailable else ""
+            raise AssertionError(f"condition not met in {timeout:g} s{also}")
         time.sleep(0.02)
 
 
@@ -306,14 +316,16 @@ def test_no_call_fails_when_an_instance_dies_under_load(
         threads = [threading.Thread(target=caller, args=(k, client)) for k in range(CALLERS)]
         for t in threads:
             t.start()
-        time.sleep(1.5)
+        # counts, not seconds: traffic is under way, and goes on well after the instance died,
+        # however loaded the machine is (a failed caller ends the wait)
+        wait_until(lambda: sum(done) > 100 or bool(failures), timeout=60)
         if how == "kill":
             doomed.proc.kill()
         else:
             doomed.terminate()
         killed.set()
         assert doomed.proc.wait(20) == (-9 if how == "kill" else 0)
-        time.sleep(1.5)
+        wait_until(lambda: sum(after) > 100 or bool(failures), timeout=60)
         stop.set()
         for t in threads:
             t.join(30)
@@ -355,13 +367,17 @@ def test_no_async_call_fails_when_an_instance_dies_under_load(
             while len(client.instances()) < 2:
                 await asyncio.sleep(0.02)
             tasks = [asyncio.create_task(caller(k, client, stop)) for k in range(CALLERS)]
-            await asyncio.sleep(1.5)
+            # counts, not seconds (bounded by the wait_for below): traffic is under way, and goes
+            # on well after the instance died, however loaded the machine is
+            while len(done) <= 100 and not failures:
+                await asyncio.sleep(0.02)
             if how == "kill":
                 doomed.proc.kill()
             else:
                 doomed.terminate()
             before = len(done)
-            await asyncio.sleep(1.5)
+            while len(done) - before <= 100 and not failures:
+                await asyncio.sleep(0.02)
             await asyncio.to_thread(doomed.proc.wait, 20)
             stop.set()
             await asyncio.gather(*tasks)
@@ -405,7 +421,7 @@ def test_a_hung_instance_costs_one_attempt_then_is_ejected_and_comes_back(
         for t in threads:
             t.start()
         try:
-            time.sleep(0.5)
+            wait_until(lambda: len(durations) > 50 or bool(failures))  # traffic under way
             os.kill(hung.proc.pid, signal.SIGSTOP)
             stopped = len(durations)
             time.sleep(3.0)

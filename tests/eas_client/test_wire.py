@@ -29,6 +29,8 @@ class Server:
         self.accepted = 0
         self.requests = 0
         self.connections: list[socket.socket] = []
+        self.released = threading.Event()
+        """Set by ``close``: handlers that hang on purpose wait for it, not for a guessed time."""
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -39,7 +41,13 @@ class Server:
             except OSError:
                 return
             self.accepted += 1
-            threading.Thread(target=self.handler, args=(conn, self.accepted), daemon=True).start()
+            threading.Thread(target=self._handle, args=(conn, self.accepted), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, index: int) -> None:
+        # closed here whatever the handler did: a socket left to the garbage collector warns
+        # (ResourceWarning, an error here) in whichever test happens to be running then
+        with conn:
+            self.handler(conn, index)
 
     def read_request(self, conn: socket.socket) -> bool:
         """Read one request (head + content-length body); False at EOF."""
@@ -61,6 +69,7 @@ class Server:
         return True
 
     def close(self) -> None:
+        self.released.set()
         self.sock.close()
         for conn in self.connections:
             conn.close()
@@ -160,7 +169,7 @@ def test_chunked_answers_are_read_whole(serve: Callable[[Handler], Server]) -> N
 def test_a_silent_server_times_out_at_the_deadline(serve: Callable[[Handler], Server]) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         server.read_request(conn)
-        time.sleep(3)
+        server.released.wait(30)  # silent until the test is over, however slow the client is
         conn.close()
 
     server = serve(handler)
@@ -178,18 +187,26 @@ def test_a_refused_connection_is_an_os_error() -> None:
 
 
 def test_the_pool_bounds_concurrent_connections(serve: Callable[[Handler], Server]) -> None:
+    answer = threading.Event()
+
     def handler(conn: socket.socket, _: int) -> None:
         while server.read_request(conn):
-            time.sleep(0.5)
+            answer.wait(30)  # the only connection stays busy until the second request gave up
             conn.sendall(OK)
 
     server = serve(handler)
     pool = SyncPool("127.0.0.1", server.port, 1)
-    first = threading.Thread(target=pool.request, args=(HEAD, {}, b"{}", _deadline(), 1.0))
+    first = threading.Thread(target=pool.request, args=(HEAD, {}, b"{}", _deadline(60), 1.0))
     first.start()
-    time.sleep(0.1)  # the only connection is busy for another 0.4 s
-    with pytest.raises(PoolTimeout, match="no free connection"):
-        pool.request(HEAD, {}, b"{}", _deadline(0.2), 1.0)
+    deadline = _deadline(30)
+    while server.requests < 1:  # the first request holds the connection
+        assert time.monotonic() < deadline, "the first request never arrived"
+        time.sleep(0.01)
+    try:
+        with pytest.raises(PoolTimeout, match="no free connection"):
+            pool.request(HEAD, {}, b"{}", _deadline(0.2), 1.0)
+    finally:
+        answer.set()
     first.join()
     assert server.accepted == 1
     pool.close()
@@ -199,7 +216,8 @@ def test_async_pool_reuses_replaces_and_times_out(serve: Callable[[Handler], Ser
     def handler(conn: socket.socket, index: int) -> None:
         while server.read_request(conn):
             if server.requests == 4:
-                time.sleep(2)  # the fourth request gets no answer in time
+                server.released.wait(30)  # the fourth request gets no answer in time
+                return
             conn.sendall(OK)
             if index == 1 and server.requests == 2:
                 conn.close()  # the first connection dies while idle after two answers

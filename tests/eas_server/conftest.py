@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from config_store import StoreUnavailable
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess, StartServer
 
@@ -29,8 +30,17 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
+    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    unavailable: StoreUnavailable | None = None
+    while True:
+        try:
+            if predicate():
+                return
+        except StoreUnavailable as exc:
+            unavailable = exc
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            also = f" (the store last said: {unavailable})" if unavailable else ""
+            raise AssertionError(f"condition not met in {timeout:g} s{also}")
         time.sleep(0.02)

@@ -111,27 +111,30 @@ def test_a_full_batch_fires_at_once_and_answers_go_to_the_right_request() -> Non
 def test_delay_counts_from_the_oldest_request_when_more_rows_are_expected() -> None:
     async def body() -> None:
         proc, obs = FakeProcessor(), Observer()
-        batcher = make(proc, obs, max_batch_size=8, max_delay_s=0.2)
+        batcher = make(proc, obs, max_batch_size=8, max_delay_s=1.0)
         # teach the batcher that 8 rows of demand exist
         blocker = await _hold(proc, batcher)
         first = [asyncio.create_task(batcher.infer(rows(1))) for _ in range(8)]
         await asyncio.sleep(0.01)
         proc.gate.set()
         await asyncio.gather(blocker, *first)
+        # b comes at least 0.5 s after a (a sleep is never shorter), so counted from a the batch
+        # fires at 1.0 s, counted from b at 1.5 s or later; the bounds leave 0.4 s for a loaded
+        # machine to be late, and b half a second of slack to arrive before a's delay is over
         t0 = time.monotonic()
         a = asyncio.create_task(batcher.infer(rows(2)))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         b = asyncio.create_task(batcher.infer(rows(3)))
         ra, rb = await asyncio.gather(a, b)
         waited = time.monotonic() - t0
         assert obs.batches[-1] == (2, "delay", True)
-        assert 0.2 <= ra.queue_s < 0.35 and rb.queue_s < ra.queue_s - 0.05
-        assert waited < 0.4
+        assert 1.0 <= ra.queue_s < 1.4 and rb.queue_s < ra.queue_s - 0.4
+        assert waited < 1.45
         # load fell to one client: it waits one delay at most, then is served at once
         await batcher.infer(rows(4))
         assert obs.batches[-1] == (1, "delay", True)
         lone = await batcher.infer(rows(5))
-        assert obs.batches[-1] == (1, "idle", True) and lone.queue_s < 0.1
+        assert obs.batches[-1] == (1, "idle", True) and lone.queue_s < 0.5  # not the 1 s delay
         await batcher.close()
 
     run(body)

@@ -42,6 +42,15 @@ async def _deploy(client: httpx.AsyncClient, version: str) -> None:
     raise AssertionError("deploy did not finish")
 
 
+async def _revision(sdk: ModelClient, revision: int, timeout: float = 30) -> None:
+    """Wait, bounded, until the SDK routes by ``revision`` (its watch delivers it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sdk.routes("tagger").revision != revision:
+        assert loop.time() < deadline, f"the SDK never saw revision {revision}"
+        await asyncio.sleep(0.01)
+
+
 def _split(sdk: ModelClient, calls: int = 200) -> Counter[int]:
     return Counter(round(float(sdk.predict("tagger", X)["y"][0, 0])) for _ in range(calls))
 
@@ -71,12 +80,10 @@ async def test_register_deploy_publish_route_promote_roll_back(
         stale = {**promote, "expected_revision": first["revision"] + 5}
         assert (await client.post(f"{url}/publish", json=stale, headers=AUTH)).status_code == 409
         second = await _ok(await client.post(f"{url}/publish", json=promote, headers=AUTH))
-        while sdk.routes("tagger").revision != second["revision"]:
-            await asyncio.sleep(0.01)
+        await _revision(sdk, second["revision"])
         assert await asyncio.to_thread(_split, sdk, 20) == Counter({2: 20})
         back = await _ok(await client.post(f"{url}/rollback", json={}, headers=AUTH))
-        while sdk.routes("tagger").revision != back["revision"]:
-            await asyncio.sleep(0.01)
+        await _revision(sdk, back["revision"])
         assert await asyncio.to_thread(_split, sdk) == Counter({1: 180, 2: 20})
     finally:
         await asyncio.to_thread(sdk.close)

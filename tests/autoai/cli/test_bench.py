@@ -28,6 +28,7 @@ from config_store import open_store
 from tests.autoai.bench.test_report import _report, validate
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess
+from tests.fixtures.system import served_requests, wait
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         env={"HOME": str(tmp)},
     )
     try:
-        deadline = time.monotonic() + 20
-        while not store.instances("tagger-1"):
-            assert time.monotonic() < deadline, "tagger-1 did not register"
-            time.sleep(0.05)
+        wait(lambda: bool(store.instances("tagger-1")), 20, "tagger-1 to register", step=0.05)
         table = {
             "schema_version": 1,
             "model": "tagger",
@@ -135,6 +133,7 @@ def test_through_the_sdk_the_instances_come_from_the_store(served: Served) -> No
 
 def test_ctrl_c_prints_what_was_measured(served: Served, tmp_path: Path) -> None:
     args = "--concurrency 2,4 --duration 30s --warmup 0.2s --json"
+    before = served_requests(served.url)
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoai.cli", "bench", "tagger", "--url", served.url, *args.split()],
         stdout=subprocess.PIPE,
@@ -142,7 +141,10 @@ def test_ctrl_c_prints_what_was_measured(served: Served, tmp_path: Path) -> None
         text=True,
         env={**os.environ, "HOME": str(tmp_path)},
     )
-    time.sleep(3.0)  # start-up, warmup, then about a second of window
+    # start-up takes what it takes: wait until the server sees the load (the warmup began),
+    # then give the 0.2 s warmup and about a second of window (a sleep can only be longer)
+    wait(lambda: served_requests(served.url) > before or proc.poll() is not None, 60, "the load")
+    time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

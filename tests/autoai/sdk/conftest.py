@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from config_store import ConfigStore, open_store
+from config_store import ConfigStore, StoreUnavailable, open_store
 from config_store.testing import ZooKeeperServer
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess
@@ -60,10 +60,19 @@ def tag_of(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) 
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
+    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    unavailable: StoreUnavailable | None = None
+    while True:
+        try:
+            if predicate():
+                return
+        except StoreUnavailable as exc:
+            unavailable = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            also = f" (the store last said: {unavailable})" if unavailable else ""
+            raise AssertionError(f"timed out waiting for {what}{also}")
         time.sleep(0.02)
 
 
