@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from config_store import ConfigStore, PermissionDenied, StoreUnavailable, open_store
+from config_store import ConfigStore, Conflict, PermissionDenied, StoreUnavailable, open_store
 from config_store.testing import ZooKeeperEnsemble, ZooKeeperServer, drop_connection, expire_session
 
 from .conftest import Recorder, at_revision, ids
@@ -189,6 +189,7 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
     reader = _open(url, tmp_path, "r")
     acked: dict[int, str] = {}
     errors: list[BaseException] = []
+    unexpected: list[BaseException] = []
     stop = threading.Event()
 
     def stream() -> None:
@@ -199,10 +200,19 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
             try:
                 revision = writer.publish("routes", content, expected_revision=revision)
                 acked[revision] = hashlib.md5(content.encode()).hexdigest()
-            except StoreUnavailable as exc:
-                errors.append(exc)  # allowed: not acknowledged
-                item = writer.get("routes")
-                revision = 0 if item is None else item.revision
+            except (StoreUnavailable, Conflict) as exc:
+                # allowed: not acknowledged. A commit whose answer was lost may have applied,
+                # so the next expected revision is read again (and may itself be unreachable,
+                # or stale from the cache: then the next publish is a Conflict, and so on).
+                errors.append(exc)
+                try:
+                    item = writer.get("routes")
+                    revision = 0 if item is None else item.revision
+                except StoreUnavailable as again:
+                    errors.append(again)
+            except BaseException as exc:  # the stream must not die silently mid-phase
+                unexpected.append(exc)
+                return
             i += 1
             time.sleep(0.01)
 
@@ -212,23 +222,25 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
         target = len(acked) + more
         deadline = time.monotonic() + 60
         while len(acked) < target:
+            assert not unexpected, f"the publishing stream died: {unexpected!r}"
             assert time.monotonic() < deadline, f"not {more} publishes {what} in 60 s"
             time.sleep(0.05)
 
-    reader.add_listener("routes", recorder)
-    thread = threading.Thread(target=stream)
-    thread.start()
     try:
-        acknowledged("before the kill")
-        leader = zk_ensemble.leader()
-        leader.stop(kill=True)
-        acknowledged("while the leader was down")
-        leader.start()
-        acknowledged("after it rejoined")
-    finally:
-        stop.set()
-        thread.join(30)
-    try:
+        reader.add_listener("routes", recorder)
+        thread = threading.Thread(target=stream)
+        thread.start()
+        try:
+            acknowledged("before the kill")
+            leader = zk_ensemble.leader()
+            leader.stop(kill=True)
+            acknowledged("while the leader was down")
+            leader.start()
+            acknowledged("after it rejoined")
+        finally:
+            stop.set()
+            thread.join(30)
+        assert not unexpected, unexpected
         assert len(acked) > 20
         history = {h.revision: h.md5 for h in writer.history("routes", limit=5000)}
         missing = [r for r in acked if r not in history]
@@ -239,5 +251,7 @@ def test_leader_killed_during_a_stream_of_cas_publishes(
         revs = [r for r in recorder.revisions() if r is not None]
         assert revs == sorted(set(revs))
     finally:
+        # closed whatever failed: a kazoo client left running keeps drawing from `random`
+        # (ping jitter), which hypothesis then reports in every later property test
         writer.close()
         reader.close()
