@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from config_store import StoreUnavailable, open_store
+from config_store import open_store
 from eas_client import (
     AsyncEasClient,
     ClientMetrics,
@@ -28,6 +28,7 @@ from eas_client import (
 )
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess, StartServer
+from tests.fixtures.waiting import wait
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +42,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
-    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
-    deadline = time.monotonic() + timeout
-    unavailable: StoreUnavailable | None = None
-    while True:
-        try:
-            if predicate():
-                return
-        except StoreUnavailable as exc:
-            unavailable = exc
-        if time.monotonic() > deadline:
-            also = f" (the store last said: {unavailable})" if unavailable else ""
-            raise AssertionError(f"condition not met in {timeout:g} s{also}")
-        time.sleep(0.02)
+    """``tests.fixtures.waiting.wait`` with this module's defaults."""
+    wait(predicate, timeout, "the condition", step=0.02)
 
 
 def served(server: ServerProcess, model: str = "m") -> int:

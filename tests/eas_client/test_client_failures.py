@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from config_store import StoreUnavailable
 from eas_client import (
     AsyncEasClient,
     ClientMetrics,
@@ -39,6 +38,7 @@ from eas_client import (
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import StartServer
 from tests.fixtures.system import served_requests
+from tests.fixtures.waiting import wait
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 URLS = ["http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
@@ -263,20 +263,8 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
-    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
-    deadline = time.monotonic() + timeout
-    unavailable: StoreUnavailable | None = None
-    while True:
-        try:
-            if predicate():
-                return
-        except StoreUnavailable as exc:
-            unavailable = exc
-        if time.monotonic() > deadline:
-            also = f" (the store last said: {unavailable})" if unavailable else ""
-            raise AssertionError(f"condition not met in {timeout:g} s{also}")
-        time.sleep(0.02)
+    """``tests.fixtures.waiting.wait`` with this module's defaults."""
+    wait(predicate, timeout, "the condition", step=0.02)
 
 
 CALLERS = 32

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from config_store import StoreUnavailable
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess, StartServer
+from tests.fixtures.waiting import wait
 
 __all__ = ["ServerProcess", "StartServer", "wait_until"]
 
@@ -30,17 +29,5 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
-    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
-    deadline = time.monotonic() + timeout
-    unavailable: StoreUnavailable | None = None
-    while True:
-        try:
-            if predicate():
-                return
-        except StoreUnavailable as exc:
-            unavailable = exc
-        if time.monotonic() > deadline:
-            also = f" (the store last said: {unavailable})" if unavailable else ""
-            raise AssertionError(f"condition not met in {timeout:g} s{also}")
-        time.sleep(0.02)
+    """``tests.fixtures.waiting.wait`` with this package's defaults."""
+    wait(predicate, timeout, "the condition", step=0.02)

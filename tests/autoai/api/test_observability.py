@@ -294,10 +294,12 @@ async def test_store_down_is_a_503_and_metrics_still_answer(
             await _ok(await client.post("/api/v1/models", json=body, headers=AUTH), 201)
             store = app.state.services.store
             zk_own_server.stop()
-            for _ in range(200):
+            for _ in range(600):
                 if store.state != "connected":
                     break
                 await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the store never saw ZooKeeper go away (30 s)")
             stale_copy = await client.post(
                 "/api/v1/models/tagger/versions/2/deploy", json={}, headers=AUTH
             )  # the local copy lacks version 2: that is the outage, not a 404

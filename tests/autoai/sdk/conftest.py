@@ -4,7 +4,6 @@ registered in a real store, and helpers to publish route tables for them."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from config_store import ConfigStore, StoreUnavailable, open_store
+from config_store import ConfigStore, open_store
 from config_store.testing import ZooKeeperServer
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess
+from tests.fixtures.waiting import wait
 
 MODEL = "tagger"
 SIGNATURE = {
@@ -60,20 +60,8 @@ def tag_of(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) 
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; raise after ``timeout``. A store unreachable for a moment
-    (``StoreUnavailable`` from the predicate) is "not yet", named if the wait times out."""
-    deadline = time.monotonic() + timeout
-    unavailable: StoreUnavailable | None = None
-    while True:
-        try:
-            if predicate():
-                return
-        except StoreUnavailable as exc:
-            unavailable = exc
-        if time.monotonic() > deadline:
-            also = f" (the store last said: {unavailable})" if unavailable else ""
-            raise AssertionError(f"timed out waiting for {what}{also}")
-        time.sleep(0.02)
+    """``tests.fixtures.waiting.wait`` with this package's defaults."""
+    wait(predicate, timeout, what, step=0.02)
 
 
 @dataclass

@@ -200,8 +200,14 @@ def test_clients_of_routes_a_revision_dropped_are_closed_after_the_grace_period(
         first = dict(client._clients)
         assert {k[1] for k in first} == {"1", "2"}
         revision = zk_fleet.publish(route_table([{"version": "2", "weight": 100}]))
-        wait_for(lambda: client.routes(MODEL).revision == revision, what="the new revision")
-        assert {k[1] for k in client._clients} == {"2"}  # version 1's client set aside
+        # The listener swaps the routing in, then sets the dropped clients aside: wait for both.
+        wait_for(
+            lambda: (
+                client.routes(MODEL).revision == revision
+                and {k[1] for k in client._clients} == {"2"}
+            ),  # version 1's client set aside
+            what="the new revision, and version 1's client set aside",
+        )
         old = next(c for k, c in first.items() if k[1] == "1")
         assert not old._closed  # calls still in flight on it may finish
         time.sleep(0.3)
@@ -227,6 +233,8 @@ def test_a_blade_client_is_retired_with_the_fallback_client_it_calls(zk_fleet: F
         assert {k[1] for k in client._clients} == {"1", "3"}
         moved = {"version": "1", "weight": 0, "service": f"{MODEL}-2"}  # v1 now served elsewhere
         revision = zk_fleet.publish(route_table([blade, moved]))
-        wait_for(lambda: client.routes(MODEL).revision == revision, what="the new revision")
-        assert client._clients == {}  # v1's client went, and the blade client built on it
+        wait_for(  # v1's client went, and the blade client built on it
+            lambda: client.routes(MODEL).revision == revision and client._clients == {},
+            what="the new revision, and v1's client and the blade client on it set aside",
+        )
         assert tag_of(x(n=6), client.predict(MODEL, x(n=6))) == 2  # fallback: the new service
