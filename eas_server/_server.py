@@ -48,7 +48,7 @@ def build_app(
         version=settings.version,
         processor=processor.kind,
         server_version=_version(),
-        insecure=settings.insecure and settings.exposed_without_token,
+        insecure=settings.open_on_purpose,
     )
     max_batch = settings.max_batch_size
     batcher = DynamicBatcher(
@@ -237,7 +237,7 @@ def serve(settings: ServerSettings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    if settings.insecure and settings.exposed_without_token:
+    if settings.open_on_purpose:
         log.warning(
             "--insecure: serving on %s without a token; anyone who can reach it can call the model",
             settings.host,

@@ -197,3 +197,9 @@ class ServerSettings(BaseSettings):
         is none, as on the model routes) and ``host`` beyond loopback."""
         has_token = self.token is not None and bool(self.token.get_secret_value())
         return not has_token and not is_loopback(self.host)
+
+    @property
+    def open_on_purpose(self) -> bool:
+        """``exposed_without_token`` and allowed by ``insecure``: what the start-up warning and
+        the build info's ``insecure`` label report."""
+        return self.insecure and self.exposed_without_token

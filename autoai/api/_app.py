@@ -91,7 +91,7 @@ class Services:
             CollectorRegistry(),
             jobs=lambda: self.jobs.counts(),
             deployments=lambda: self.deployments.list(),
-            insecure=settings.insecure and settings.exposed_without_token,
+            insecure=settings.open_on_purpose,
         )
         self.jobs = JobRunner(on_finish=self.metrics.job_finished)
         self.deployments: DeploymentService

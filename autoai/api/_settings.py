@@ -60,3 +60,9 @@ class ControlSettings(BaseSettings):
         """Whether anyone who can reach ``host`` could deploy and publish: no admin token and
         ``host`` beyond loopback."""
         return self.admin_token is None and not is_loopback(self.host)
+
+    @property
+    def open_on_purpose(self) -> bool:
+        """``exposed_without_token`` and allowed by ``insecure``: what the start-up warning and
+        the build info's ``insecure`` label report."""
+        return self.insecure and self.exposed_without_token

@@ -113,7 +113,7 @@ def up_command(
     # Our loggers' warnings with their time, source and level (uvicorn configures its own); the
     # threshold stays logging's default, WARNING.
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if settings.exposed_without_token:
+    if settings.open_on_purpose:
         log.warning(
             "--insecure: listening on %s without an admin token: anyone who can reach it can "
             "deploy and publish",
