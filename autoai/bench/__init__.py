@@ -10,12 +10,15 @@ Closed loop (``Step(concurrency=N)``) or open loop (``Step(rate=QPS)``: Poisson 
 call timed from its intended send time); through the SDK (``store=``) or straight to one
 instance (``url=``). Per step: client-side QPS and latency percentiles, errors by kind; the
 instances' ``/metrics`` deltas (QPS, RT, queue and compute time, batch sizes, batch triggers);
-and the generator's own CPU. Pure cores: ``_stats``, ``_schedule``, ``_prom``, ``_inputs``,
-``_report``; I/O: ``_direct``, ``_sdk``, ``_scrape``; orchestration: ``_load``, ``_runner``,
-``_main``; ``_plot`` needs matplotlib (``pip install 'autoai[bench]'``).
+and the generator's own CPU. ``BenchConfig(processes=N)`` shares every step among N generator
+processes that start it together; their figures are merged exactly (``merge_parts``).
+Pure cores: ``_stats``, ``_window``, ``_split``, ``_schedule``, ``_prom``, ``_inputs``,
+``_report``; I/O: ``_direct``, ``_sdk``, ``_scrape``; orchestration: ``_load``, ``_generator``,
+``_runner``, ``_main``; processes: ``_pool`` (the parent), ``_child``, ``_protocol``; ``_plot``
+needs matplotlib (``pip install 'autoai[bench]'``).
 """
 
-from ._errors import BadInput, BenchError, Unreachable
+from ._errors import BadInput, BenchError, GeneratorFailed, Unreachable
 from ._inputs import DYNAMIC_DIM, draw_inputs, signature_from_metadata
 from ._load import closed_loop, open_loop
 from ._main import BenchConfig, bench, run
@@ -31,8 +34,8 @@ from ._stats import (
     error_kind,
     generator_stats,
     percentile,
-    summarize,
 )
+from ._window import WindowPart, merge_parts, summarize, window_part
 
 __all__ = [
     "DYNAMIC_DIM",
@@ -44,6 +47,7 @@ __all__ = [
     "BenchError",
     "BenchReport",
     "ClientStats",
+    "GeneratorFailed",
     "GeneratorStats",
     "Histogram",
     "LatencySummary",
@@ -53,11 +57,13 @@ __all__ = [
     "Step",
     "StepResult",
     "Unreachable",
+    "WindowPart",
     "bench",
     "closed_loop",
     "draw_inputs",
     "error_kind",
     "generator_stats",
+    "merge_parts",
     "open_loop",
     "parse_metrics",
     "percentile",
@@ -67,4 +73,5 @@ __all__ = [
     "signature_from_metadata",
     "summarize",
     "to_document",
+    "window_part",
 ]

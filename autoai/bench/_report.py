@@ -2,7 +2,8 @@
 
 The JSON document (``to_document``) is versioned by ``schema_version`` and described by
 ``JSON_SCHEMA`` (a JSON Schema, draft 2020-12); durations are in milliseconds there, rates per
-second, CPU in percent of one core.
+second, CPU in percent of one core. Version 2 added ``processes``, ``client.total`` and the
+generator's ``cpu_cores`` and ``per_process_cpu_percent``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ._stats import ClientStats, GeneratorStats
 
 __all__ = ["JSON_SCHEMA", "SCHEMA_VERSION", "BenchReport", "Step", "StepResult", "to_document"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class BenchReport:
         warmup_s, duration_s: per step.
         steps: the finished steps.
         interrupted: the run was stopped (Ctrl-C) before its last step ended.
+        processes: the generator processes that shared every step's load.
     """
 
     model: str
@@ -106,6 +108,7 @@ class BenchReport:
     duration_s: float
     steps: list[StepResult] = field(default_factory=list)
     interrupted: bool = False
+    processes: int = 1
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -131,6 +134,7 @@ def _client(c: ClientStats) -> dict[str, Any]:
             "max": _ms(lat.max),
         },
         "errors": dict(c.errors),
+        "total": {"ok": c.total_ok, "failed": c.total_failed},
     }
 
 
@@ -165,6 +169,8 @@ def _step(r: StepResult) -> dict[str, Any]:
         "generator": {
             "cpu_s": round(g.cpu_s, 4),
             "cpu_percent": round(g.cpu_percent, 1),
+            "cpu_cores": round(g.cpu_cores, 3),
+            "per_process_cpu_percent": [round(p, 1) for p in g.per_process_percent],
             "cpu_per_call_us": _round(g.cpu_per_call_us, 1),
             "saturated": g.saturated,
         },
@@ -184,6 +190,7 @@ def to_document(report: BenchReport) -> dict[str, Any]:
         "warmup_s": report.warmup_s,
         "duration_s": report.duration_s,
         "interrupted": report.interrupted,
+        "processes": report.processes,
         "steps": [_step(s) for s in report.steps],
     }
 
@@ -230,6 +237,7 @@ JSON_SCHEMA: dict[str, Any] = {
             "warmup_s": _NUM,
             "duration_s": _NUM,
             "interrupted": {"type": "boolean"},
+            "processes": {"type": "integer"},
             "steps": {
                 "type": "array",
                 "items": _object(
@@ -249,6 +257,9 @@ JSON_SCHEMA: dict[str, Any] = {
                                     nullable=True,
                                 ),
                                 "errors": _COUNTS,
+                                "total": _object(
+                                    {"ok": {"type": "integer"}, "failed": {"type": "integer"}}
+                                ),
                             }
                         ),
                         "server": _object(
@@ -272,6 +283,8 @@ JSON_SCHEMA: dict[str, Any] = {
                             {
                                 "cpu_s": _NUM,
                                 "cpu_percent": _NUM,
+                                "cpu_cores": _NUM,
+                                "per_process_cpu_percent": {"type": "array", "items": _NUM},
                                 "cpu_per_call_us": _NUM_OR_NULL,
                                 "saturated": {"type": "boolean"},
                             }

@@ -1,11 +1,14 @@
 """Run the steps of a benchmark against a target: warm up, scrape, measure, scrape, summarize.
 
-Per step: the load loop starts; after ``warmup`` the instances' ``/metrics`` are scraped and
-the window opens (at the scrape's midpoint, the best guess of when the servers read their
-counters); after ``duration`` they are scraped again and the window closes; the loop stops
-sending, the calls in flight finish (or are cancelled after the call timeout), and the step's
-client, server and generator figures are computed over the window. Setting ``stop`` ends the
-current step's window early (its figures are kept, marked interrupted) and skips the rest.
+Per step: the generator starts the load; after ``warmup`` the instances' ``/metrics`` are
+scraped and the window opens (at the scrape's midpoint, the best guess of when the servers read
+their counters); after ``duration`` they are scraped again and the window closes; the generator
+stops sending, the calls in flight finish (or are cancelled after the call timeout), and the
+step's client, server and generator figures are computed over the window. Setting ``stop`` ends
+the current step's window early (its figures are kept, marked interrupted) and skips the rest.
+
+The generator is the load loops in this process (``LocalGenerator``) or ``--processes N`` of
+them (``ProcessPool``); either way only this process scrapes, so the server side is read once.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from ._generator import Clock, Generator, LocalGenerator
 from ._heap import map_big_blocks, trim_heap
-from ._load import closed_loop, open_loop
 from ._prom import ServerSnapshot, server_stats
 from ._report import BenchReport, Step, StepResult
 from ._scrape import Scraper
-from ._stats import Samples, generator_stats, summarize
+from ._stats import generator_stats
+from ._window import merge_parts
 
 __all__ = ["Progress", "Target", "run_steps"]
 
@@ -39,7 +43,7 @@ class Target(Protocol):
 
 
 async def _until(
-    deadline: float, stop: asyncio.Event, tick: Callable[[], None], clock: Callable[[], float]
+    deadline: float, stop: asyncio.Event, tick: Callable[[], None], clock: Clock
 ) -> bool:
     """Wait until ``deadline``; False if ``stop`` was set first."""
     while True:
@@ -53,72 +57,46 @@ async def _until(
 
 
 async def _scrape(
-    scraper: Scraper, urls: Sequence[str], clock: Callable[[], float]
+    scraper: Scraper, urls: Sequence[str], clock: Clock
 ) -> tuple[dict[str, ServerSnapshot], list[str], float]:
     before = clock()
     snapshots, failed = await scraper.scrape(urls)
     return snapshots, failed, (before + clock()) / 2
 
 
-async def _finish(task: asyncio.Task[None], timeout: float) -> None:
-    """Let the load loop end (its calls in flight finish) for ``timeout`` s, then cancel it."""
-    done, _ = await asyncio.wait({task}, timeout=timeout) if timeout > 0 else (set(), set())
-    if not done:
-        task.cancel()
-        await asyncio.wait({task})
-    elif (exc := task.exception()) is not None:
-        raise exc
-
-
 async def _step(
     target: Target,
+    generator: Generator,
     step: Step,
     index: int,
     *,
     warmup: float,
     duration: float,
-    drain_timeout: float,
     scraper: Scraper,
     stop: asyncio.Event,
     progress: Progress,
-    clock: Callable[[], float],
 ) -> StepResult | None:
-    samples = Samples()
-    sending = True
-
-    def running() -> bool:
-        return sending
-
-    if step.concurrency is not None:
-        load = closed_loop(target.send, step.concurrency, samples, running, clock=clock)
-    else:
-        assert step.rate is not None
-        load = open_loop(
-            target.send, step.rate, samples, running, max_in_flight=step.max_in_flight, clock=clock
-        )
-    began = clock()
-    task = asyncio.get_running_loop().create_task(load)
+    clock = generator.clock
+    began = await generator.start(step)
 
     def tick() -> None:
-        progress(index, clock() - began)
+        generator.check()
+        progress(index, max(0.0, clock() - began))
 
     try:
         if not await _until(began + warmup, stop, tick, clock):
-            await _finish(task, 0.0)
+            await generator.abort()
             return None  # stopped during warmup: nothing measured
         urls = await target.instances()
         before, failed_before, start = await _scrape(scraper, urls, clock)
-        cpu_start = time.process_time()
+        generator.open()
         interrupted = not await _until(start + duration, stop, tick, clock)
         after, failed_after, end = await _scrape(scraper, urls, clock)
-        cpu = time.process_time() - cpu_start
+        load = await generator.close(start, end)
     except BaseException:
-        sending = False
-        await _finish(task, 0.0)
+        await generator.abort()
         raise
-    sending = False
-    await _finish(task, drain_timeout)
-    client = summarize(samples, start, end, by_intended=step.rate is not None)
+    client = merge_parts(load.parts, start, end)
     server = (
         server_stats(before, after, end - start, failed_before + failed_after) if urls else None
     )
@@ -129,7 +107,7 @@ async def _step(
         interrupted=interrupted,
         client=client,
         server=server,
-        generator=generator_stats(cpu, end - start, calls),
+        generator=generator_stats(load.cpu_s, end - start, calls),
     )
 
 
@@ -142,7 +120,8 @@ async def run_steps(
     progress: Progress | None = None,
     drain_timeout: float = 6.0,
     scraper: Scraper | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Clock = time.perf_counter,
+    generator: Generator | None = None,
 ) -> BenchReport:
     """Run ``steps`` one after the other, appending each step's result to ``report.steps``.
 
@@ -154,12 +133,15 @@ async def run_steps(
         progress: called with (step index, seconds since the step began) while it runs.
         drain_timeout: how long the calls in flight may take to finish after a window.
         scraper: reads ``/metrics`` (default: a new one, closed at the end).
-        clock: the monotonic clock of the samples.
+        clock: the monotonic clock of the samples, of the default generator.
+        generator: makes the calls (default: ``target.send`` in this process, with
+            ``drain_timeout`` and ``clock``); its ``clock`` times the steps.
 
     Returns:
         ``report``.
     """
     stop = stop or asyncio.Event()
+    generator = generator or LocalGenerator(target.send, drain_timeout=drain_timeout, clock=clock)
     map_big_blocks()  # each step's samples and their copies: mapped, and unmapped when freed
     own = scraper is None
     scraper = scraper or Scraper()
@@ -170,15 +152,14 @@ async def run_steps(
                 break
             result = await _step(
                 target,
+                generator,
                 step,
                 index,
                 warmup=report.warmup_s,
                 duration=report.duration_s,
-                drain_timeout=drain_timeout,
                 scraper=scraper,
                 stop=stop,
                 progress=progress or (lambda _i, _s: None),
-                clock=clock,
             )
             trim_heap()  # the step's samples and their copies are freed by now
             if result is not None:

@@ -133,6 +133,11 @@ class SdkTarget:
         except EasClientError as exc:
             raise BenchError(f"model {self._model!r}: the first call failed: {exc}") from exc
 
+    def use(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Send ``inputs`` with every call, without a probing call (another process probed
+        the same model with inputs of the same signature)."""
+        self._inputs = inputs
+
     async def send(self) -> None:
         """One routed call (errors: the SDK's and ``eas_client``'s, counted by the loops)."""
         await self._client.predict(self._model, self._inputs, version=self._version)

@@ -5,7 +5,7 @@ the generator's clock. In a closed loop ``ref`` is the send time; in an open loo
 arrival's intended time from the Poisson schedule, so that a stalled server or a late generator
 shows up as latency instead of silently delaying the next sends (no coordinated omission).
 
-The measured window ``[start, end]`` gives:
+The measured window ``[start, end]`` gives (``_window`` computes it, for one process or several):
 
 - throughput: successful calls that *finished* in the window, per second of window (what the
   server-side counters see over the same window);
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,7 +39,6 @@ __all__ = [
     "error_kind",
     "generator_stats",
     "percentile",
-    "summarize",
 ]
 
 SATURATED_PERCENT = 90.0
@@ -102,12 +100,16 @@ class ClientStats:
         qps: ``requests`` per second of window.
         latency: latencies of the successful calls (see the module docstring), or ``None``.
         errors: failed calls by kind (``error_kind``), sorted by kind.
+        total_ok, total_failed: every call of the step, its warmup and drain included (what
+            the servers counted while the step ran).
     """
 
     requests: int
     qps: float
     latency: LatencySummary | None
     errors: dict[str, int] = field(default_factory=dict)
+    total_ok: int = 0
+    total_failed: int = 0
 
     @property
     def error_count(self) -> int:
@@ -141,38 +143,6 @@ class Samples:
         return len(self.ok_ref) + len(self.failed)
 
 
-def summarize(samples: Samples, start: float, end: float, *, by_intended: bool) -> ClientStats:
-    """The client-side figures of the window ``[start, end]`` (see the module docstring).
-
-    Args:
-        samples: what the step's calls recorded.
-        start, end: the measured window, on the clock the samples were taken with.
-        by_intended: open loop: latency and errors over the calls intended in the window.
-
-    Raises:
-        ValueError: ``end`` is not after ``start``.
-    """
-    if not end > start:
-        raise ValueError(f"empty window [{start}, {end}]")
-    done = np.array(samples.ok_done, dtype=np.float64)  # copies: the loops may still append
-    ref = np.array(samples.ok_ref, dtype=np.float64)
-    finished = (start <= done) & (done <= end)
-    requests = int(finished.sum())
-    if by_intended:
-        chosen = (start <= ref) & (ref < end)
-        errors = Counter(k for r, _, k in samples.failed if start <= r < end)
-    else:
-        chosen = finished
-        errors = Counter(k for _, d, k in samples.failed if start <= d <= end)
-    latencies = (done - ref)[chosen]
-    return ClientStats(
-        requests=requests,
-        qps=requests / (end - start),
-        latency=LatencySummary.of(latencies),
-        errors=dict(sorted(errors.items())),
-    )
-
-
 def error_kind(exc: BaseException) -> str:
     """A short name for what went wrong with one call: ``HTTP 503``, ``timeout``, ``connect``,
     ``no instance``, ``protocol``, or the exception's class name."""
@@ -194,26 +164,48 @@ class GeneratorStats:
     """The load generator's own CPU over a step's window.
 
     Attributes:
-        cpu_s: CPU seconds of the generator's process (user + system, every thread).
-        cpu_percent: ``cpu_s`` over the window's wall time, in percent of one core.
+        cpu_s: CPU seconds of the generator's processes (user + system, every thread), summed.
+        cpu_percent: ``cpu_s`` over the window's wall time, in percent of one core (above 100
+            with several processes).
         cpu_per_call_us: ``cpu_s`` per call made in the window, in microseconds (``None``: none).
-        saturated: ``cpu_percent`` >= 90: the generator may be the bottleneck of the step.
+        saturated: one process used 90% of its core or more: the generator may be the
+            bottleneck of the step.
+        per_process_percent: each generator process's CPU, in percent of one core.
     """
 
     cpu_s: float
     cpu_percent: float
     cpu_per_call_us: float | None
     saturated: bool
+    per_process_percent: tuple[float, ...] = ()
+
+    @property
+    def cpu_cores(self) -> float:
+        """The CPU of every generator process together, in cores."""
+        return self.cpu_percent / 100.0
+
+    @property
+    def processes(self) -> int:
+        return max(1, len(self.per_process_percent))
 
 
-def generator_stats(cpu_s: float, wall_s: float, calls: int) -> GeneratorStats:
+def generator_stats(cpu_s: float | Sequence[float], wall_s: float, calls: int) -> GeneratorStats:
     """``GeneratorStats`` of ``cpu_s`` CPU seconds spent over ``wall_s`` making ``calls`` calls.
+
+    Args:
+        cpu_s: CPU seconds of the one generator process, or of each of several.
+        wall_s: the window.
+        calls: calls made in the window, by every process.
 
     Raises:
         ValueError: ``wall_s`` is not positive.
     """
     if not wall_s > 0:
         raise ValueError(f"wall time must be > 0, got {wall_s!r}")
-    percent = 100.0 * max(cpu_s, 0.0) / wall_s
-    per_call = 1e6 * cpu_s / calls if calls > 0 else None
-    return GeneratorStats(max(cpu_s, 0.0), percent, per_call, percent >= SATURATED_PERCENT)
+    each = [max(c, 0.0) for c in ([cpu_s] if isinstance(cpu_s, int | float) else cpu_s)]
+    total = math.fsum(each)
+    per_process = tuple(100.0 * c / wall_s for c in each)
+    percent = 100.0 * total / wall_s
+    per_call = 1e6 * total / calls if calls > 0 else None
+    saturated = any(p >= SATURATED_PERCENT for p in per_process)
+    return GeneratorStats(total, percent, per_call, saturated, per_process)

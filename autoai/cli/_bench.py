@@ -2,8 +2,9 @@
 
 Through the SDK (``--store``, routed as published) or straight to one instance (``--url``);
 closed loop over ``--concurrency`` levels, or open loop at ``--rate`` (Poisson arrivals, latency
-from the intended send time). The work is ``autoai.bench``'s; this module parses the flags,
-shows progress and renders the report (rich tables, ``--json``, ``--plot``).
+from the intended send time); from one generator process, or ``--processes N`` sharing the
+load. The work is ``autoai.bench``'s; this module parses the flags, shows progress and renders
+the report (rich tables, ``--json``, ``--plot``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_IN_FLIGHT",
     "bench_command",
+    "check_processes",
     "parse_duration",
     "parse_levels",
     "report_table",
@@ -95,6 +97,27 @@ def _steps(concurrency: str | None, rate: str | None) -> list[Step]:
     return [Step(rate=r, max_in_flight=limit) for r in parse_levels("--rate", rate, integer=False)]
 
 
+def check_processes(processes: int, steps: list[Step]) -> None:
+    """Every step's load can be shared by ``processes`` generator processes.
+
+    Raises:
+        BadUsage: ``processes`` < 1, or a step with fewer calls in flight than processes.
+    """
+    if processes < 1:
+        raise BadUsage(f"--processes {processes}: must be >= 1")
+    for step in steps:
+        if step.concurrency is not None and step.concurrency < processes:
+            raise BadUsage(
+                f"--concurrency {step.concurrency} is less than --processes {processes}: every "
+                "generator process needs at least one call in flight"
+            )
+        if step.rate is not None and step.max_in_flight < processes:
+            raise BadUsage(
+                f"--concurrency {step.max_in_flight} (the most calls in flight with --rate) is "
+                f"less than --processes {processes}: every generator process needs at least one"
+            )
+
+
 def _inputs(values: list[str]) -> dict[str, Any] | None:
     if not values:
         return None
@@ -123,11 +146,18 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "0"
 
 
+def _cpu(result: StepResult) -> Text:
+    """One process: percent of one core, as always; several: cores, all of them together."""
+    g = result.generator
+    text = f"{g.cpu_percent:.0f}%" if g.processes == 1 else f"{g.cpu_cores:.2f}"
+    return Text(text, style="bold red" if g.saturated else "")
+
+
 def _row(result: StepResult) -> list[str | Text]:
-    c, s, g = result.client, result.server, result.generator
+    c, s = result.client, result.server
     lat = c.latency
     label = result.step.label + (" (stopped)" if result.interrupted else "")
-    cpu = Text(f"{g.cpu_percent:.0f}%", style="bold red" if g.saturated else "")
+    cpu = _cpu(result)
     client: list[str | Text] = [
         label,
         f"{c.qps:.0f}",
@@ -168,11 +198,18 @@ def report_table(report: BenchReport) -> Table:
     shapes = ", ".join(
         f"{i['name']} {i['datatype']} {i['shape']} ({i['source']})" for i in report.inputs
     )
+    n = report.processes
+    gen = (
+        "gen CPU: the generator's process, % of one core."
+        if n == 1
+        else f"gen CPU: the {n} generator processes together, in cores "
+        "(red: one of them used 90% of its core or more)."
+    )
+    who = "" if n == 1 else f", {n} generator processes"
     table = Table(
-        title=f"autoai bench {report.model} {how} ({report.address})",
+        title=f"autoai bench {report.model} {how} ({report.address}{who})",
         caption=f"inputs {shapes}; {report.encoding} tensors; {report.warmup_s:g} s warmup, "
-        f"{report.duration_s:g} s per step. Server p99: from histogram buckets. "
-        "gen CPU: the generator's process, % of one core.",
+        f"{report.duration_s:g} s per step. Server p99: from histogram buckets. {gen}",
     )
     table.add_column("step")
     for name in _CLIENT_COLUMNS:
@@ -187,11 +224,19 @@ def report_table(report: BenchReport) -> Table:
 def _notes(report: BenchReport) -> list[str]:
     notes = []
     for r in report.steps:
-        if r.generator.saturated:
+        g = r.generator
+        if g.saturated and g.processes == 1:
             notes.append(
                 f"warning: step {r.step.label}: the load generator used "
-                f"{r.generator.cpu_percent:.0f}% of one core: it, not the server, may be the "
-                "bottleneck (use --url for the lean direct sender, or run several generators)"
+                f"{g.cpu_percent:.0f}% of one core: it, not the server, may be the "
+                "bottleneck (use --url for the lean direct sender, or --processes N)"
+            )
+        elif g.saturated:
+            busiest = max(g.per_process_percent)
+            notes.append(
+                f"warning: step {r.step.label}: a load generator process used {busiest:.0f}% "
+                "of one core: the generators, not the server, may be the bottleneck (use more "
+                "--processes, if the machine has the cores)"
             )
         if r.server is not None and r.server.unreachable:
             notes.append(
@@ -304,6 +349,15 @@ def bench_command(
         Path | None,
         typer.Option("--plot", help="write a PNG of throughput and p99 per step", dir_okay=False),
     ] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            help="generator processes sharing each step's load, for servers faster than one "
+            "Python process can drive: the concurrency (with --rate: the rate and the in-flight "
+            "limit) split evenly; needs concurrency >= N",
+        ),
+    ] = 1,
 ) -> None:
     """Load MODEL step by step and print QPS and RT as the client saw them next to what the
     instances' /metrics saw over the same window, and the generator's own CPU."""
@@ -324,6 +378,7 @@ def bench_command(
         if batch < 1:
             raise BadUsage(f"--batch {batch}: must be >= 1")
         steps = _steps(concurrency, rate)
+        check_processes(processes, steps)
         warm, window = parse_duration("--warmup", warmup), parse_duration("--duration", duration)
         if window <= 0:
             raise BadUsage(f"--duration {duration!r}: must be > 0")
@@ -339,6 +394,7 @@ def bench_command(
                 inputs=given,
                 batch=batch,
                 binary=binary,
+                processes=processes,
             )
             with _Bar(err, steps, warm + window) as bar:
                 report = run(

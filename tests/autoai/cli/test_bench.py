@@ -4,6 +4,7 @@ bad input as one line with exit code 2."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -41,11 +42,10 @@ class Served:
     url: str
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """``tagger`` version 1 (y = x + 1, x FP32 [batch, n]) registered in an embedded store,
-    with its route table published."""
-    tmp = tmp_path_factory.mktemp("bench")
+@contextlib.contextmanager
+def serve_tagger(tmp: Path) -> Iterator[Served]:
+    """``tagger`` version 1 (y = x + 1, x FP32 [batch, n]) on an eas-server, registered in an
+    embedded store under ``tmp`` with its route table published."""
     store_url = f"sqlite:///{tmp / 'store.db'}"
     store = open_store(store_url, snapshot_dir=tmp / "snap")
     model = onnx_models.tagged(tmp, 1.0)
@@ -70,6 +70,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     finally:
         server.stop()
         store.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serve_tagger(tmp_path_factory.mktemp("bench")) as found:
+        yield found
 
 
 def bench(args: str) -> Result:
