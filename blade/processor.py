@@ -12,7 +12,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from eas_server import ModelLoadError, Padding, Processor, TensorSpec, register_processor
+from eas_server import (
+    ModelLoadError,
+    Padding,
+    Processor,
+    TensorSpec,
+    register_processor,
+    usable_cores,
+)
 from eas_server.processors.onnx import ort_datatype
 
 from ._artifact import Artifact
@@ -72,9 +79,7 @@ class BladeProcessor(Processor):
             if self.intra_op_threads:
                 config.intra_op_threads = self.intra_op_threads
             elif config.provider == "cpu":
-                import os
-
-                config.intra_op_threads = max(1, (os.cpu_count() or 1) // self.workers)
+                config.intra_op_threads = max(1, usable_cores() // self.workers)
             self._runtimes = [
                 BladeRuntime(artifact.model_path, config, spinning=self.spinning)
                 for _ in range(self.workers)

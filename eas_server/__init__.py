@@ -3,6 +3,7 @@
 Run it with ``eas-server --model model.onnx --name NAME`` (see ``eas-server --help``).
 """
 
+from ._cpu import usable_cores
 from ._errors import (
     EasServerError,
     InvalidInput,
@@ -39,4 +40,5 @@ __all__ = [
     "create_processor",
     "is_loopback",
     "register_processor",
+    "usable_cores",
 ]

@@ -10,9 +10,10 @@
   launch (rows queued and running), so a lone client is served without delay while 32 clients
   get batches of 32.
 - A bounded queue (``QueueFull``), per-request queue timeouts (``QueueTimeout``), priority levels
-  (1 is highest), monotonic clocks. Runtime calls go to dedicated worker threads, one per worker,
-  never to the event loop. A failing batch is retried in halves so that only the requests that
-  fail on their own get the error.
+  (1 is highest), monotonic clocks. Runtime calls go to dedicated worker threads, one per worker;
+  or, with ``inline`` (one worker on a CPU whose cores the runtime takes anyway: ``_cpu.py``), to
+  a callback on the event loop's thread, which saves two thread wake-ups per batch. A failing
+  batch is retried in halves so that only the requests that fail on their own get the error.
 
 Scheduling runs on the event loop thread and is driven by events rather than by a task of its own:
 a new request, a finished batch and a timer (the oldest request's delay, the nearest queue
@@ -119,6 +120,9 @@ class DynamicBatcher:
         default_priority: level of requests that give none.
         padding: where the processor declares padding safe.
         observer: metrics sink.
+        inline: run batches on the event loop's thread (``workers`` must be 1): the loop does
+            nothing else while a batch runs, and the requests that arrive meanwhile form the
+            next batch.
     """
 
     def __init__(
@@ -135,7 +139,10 @@ class DynamicBatcher:
         default_priority: int | None = None,
         padding: Padding | None = None,
         observer: BatchObserver | None = None,
+        inline: bool = False,
     ):
+        if inline and workers != 1:
+            raise ValueError("inline runs one batch at a time: workers must be 1")
         if max_batch_size < 1 or workers < 1 or max_queue_size < 1 or priority_levels < 1:
             raise ValueError(
                 "max_batch_size, workers, max_queue_size and priority_levels must be >= 1"
@@ -151,6 +158,7 @@ class DynamicBatcher:
         self.default_priority = default_priority or priority_levels
         self._padding = padding
         self._observer = observer
+        self.inline = inline
         self._levels: list[deque[_Entry]] = [deque() for _ in range(priority_levels)]
         self._queued = 0
         self._queued_requests = 0
@@ -187,6 +195,8 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
+        if self.inline:
+            return
         for index in range(self.workers):
             thread = threading.Thread(
                 target=self._work, args=(index,), name=f"eas-worker-{index}", daemon=True
@@ -413,7 +423,14 @@ class DynamicBatcher:
         self._inflight_rows += rows
         if self._idle is not None:
             self._idle.clear()
-        self._jobs.put(_Job(batch, rows, trigger, time.monotonic()))
+        job = _Job(batch, rows, trigger, time.monotonic())
+        if self.inline:
+            # After the callbacks already due (answers to write, requests already read), so the
+            # loop is not held while it has finished work to hand out.
+            assert self._loop is not None
+            self._loop.call_soon(self._run_inline, job)
+        else:
+            self._jobs.put(job)
 
     def _finish(self, job: _Job, elapsed: float, results: list[_Outcome]) -> None:
         """Event loop thread: a worker is done with a batch."""
@@ -435,6 +452,18 @@ class DynamicBatcher:
 
     # ----------------------------------------------------------------------- worker thread
 
+    def _run_job(self, job: _Job, worker: int) -> tuple[float, list[_Outcome]]:
+        wanted: frozenset[str] | None = frozenset()
+        for e in job.batch:
+            wanted = None if wanted is None or e.outputs is None else wanted | e.outputs
+        results = self._execute([e.inputs for e in job.batch], worker, wanted)
+        return time.monotonic() - job.started, results
+
+    def _run_inline(self, job: _Job) -> None:
+        """Event loop thread (``inline``): run the batch here and finish it at once."""
+        elapsed, results = self._run_job(job, 0)
+        self._finish(job, elapsed, results)
+
     def _work(self, index: int) -> None:
         """Worker thread: run batches and hand each result back to the event loop."""
         loop = self._loop
@@ -443,11 +472,7 @@ class DynamicBatcher:
             job = self._jobs.get()
             if job is None:
                 return
-            wanted: frozenset[str] | None = frozenset()
-            for e in job.batch:
-                wanted = None if wanted is None or e.outputs is None else wanted | e.outputs
-            results = self._execute([e.inputs for e in job.batch], index, wanted)
-            elapsed = time.monotonic() - job.started
+            elapsed, results = self._run_job(job, index)
             try:
                 loop.call_soon_threadsafe(self._finish, job, elapsed, results)
             except RuntimeError:  # the loop is closed: the server is gone

@@ -312,3 +312,32 @@ def test_the_runtime_is_asked_for_the_outputs_the_batch_wants() -> None:
 
     asyncio.run(body())
     assert seen == [frozenset({"y"}), None]
+
+
+def test_inline_runs_on_the_loop_thread_and_batches_what_arrived_meanwhile() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_delay_s=10.0, inline=True)
+        threads = threading.active_count()
+        values = [1, 2, -1, 4, 5, 6, 7, 8]
+        # all eight arrive in one turn: the first runs at once (no one else was waiting), the
+        # other seven queue behind it and run together as soon as it is done
+        results = await asyncio.gather(
+            *(batcher.infer(rows(v)) for v in values), return_exceptions=True
+        )
+        assert threading.active_count() == threads  # no worker thread was started
+        assert [(r, ok) for r, _, ok in obs.batches] == [(1, True), (7, False)]
+        for v, result in zip(values, results, strict=True):
+            if v < 0:  # the failing request failed alone, as with worker threads
+                assert isinstance(result, ProcessorError)
+            else:
+                assert isinstance(result, BatchResult)
+                np.testing.assert_array_equal(result.outputs["y"], rows(v)["x"] * 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_inline_needs_exactly_one_worker() -> None:
+    with pytest.raises(ValueError, match="workers must be 1"):
+        DynamicBatcher(FakeProcessor().run, workers=2, inline=True)
