@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -33,9 +34,9 @@ from ._errors import (
 )
 from ._metrics import ServerMetrics
 from ._model import ModelInfo, plan_request
-from .batching import DynamicBatcher
+from .batching import BatchResult, DynamicBatcher
 
-__all__ = ["EasApp"]
+__all__ = ["EasApp", "OipApp"]
 
 log = logging.getLogger("eas_server")
 
@@ -68,37 +69,38 @@ class _ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
 
-class EasApp:
-    """ASGI application for one model version.
+class OipApp:
+    """ASGI application for one model version: the routes, the hot path and the documents.
+
+    Where requests go and what is recorded are left to subclasses: ``EasApp`` runs them through a
+    batcher in this process, a front end process (``eas_server.frontends``) hands them to its
+    executor.
 
     Args:
         model: the served model's description.
-        batcher: where requests go.
-        metrics: metrics and statistics sink.
         token: when set, every model route needs ``Authorization: Bearer <token>`` or
             ``Authorization: <token>`` (EAS style); health and /metrics stay open.
         max_body_bytes: larger bodies get 413.
         dynamic_batching: the /config ``dynamic_batching`` section.
         instance_group: the /config ``instance_group`` section.
         server_version: reported by ``GET /v2``.
+        parameters: the /config ``parameters`` (name -> string value), e.g. ``padding``.
     """
 
     def __init__(
         self,
         *,
         model: ModelInfo,
-        batcher: DynamicBatcher,
-        metrics: ServerMetrics,
         token: str | None = None,
         max_body_bytes: int = 64 << 20,
         max_batch_size: int = 32,
         dynamic_batching: dict[str, Any] | None = None,
         instance_group: list[dict[str, Any]] | None = None,
         server_version: str = "0",
+        parameters: dict[str, str] | None = None,
     ):
         self.model = model
-        self.batcher = batcher
-        self.metrics = metrics
+        self._parameters = {k: {"string_value": v} for k, v in (parameters or {}).items()}
         self.ready = False
         self.last_request = time.monotonic()
         """When the last HTTP request arrived (monotonic), for the SIGTERM drain."""
@@ -134,6 +136,11 @@ class EasApp:
         self._config = orjson.dumps(
             self._model_config(max_batch_size, dynamic_batching, instance_group)
         )
+
+    def documents(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The server metadata, model metadata and model config documents, as ``GET /v2``,
+        ``GET /v2/models/{m}`` and ``GET .../config`` answer them (for the gRPC front end)."""
+        return orjson.loads(self._server), orjson.loads(self._metadata), orjson.loads(self._config)
 
     def _model_config(
         self,
@@ -175,12 +182,41 @@ class EasApp:
                 for s in m.outputs
             ],
             "instance_group": instance_group or [],
-            "parameters": {},
+            "parameters": self._parameters,
             "model_warmup": [],
         }
         if dynamic_batching is not None and m.batchable:
             config["dynamic_batching"] = dynamic_batching
         return config
+
+    # ------------------------------------------------------------- where requests go (hooks)
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        *,
+        priority: int,
+        timeout_s: float | None,
+        outputs: frozenset[str] | None,
+    ) -> BatchResult:
+        """Run one checked request (``DynamicBatcher.infer``'s contract and errors)."""
+        raise NotImplementedError
+
+    def on_success(self, total_s: float, queue_s: float, compute_s: float) -> None:
+        """Record an answered infer request."""
+        raise NotImplementedError
+
+    def on_failure(self, outcome: str, total_s: float) -> None:
+        """Record a failed infer request (``outcome`` as in ``_STATUS``)."""
+        raise NotImplementedError
+
+    async def stats_document(self) -> bytes:
+        """The statistics extension's answer for this model."""
+        raise NotImplementedError
+
+    async def metrics_document(self) -> bytes:
+        """The Prometheus exposition of the instance."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------------------------- ASGI
 
@@ -199,12 +235,12 @@ class EasApp:
         except EasServerError as exc:
             status, outcome = _status_of(exc)
             if scope["path"].endswith("/infer"):
-                self.metrics.on_failure(outcome, time.perf_counter() - started)
+                self.on_failure(outcome, time.perf_counter() - started)
             await self._error(send, status, str(exc), exc)
         except Exception as exc:
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             if scope["path"].endswith("/infer"):
-                self.metrics.on_failure("error", time.perf_counter() - started)
+                self.on_failure("error", time.perf_counter() - started)
             await self._error(send, 500, f"internal error: {type(exc).__name__}: {exc}", None)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -222,9 +258,8 @@ class EasApp:
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
             if path == "/metrics" and method == "GET":
-                await self._send(
-                    send, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode()
-                )
+                body = await self.metrics_document()
+                await self._send(send, 200, body, CONTENT_TYPE_LATEST.encode())
                 return
             raise ModelNotFound(f"no route {method} {path}")
         rest = parts[1:]
@@ -241,8 +276,7 @@ class EasApp:
             await self._send(send, 200, self._server, _JSON)
             return
         if rest == ["models", "stats"] and method == "GET":
-            stats = {"model_stats": [self.metrics.statistics(self.model.name, self.model.version)]}
-            await self._send(send, 200, orjson.dumps(stats), _JSON)
+            await self._send(send, 200, await self.stats_document(), _JSON)
             return
         if len(rest) < 2 or rest[0] != "models":
             raise ModelNotFound(f"no route {method} {path}")
@@ -273,8 +307,7 @@ class EasApp:
         elif action == ["config"] and method == "GET":
             await self._send(send, 200, self._config, _JSON)
         elif action == ["stats"] and method == "GET":
-            stats = {"model_stats": [self.metrics.statistics(self.model.name, self.model.version)]}
-            await self._send(send, 200, orjson.dumps(stats), _JSON)
+            await self._send(send, 200, await self.stats_document(), _JSON)
         else:
             raise ModelNotFound(f"no route {method} {path}")
 
@@ -295,7 +328,7 @@ class EasApp:
             raise InvalidInput(str(exc)) from exc
         plan = plan_request(request, self.model)
         wanted = frozenset(plan.outputs) if len(plan.outputs) < len(self.model.outputs) else None
-        result = await self.batcher.infer(
+        result = await self.submit(
             plan.feed, priority=plan.priority, timeout_s=plan.timeout_s, outputs=wanted
         )
         try:
@@ -312,7 +345,7 @@ class EasApp:
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))
         await self._send(send, 200, payload, headers=headers)
-        self.metrics.on_success(time.perf_counter() - started, result.queue_s, result.compute_s)
+        self.on_success(time.perf_counter() - started, result.queue_s, result.compute_s)
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
         if content_length is not None:
@@ -346,15 +379,22 @@ class EasApp:
         return b"".join(chunks)
 
     def _authorize(self, scope: Scope) -> None:
+        if self._token is not None:
+            self.authorize(next((v for k, v in scope["headers"] if k == b"authorization"), None))
+
+    def authorize(self, value: bytes | None) -> None:
+        """Check an ``Authorization`` value (HTTP header or gRPC metadata; None when absent).
+
+        Raises:
+            Unauthorized: a token is required and ``value`` does not carry it.
+        """
         if self._token is None:
             return
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                given = value[7:] if value[:7].lower() == b"bearer " else value
-                if hmac.compare_digest(given.strip(), self._token):
-                    return
-                raise Unauthorized("invalid token")
-        raise Unauthorized("missing token: send Authorization: Bearer <token>")
+        if value is None:
+            raise Unauthorized("missing token: send Authorization: Bearer <token>")
+        given = value[7:] if value[:7].lower() == b"bearer " else value
+        if not hmac.compare_digest(given.strip(), self._token):
+            raise Unauthorized("invalid token")
 
     # ------------------------------------------------------------------------------- output
 
@@ -383,3 +423,43 @@ class EasApp:
             await self._send(send, status, encode_error(message), headers=headers)
         except Exception:  # the response had started, or the client left: nothing more to say
             log.debug("could not send error %d", status, exc_info=True)
+
+
+class EasApp(OipApp):
+    """The in-process application: requests go to ``batcher``, records to ``metrics``.
+
+    Args:
+        batcher: where requests go.
+        metrics: metrics and statistics sink.
+        **options: ``OipApp``'s arguments.
+    """
+
+    def __init__(self, *, batcher: DynamicBatcher, metrics: ServerMetrics, **options: Any):
+        super().__init__(**options)
+        self.batcher = batcher
+        self.metrics = metrics
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        *,
+        priority: int,
+        timeout_s: float | None,
+        outputs: frozenset[str] | None,
+    ) -> BatchResult:
+        return await self.batcher.infer(
+            inputs, priority=priority, timeout_s=timeout_s, outputs=outputs
+        )
+
+    def on_success(self, total_s: float, queue_s: float, compute_s: float) -> None:
+        self.metrics.on_success(total_s, queue_s, compute_s)
+
+    def on_failure(self, outcome: str, total_s: float) -> None:
+        self.metrics.on_failure(outcome, total_s)
+
+    async def stats_document(self) -> bytes:
+        stats = {"model_stats": [self.metrics.statistics(self.model.name, self.model.version)]}
+        return orjson.dumps(stats)
+
+    async def metrics_document(self) -> bytes:
+        return generate_latest(self.metrics.registry)

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure)",
     )
     a("--port", type=int, help="port to bind (default 0: a free port)")
+    a(
+        "--grpc-port",
+        type=int,
+        help="also serve KServe v2 gRPC on HOST at this port (0: a free port; prints "
+        "'grpc listening on HOST:PORT'); default: no gRPC",
+    )
     a("--store", help="config store URL to register in once ready (zk://... or sqlite:///...)")
     a("--service", help="service name to register under (default NAME-VERSION)")
     a("--weight", type=int, help="routing weight announced in the registration (default 100)")
@@ -56,7 +62,32 @@ def _parser() -> argparse.ArgumentParser:
         help="run every request alone",
     )
     a("--workers", type=int, help="runtime sessions running in parallel (default 1)")
-    a("--intra-op-threads", type=int, help="threads per session (default: cores / workers)")
+    a(
+        "--intra-op-threads",
+        type=int,
+        help="threads per session (default: usable cores / workers; usable = CPU affinity, "
+        "capped by a cgroup quota)",
+    )
+    a(
+        "--frontends",
+        type=int,
+        help="HTTP front end processes sharing the port, feeding one executor that owns the "
+        "sessions and the batcher (default 0: one on CPU, one per spare core up to 4 on a GPU; "
+        "1: a single process)",
+    )
+    a(
+        "--handoff",
+        choices=["auto", "inline", "threads"],
+        help="where batches run: inline on the event loop's thread, threads on worker threads, "
+        "auto (default) inline when one CPU worker's threads take every usable core",
+    )
+    a(
+        "--padding",
+        choices=["auto", "off"],
+        help="pad requests of different lengths into one batch: auto (default) as "
+        "metadata.padding of --config declares, else when a probe at load finds it safe; "
+        "off: never",
+    )
     a("--priority-levels", type=int, help="request priority levels (default 2)")
     a("--max-request-rows", type=int, help="hard limit on rows per request (default 1024)")
     a("--max-body-mb", type=float, help="largest request body in MiB (default 64)")
@@ -78,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "token_file")}
+    if flags.get("padding") == "auto":
+        flags["padding"] = None  # the default: keeps a declaration from --config
     try:
         if args.token_file is not None:
             flags["token"] = args.token_file.read_text().strip()

@@ -145,6 +145,17 @@ class ServerMetrics:
         """One ``model_stats`` entry of Triton's statistics extension."""
         s = self._stats
         zero = _Duration().json()
+
+        def phases(infer: _Duration) -> dict[str, dict[str, int]]:
+            # Input and output copies are part of compute_infer here; they count the same
+            # requests (perf_analyzer refuses statistics whose three compute counts differ).
+            untimed = {"count": infer.count, "ns": 0}
+            return {
+                "compute_input": untimed,
+                "compute_infer": infer.json(),
+                "compute_output": untimed,
+            }
+
         return {
             "name": name,
             "version": version,
@@ -155,20 +166,12 @@ class ServerMetrics:
                 "success": s.success.json(),
                 "fail": s.fail.json(),
                 "queue": s.queue.json(),
-                "compute_input": zero,
-                "compute_infer": s.compute_infer.json(),
-                "compute_output": zero,
+                **phases(s.compute_infer),
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
             "batch_stats": [
-                {
-                    "batch_size": size,
-                    "compute_input": zero,
-                    "compute_infer": d.json(),
-                    "compute_output": zero,
-                }
-                for size, d in sorted(s.batches.items())
+                {"batch_size": size, **phases(d)} for size, d in sorted(s.batches.items())
             ],
             "memory_usage": [],
         }

@@ -19,11 +19,14 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from ._app import EasApp
+from ._cpu import plan_runtime, usable_cores
 from ._metrics import ServerMetrics
 from ._model import ModelInfo
 from ._settings import ServerSettings
 from .batching import DynamicBatcher
+from .frontends import FrontendHub
 from .processors import Processor, create_processor
+from .processors._padding import padding_json
 
 __all__ = ["build_app", "serve"]
 
@@ -38,9 +41,14 @@ def _version() -> str:
 
 
 def build_app(
-    settings: ServerSettings, processor: Processor, registry: CollectorRegistry | None = None
+    settings: ServerSettings,
+    processor: Processor,
+    registry: CollectorRegistry | None = None,
+    *,
+    inline: bool = False,
 ) -> EasApp:
-    """Wire a loaded processor into an ASGI app (used by ``serve`` and by in-process tests)."""
+    """Wire a loaded processor into an ASGI app (used by ``serve`` and by in-process tests);
+    ``inline`` runs batches on the event loop's thread (``_cpu.plan_runtime``)."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(
         registry,
@@ -62,6 +70,7 @@ def build_app(
         priority_levels=settings.priority_levels,
         padding=processor.padding,
         observer=metrics,
+        inline=inline and processor.workers == 1,
     )
     model = ModelInfo(
         name=settings.name,
@@ -73,15 +82,19 @@ def build_app(
         platform=processor.platform,
         backend=processor.backend,
     )
+    options = app_options(settings, processor)
+    return EasApp(model=model, batcher=batcher, metrics=metrics, **options)
+
+
+def app_options(settings: ServerSettings, processor: Processor) -> dict[str, Any]:
+    """``OipApp``'s options other than the model (plain JSON: front end processes get them too)."""
+    max_batch = settings.max_batch_size
     levels = settings.priority_levels
-    return EasApp(
-        model=model,
-        batcher=batcher,
-        metrics=metrics,
-        token=settings.token.get_secret_value() if settings.token else None,
-        max_body_bytes=int(settings.max_body_mb * (1 << 20)),
-        max_batch_size=max_batch,
-        dynamic_batching={
+    return {
+        "token": settings.token.get_secret_value() if settings.token else None,
+        "max_body_bytes": int(settings.max_body_mb * (1 << 20)),
+        "max_batch_size": max_batch,
+        "dynamic_batching": {
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": int(settings.max_batch_timeout_ms * 1000),
             "preserve_ordering": False,
@@ -94,7 +107,7 @@ def build_app(
                 "max_queue_size": settings.max_queue_size,
             },
         },
-        instance_group=[
+        "instance_group": [
             {
                 "name": settings.name,
                 "kind": "KIND_GPU" if processor.device == "gpu" else "KIND_CPU",
@@ -102,8 +115,17 @@ def build_app(
                 "gpus": [0] if processor.device == "gpu" else [],
             }
         ],
-        server_version=_version(),
-    )
+        "server_version": _version(),
+        "parameters": {"padding": padding_json(processor.padding)},
+    }
+
+
+def plan_frontends(asked: int, device: str, cores: int) -> int:
+    """Front end processes: as asked, else (0) one on a CPU runtime, where the runtime needs the
+    cores, and on a GPU one per spare core up to 4 (one core is the executor's)."""
+    if asked:
+        return asked
+    return 1 if device == "cpu" else max(1, min(4, cores - 1))
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -143,19 +165,47 @@ class _Runner:
         self.app: EasApp | None = None
         self.server: _Server | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self.grpc: Any = None
+        """The gRPC server (``--grpc-port``), or None."""
+        self.hub: FrontendHub | None = None
+        """The front end processes (``--frontends`` > 1), or None."""
+        self._done = asyncio.Event()
+        self._status = 0
 
     async def run(self) -> int:
         s = self.settings
+        cpu = plan_runtime(
+            usable_cores(),
+            workers=s.workers,
+            threads=s.intra_op_threads,
+            spinning=s.ort_spinning,
+            inline=None if s.handoff == "auto" else s.handoff == "inline",
+        )
         processor = create_processor(
             s.processor,
             s.model,
             workers=s.workers,
-            intra_op_threads=s.intra_op_threads,
-            spinning=s.ort_spinning,
+            intra_op_threads=cpu.threads,
+            spinning=cpu.spinning,
+            # ``auto`` is each processor's own default; settings allow others for onnx only
+            **({} if s.padding == "auto" else {"padding": s.padding}),
         )
         await asyncio.to_thread(processor.load)
         await asyncio.to_thread(processor.warmup)
-        app = self.app = build_app(s, processor)
+        if processor.device != "cpu":  # the device runs the batches: keep the loop free
+            cpu = plan_runtime(
+                cpu.cores,
+                workers=s.workers,
+                device=processor.device,
+                threads=cpu.threads,
+                spinning=cpu.spinning,
+                inline=None if s.handoff == "auto" else s.handoff == "inline",
+            )
+        log.info("runtime plan: %s", cpu.reason)
+        app = self.app = build_app(s, processor, inline=cpu.inline)
+        frontends = plan_frontends(s.frontends, processor.device, cpu.cores)
+        if frontends > 1:
+            return await self._run_with_frontends(app, processor, frontends)
         sock = _bind(s.host, s.port)
         port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -178,21 +228,26 @@ class _Runner:
                 return 1
             await asyncio.sleep(0.01)
         app.batcher.start()
+        grpc_port = await self._start_grpc(app)
         app.ready = True
         print(f"listening on http://{s.host}:{port}", flush=True)
+        if grpc_port is not None:
+            print(f"grpc listening on {s.host}:{grpc_port}", flush=True)
         if s.store:
-            await self._register(port, processor.kind)
+            await self._register(port, processor.kind, grpc_port)
         try:
             await serving
         finally:
             app.ready = False
+            if self.grpc is not None:  # already stopped by a drain; at once otherwise
+                await self.grpc.stop(0)
             await app.batcher.close()
             processor.close()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
         return 0
 
-    async def _register(self, port: int, kind: str) -> None:
+    async def _register(self, port: int, kind: str, grpc_port: int | None = None) -> None:
         from config_store import open_store
 
         s = self.settings
@@ -204,6 +259,8 @@ class _Runner:
             "started": time.time(),
             "pid": os.getpid(),
         }
+        if grpc_port is not None:
+            payload["grpc_port"] = grpc_port
         assert s.store is not None
         self.store = await asyncio.to_thread(open_store, s.store)
         self.registration = await asyncio.to_thread(
@@ -211,13 +268,98 @@ class _Runner:
         )
         log.info("registered %s/%s:%d", s.service_name, s.host, port)
 
+    async def _run_with_frontends(self, app: EasApp, processor: Processor, count: int) -> int:
+        """Serve through ``count`` front end processes; this process is the executor."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        hub = self.hub = FrontendHub(
+            app,
+            app_options(s, processor),
+            count=count,
+            host=s.host,
+            port=s.port,
+            drain_timeout_s=s.drain_timeout_s,
+            log_level=s.log_level,
+            on_crash=self._crash,
+        )
+        app.batcher.start()
+        loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
+        try:
+            port = await hub.start()
+            grpc_port = await self._start_grpc(app)
+            app.ready = True
+            hub.set_ready(True)
+            print(f"listening on http://{s.host}:{port}", flush=True)
+            if grpc_port is not None:
+                print(f"grpc listening on {s.host}:{grpc_port}", flush=True)
+            if s.store:
+                await self._register(port, processor.kind, grpc_port)
+            await self._done.wait()
+        finally:
+            app.ready = False
+            hub.kill()  # a no-op after a drain: they have exited
+            if self.grpc is not None:
+                await self.grpc.stop(0)
+            await app.batcher.close()
+            processor.close()
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        return self._status
+
+    async def _start_grpc(self, app: EasApp) -> int | None:
+        """Serve gRPC too (``--grpc-port``), before anything says the instance listens: a busy
+        port fails the start instead of leaving an instance half up."""
+        s = self.settings
+        if s.grpc_port is None:
+            return None
+        from .grpc import start_grpc
+
+        limit = int(s.max_body_mb * (1 << 20))
+        self.grpc, port = await start_grpc(app, s.host, s.grpc_port, max_message_bytes=limit)
+        return int(port)
+
+    def _on_signal(self, sig: int) -> None:
+        """Front end mode: the first SIGTERM drains; SIGINT or a second signal stops at once."""
+        if sig == signal.SIGTERM and self._drain_task is None:
+            self._start_drain()
+            return
+        assert self.hub is not None
+        self._drain_task = self._drain_task or asyncio.get_running_loop().create_task(
+            self._stop_now()
+        )
+
+    async def _stop_now(self) -> None:
+        assert self.hub is not None
+        await self.hub.stop(1.0)
+        self._done.set()
+
+    def _crash(self, reason: str) -> None:
+        """A front end died: take the instance out of the store and go down whole."""
+        log.error("%s: taking the instance down", reason)
+        self._status = 1
+        if self.app is not None:
+            self.app.ready = False
+        asyncio.get_running_loop().create_task(self._go_down())
+
+    async def _go_down(self) -> None:
+        if self.registration is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.registration.close)
+            self.registration = None
+        assert self.hub is not None
+        self.hub.kill()
+        self._done.set()
+
     def _start_drain(self) -> None:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         """Deregister, keep serving until clients have moved away, then let uvicorn finish."""
-        assert self.app is not None and self.server is not None
+        assert self.app is not None
         self.app.ready = False
+        if self.hub is not None:
+            self.hub.set_ready(False)
         if self.registration is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registration.close)
@@ -225,11 +367,22 @@ class _Runner:
         quiet = 0.3  # no new request for this long: watchers have seen the deregistration
         await asyncio.sleep(min(quiet, self.settings.drain_timeout_s))
         while time.monotonic() < deadline:
-            if not self.app.batcher.busy and time.monotonic() - self.app.last_request >= quiet:
+            last = self.app.last_request  # HTTP here, or gRPC
+            if self.hub is not None:
+                last = max(last, self.hub.last_request)
+            busy = self.app.batcher.busy or (self.hub is not None and self.hub.busy)
+            if not busy and time.monotonic() - last >= quiet:
                 break
             await asyncio.sleep(0.05)
+        if self.grpc is not None:  # refuse new RPCs, let those in flight finish in time left
+            await self.grpc.stop(max(0.0, deadline - time.monotonic()))
         await self.app.batcher.drain(max(0.0, deadline - time.monotonic()))
-        self.server.should_exit = True
+        if self.hub is not None:  # the front ends finish writing what they have, then exit
+            await self.hub.stop(max(1.0, deadline - time.monotonic()))
+            self._done.set()
+        else:
+            assert self.server is not None
+            self.server.should_exit = True
 
 
 def serve(settings: ServerSettings) -> int:

@@ -3,8 +3,9 @@
 The service JSON is EAS's (``name``, ``processor``, ``model_path``, ``token``,
 ``metadata.instance``, ``metadata.rpc.batching``, ``metadata.rpc.max_batch_size``,
 ``metadata.rpc.max_batch_timeout`` (ms), ``metadata.rpc.max_queue_size``,
-``metadata.rpc.worker_threads`` / ``metadata.workers``); ``metadata`` keys may be nested
-(``{"rpc": {"batching": true}}``) or dotted (``{"rpc.batching": true}``).
+``metadata.rpc.worker_threads`` / ``metadata.workers``, ``metadata.rpc.grpc_port``,
+``metadata.padding``); ``metadata`` keys may be nested (``{"rpc": {"batching": true}}``) or
+dotted (``{"rpc.batching": true}``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 import logging
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ._network import is_loopback
+from .processors._padding import PaddingChoice
 
 __all__ = ["ServerSettings", "load_service_json"]
 
@@ -38,7 +40,11 @@ _METADATA_KEYS = {
     "rpc.worker_threads": "workers",
     "worker_threads": "workers",
     "workers": "workers",
+    "rpc.frontends": "frontends",
+    "frontends": "frontends",
     "intra_op_threads": "intra_op_threads",
+    "padding": "padding",  # an object (a declaration) or false: a leaf, not flattened
+    "rpc.grpc_port": "grpc_port",
 }
 _TOP_KEYS = {
     "name": "name",
@@ -117,6 +123,9 @@ class ServerSettings(BaseSettings):
     """Address to bind."""
     port: int = Field(0, ge=0, le=65535)
     """Port to bind; 0 picks a free one (printed on start)."""
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    """Port of the KServe v2 gRPC front end on ``host``; 0 picks a free one (printed on start as
+    ``grpc listening on HOST:PORT``); None (the default): no gRPC (EAS ``rpc.grpc_port``)."""
     store: str | None = None
     """Config store URL; when set, the instance registers there once ready."""
     service: str | None = None
@@ -134,10 +143,18 @@ class ServerSettings(BaseSettings):
     workers: int = Field(1, ge=1)
     """Runtime sessions run in parallel (EAS ``rpc.worker_threads``)."""
     intra_op_threads: int | None = Field(None, ge=1)
-    """Threads per session (default: cores / workers)."""
-    ort_spinning: bool = True
-    """Let ONNX Runtime's intra-op threads spin between ops (its default: 3-4% more throughput
-    here, measured in-process); ``false`` frees the CPU they burn while waiting."""
+    """Threads per session (default: usable cores / workers; usable = CPU affinity, capped by a
+    cgroup quota)."""
+    ort_spinning: bool | None = None
+    """Let ONNX Runtime's intra-op threads spin between ops (default: only when the sessions'
+    threads leave a core for the event loop; spinning against it costs more than it gains)."""
+    frontends: int = Field(0, ge=0)
+    """HTTP front end processes sharing the port, feeding one executor that owns the sessions and
+    the batcher (0: one on CPU, one per spare core up to 4 on a GPU; 1: a single process)."""
+    handoff: Literal["auto", "inline", "threads"] = "auto"
+    """Where batches run: ``inline`` on the event loop's thread (no thread wake-ups; one worker,
+    CPU), ``threads`` on worker threads, ``auto`` inline when one CPU worker's threads take every
+    usable core (docs/eas_server.md says why)."""
     priority_levels: int = Field(2, ge=1)
     """Priority levels; requests without ``parameters.priority`` get the lowest."""
     max_request_rows: int = Field(1024, ge=1)
@@ -153,6 +170,19 @@ class ServerSettings(BaseSettings):
     """On SIGTERM: longest time to keep serving after deregistering, until traffic stops."""
     log_level: str = "warning"
     """Logging level."""
+    padding: PaddingChoice = "auto"
+    """Pad requests of different lengths into one batch (onnx processor only): ``auto`` (default)
+    probes the model at load, ``off`` never pads; ``metadata.padding`` may declare it instead
+    (``{"inputs": {NAME: {"axis": 1, "value": 0}}, "outputs": {NAME: 1}}``, or ``false``: off)."""
+
+    @field_validator("padding", mode="before")
+    @classmethod
+    def _padding_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):  # metadata.padding: false
+            value = "auto" if value else "off"
+        if value != "auto" and info.data.get("processor", "onnx") != "onnx":
+            raise ValueError("only the onnx processor takes padding (blade's is in its artifact)")
+        return value
 
     @field_validator("model")
     @classmethod

@@ -1,7 +1,9 @@
 """Processor ``onnx``: plain ONNX Runtime, CPU (or CUDA when ``onnxruntime-gpu`` is installed).
 
 One InferenceSession per worker, each with its own thread pool; ``run`` releases the GIL, so
-workers run concurrently with the event loop.
+workers run concurrently with the event loop. Requests of different lengths share a batch when
+padding is declared (``padding=``) or, with ``auto``, when the probe at load finds it safe
+(``_padding``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .._cpu import usable_cores
 from .._errors import InvalidInput, ModelLoadError, ProcessorError
+from ..batching import Padding
 from ._base import Processor, TensorSpec
+from ._padding import ModelTensor, PaddingChoice, decide
 
 __all__ = ["OnnxProcessor", "ort_datatype", "session_options"]
 
@@ -88,6 +93,7 @@ class OnnxProcessor(Processor):
         intra_op_threads: int | None = None,
         spinning: bool = False,
         providers: list[str] | None = None,
+        padding: PaddingChoice = "auto",
     ):
         super().__init__(
             model_path, workers=workers, intra_op_threads=intra_op_threads, spinning=spinning
@@ -100,6 +106,10 @@ class OnnxProcessor(Processor):
         self._output_names: list[str] = []
         self._string_inputs: set[str] = set()
         self._string_outputs: set[str] = set()
+        self._padding_choice = padding
+        self._padding: Padding | None = None
+        self.padding_reason = ""
+        """Why ``padding`` is what it is (declared, probed, off), as logged at load."""
 
     def load(self) -> None:
         ort = _ort()
@@ -113,7 +123,7 @@ class OnnxProcessor(Processor):
             ]
         if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the NVIDIA or torch wheels
-        threads = self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        threads = self.intra_op_threads or max(1, usable_cores() // self.workers)
         try:
             self._sessions = [
                 ort.InferenceSession(
@@ -140,6 +150,14 @@ class OnnxProcessor(Processor):
             self.workers,
             threads,
         )
+        self._padding, self.padding_reason = decide(
+            self._padding_choice,
+            [ModelTensor(t.name, ort_datatype(t.type), tuple(t.shape or ())) for t in ins],
+            [ModelTensor(t.name, ort_datatype(t.type), tuple(t.shape or ())) for t in outs],
+            lambda feed: self.run(feed, 0),
+            self._batchable,
+        )
+        log.info("%s: %s", self.model_path, self.padding_reason)
 
     def _spec(self, arg: Any) -> TensorSpec:
         dims = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
@@ -158,6 +176,11 @@ class OnnxProcessor(Processor):
     @property
     def batchable(self) -> bool:
         return self._batchable
+
+    @property
+    def padding(self) -> Padding | None:
+        """Declared (``padding=`` a declaration), probed at load (``auto``) or None (``off``)."""
+        return self._padding
 
     @property
     def device(self) -> str:
