@@ -78,6 +78,8 @@ demo-cluster: install zookeeper models
 bench-store: install-test zookeeper
 	$(PY) benchmarks/store_propagation.py
 
+# Serving (benchmarks/serving/README.md): both MiniLM models, ours / naive / MLServer over HTTP (wrk)
+# and gRPC (h2load, apt-get installs nghttp2-client when missing), 3 interleaved rounds: ~26 min.
 bench-serving: install models
 	$(PIP) install -q -e '.[bench]'
 	$(PY) benchmarks/serving/run.py

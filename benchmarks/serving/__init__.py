@@ -1,2 +1,3 @@
-"""The serving benchmark of issue 3: ours vs a naive FastAPI server, a batching peer and the
-in-process onnxruntime ceiling. Run it as `python benchmarks/serving/run.py --help`."""
+"""The serving benchmark of issues 3 and 16: ours vs a naive FastAPI server, a batching peer and
+the in-process onnxruntime ceiling, over HTTP and gRPC. Run it as
+`python benchmarks/serving/run.py --help`."""

@@ -1,14 +1,19 @@
-"""Request bodies of the Open Inference Protocol, prepared once and sent as they are by wrk.
+"""Request bodies of the Open Inference Protocol, prepared once and sent as they are by wrk or
+h2load.
 
-Two formats: `json` (tensors as JSON lists) and `binary` (Triton's binary tensor extension: the
-JSON header, then each input's raw little-endian bytes in header order; the header's length goes
-in `Inference-Header-Content-Length`). Both ask for the outputs named in `outputs` only, binary
-ones in binary form.
+Two HTTP formats (`FORMATS`): `json` (tensors as JSON lists) and `binary` (Triton's binary
+tensor extension: the JSON header, then each input's raw little-endian bytes in header order;
+the header's length goes in `Inference-Header-Content-Length`). Both ask for the outputs named
+in `outputs` only, binary ones in binary form. And `grpc` (`encode_grpc`): KServe v2's
+`ModelInferRequest` protobuf with the inputs in `raw_input_contents`, framed as one gRPC message
+(a 0 compressed-flag byte, the 4-byte big-endian length, the message), the body of an HTTP/2
+POST to `GRPC_PATH`.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,8 @@ import numpy.typing as npt
 
 FORMATS = ("json", "binary")
 HEADER = "Inference-Header-Content-Length"
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_HEADERS = {"content-type": "application/grpc", "te": "trailers"}
 OIP_DTYPES: dict[str, str] = {
     "bool": "BOOL",
     "uint8": "UINT8",
@@ -57,9 +64,7 @@ def encode(inputs: Tensors, outputs: Sequence[str], fmt: str) -> Body:
         return Body(json.dumps(request).encode(), {"Content-Type": "application/json"})
     if fmt != "binary":
         raise ValueError(f"unknown body format {fmt!r}; expected one of {FORMATS}")
-    raws = [
-        np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in inputs.values()
-    ]
+    raws = [_raw(a) for a in inputs.values()]
     tensors = [
         {**_tensor_header(name, a), "parameters": {"binary_data_size": len(raw)}}
         for (name, a), raw in zip(inputs.items(), raws, strict=True)
@@ -68,6 +73,27 @@ def encode(inputs: Tensors, outputs: Sequence[str], fmt: str) -> Body:
     header = json.dumps({"inputs": tensors, "outputs": wanted}).encode()
     headers = {"Content-Type": "application/octet-stream", HEADER: str(len(header))}
     return Body(header + b"".join(raws), headers)
+
+
+def _raw(array: npt.NDArray[Any]) -> bytes:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def encode_grpc(model: str, inputs: Tensors, outputs: Sequence[str]) -> Body:
+    """A gRPC `ModelInfer` request for `model` (framed, as POSTed), asking for `outputs`."""
+    from tritonclient.grpc import service_pb2  # the `server` extra's tritonclient[grpc]
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, array in inputs.items():
+        tensor = request.inputs.add()
+        tensor.name = name
+        tensor.datatype = OIP_DTYPES[array.dtype.name]
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(_raw(array))
+    for name in outputs:
+        request.outputs.add().name = name
+    message: bytes = request.SerializeToString()
+    return Body(b"\0" + struct.pack(">I", len(message)) + message, dict(GRPC_HEADERS))
 
 
 def decode(data: bytes, headers: Mapping[str, str]) -> dict[str, npt.NDArray[Any]]:

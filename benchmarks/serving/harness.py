@@ -1,13 +1,16 @@
-"""Starting each kind of server, checking one answer, and waiting until the servers are idle."""
+"""Starting each kind of server, checking one answer (HTTP or gRPC), reading a server's own
+inference counts, and waiting until the servers are idle."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from serving import bodies, loadgen, mlserver_peer
+from serving.grpc_load import Counts
 from serving.servers import Server, ServerStartError, start_listening
 
 HERE = Path(__file__).resolve().parent
 SERVERS = ("naive", "ours", "mlserver")
+FORMATS = (*bodies.FORMATS, "grpc")
+GRPC_SERVERS = ("ours", "mlserver")  # the naive server speaks HTTP only
+# eas-server's defaults, given to MLServer as its batching knobs (ours runs with its defaults).
 MAX_BATCH_SIZE = 32
 MAX_BATCH_TIMEOUT_MS = 5
 
@@ -36,8 +43,14 @@ def eas_server_command() -> list[str]:
     return [found]
 
 
-def start(kind: str, model: Path, name: str, workdir: Path, threads: int) -> Server:
-    """Start server `kind` for `model`; raises Skip when it cannot run here."""
+def start(
+    kind: str, model: Path, name: str, workdir: Path, threads: int, grpc: bool = False
+) -> Server:
+    """Start server `kind` for `model` (ours with its gRPC front end too when `grpc`); raises
+    Skip when it cannot run here.
+
+    Ours runs with its defaults, as users start it: no batching or threading flags.
+    """
     log = workdir / f"{kind}-{name}.log"
     try:
         if kind == "naive":
@@ -46,9 +59,9 @@ def start(kind: str, model: Path, name: str, workdir: Path, threads: int) -> Ser
         if kind == "ours":
             cmd = [*eas_server_command(), "--model", str(model), "--name", name]
             cmd += ["--host", "127.0.0.1", "--port", "0"]
-            cmd += ["--max-batch-size", str(MAX_BATCH_SIZE)]
-            cmd += ["--max-batch-timeout-ms", str(MAX_BATCH_TIMEOUT_MS)]
-            return start_listening(kind, cmd, log)
+            if grpc:
+                cmd += ["--grpc-port", "0"]
+            return start_listening(kind, cmd, log, grpc=grpc)
         if kind == "mlserver":
             return mlserver_peer.start(
                 model, name, workdir, threads, MAX_BATCH_SIZE, MAX_BATCH_TIMEOUT_MS / 1e3, log
@@ -81,9 +94,83 @@ def probe(
         got = bodies.decode(data, headers)[output]
     except (KeyError, ValueError) as exc:
         raise Skip(f"probe answer could not be decoded: {exc!r}: {data[:200]!r}") from exc
+    _compare(got, expected, tolerance)
+
+
+def _compare(got: npt.NDArray[Any], expected: npt.NDArray[Any], tolerance: float) -> None:
+    if got.shape != expected.shape:
+        raise Skip(f"probe answer differs: shape {got.shape}, expected {expected.shape}")
     diff = float(np.abs(got.astype(np.float64) - expected).max())
-    if got.shape != expected.shape or diff > tolerance:
-        raise Skip(f"probe answer differs: shape {got.shape}, max abs diff {diff:.3g}")
+    if diff > tolerance:
+        raise Skip(f"probe answer differs: max abs diff {diff:.3g}")
+
+
+def probe_grpc(
+    server: Server,
+    name: str,
+    inputs: Mapping[str, npt.NDArray[Any]],
+    output: str,
+    expected: npt.NDArray[Any],
+    tolerance: float = 1e-3,
+) -> None:
+    """One `ModelInfer` call with tritonclient's gRPC client (raw input contents, as h2load
+    sends); Skip unless its status is OK and `output` matches `expected`."""
+    if not server.grpc:
+        raise Skip(f"{server.name} serves no gRPC here")
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(server.grpc)
+    try:
+        tensors = []
+        for key, array in inputs.items():
+            tensor = grpcclient.InferInput(
+                key, list(array.shape), bodies.OIP_DTYPES[array.dtype.name]
+            )
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        wanted = [grpcclient.InferRequestedOutput(output)]
+        result = client.infer(name, tensors, outputs=wanted, client_timeout=30)
+        got = result.as_numpy(output)
+    except InferenceServerException as exc:
+        raise Skip(f"gRPC probe failed: {exc}") from exc
+    finally:
+        client.close()
+    if got is None:
+        raise Skip(f"gRPC probe answer has no {output!r}")
+    _compare(np.asarray(got), expected, tolerance)
+
+
+_METRIC = re.compile(r"^(model_infer_request_(?:success|failure))_total\{([^}]*)\} (\S+)$", re.M)
+
+
+def inference_counts(server: Server, name: str) -> Counts:
+    """`server`'s own counts of successful and failed inferences of model `name` (both
+    protocols): Triton's statistics extension for ours, the Prometheus counters of MLServer.
+
+    Raises:
+        Skip: the server keeps no such counts, or they cannot be read.
+    """
+    try:
+        if server.name == "ours":
+            url = f"{server.url}/v2/models/{name}/stats"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                stats = json.loads(response.read())["model_stats"][0]["inference_stats"]
+            return Counts(int(stats["success"]["count"]), int(stats["fail"]["count"]))
+        if server.metrics:
+            with urllib.request.urlopen(server.metrics, timeout=10) as response:
+                text = response.read().decode()
+            found = {"model_infer_request_success": 0.0, "model_infer_request_failure": 0.0}
+            for metric, labels, value in _METRIC.findall(text):
+                if f'model="{name}"' in labels:
+                    found[metric] += float(value)
+            return Counts(
+                int(found["model_infer_request_success"]),
+                int(found["model_infer_request_failure"]),
+            )
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise Skip(f"cannot read {server.name}'s inference counts: {exc!r}") from exc
+    raise Skip(f"{server.name} keeps no inference counts to check gRPC answers against")
 
 
 def wait_quiet(

@@ -1,10 +1,11 @@
-"""Closed-loop load with wrk (Debian's package), and the CPU it and the server used.
+"""Closed-loop HTTP/1.1 load with wrk (Debian's package), and the CPU it and the server used.
 
 wrk is compiled C with LuaJIT: a Python load generator on this 2-core machine would take the CPU
 the server needs. Each connection sends its next request when the previous answer arrived
-(closed loop); the Lua script cycles through prepared bodies. wrk's own CPU time comes from
-the rusage of the reaped child (the utime + stime of its /proc/<pid>/stat, taken when it exits,
-so nothing is missed); the server's from /proc/<pid>/stat of its process tree before and after.
+(closed loop); the Lua script cycles through prepared bodies. The load generator's own CPU time
+(wrk's here, h2load's in `grpc_load.py`) comes from the rusage of the reaped child (taken when
+it exits, so nothing is missed); the server's from /proc/<pid>/stat of its process tree before
+and after.
 """
 
 from __future__ import annotations
@@ -59,27 +60,37 @@ class LoadResult:
     p99: float
     non_2xx: int
     socket_errors: int
-    wrk_cpu: float
+    wrk_cpu: float  # the load generator's: wrk, or h2load for gRPC
     server_cpu: float
     other_cpu: float  # everything else on the machine: anything well above 0 spoils the run
+    grpc_errors: int = 0  # HTTP 200 answers that the server did not count as a success (gRPC)
+
+    @property
+    def failures(self) -> int:
+        return self.non_2xx + self.socket_errors + self.grpc_errors
+
+
+def ensure_tool(command: str, package: str) -> str:
+    """`command`'s executable, installed from Debian's `package` when missing (needs root)."""
+    found = shutil.which(command)
+    if found:
+        return found
+    print(f"{command} not found: installing Debian's package (apt-get install -y {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=False, env=env)
+    found = shutil.which(command)
+    if not found:
+        subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, env=env)
+        found = shutil.which(command)
+    if not found:
+        raise RuntimeError(f"{command} is not installed and apt-get could not install {package}")
+    return found
 
 
 def ensure_wrk() -> str:
     """The wrk executable, installed from Debian's package when missing (needs root)."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk not found: installing Debian's package (apt-get install -y wrk)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, env=env)
-    found = shutil.which("wrk")
-    if not found:
-        subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, env=env)
-        found = shutil.which("wrk")
-    if not found:
-        raise RuntimeError("wrk is not installed and apt-get could not install it")
-    return found
+    return ensure_tool("wrk", "wrk")
 
 
 def write_lua(paths: Sequence[Path], bodies: Sequence[Body], script: Path) -> Path:
@@ -117,7 +128,7 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
-def _reaped_children_cpu() -> float:
+def reaped_children_cpu() -> float:
     """CPU seconds of all children this process has waited for (only wrk, between two calls)."""
     usage = os.times()
     return usage.children_user + usage.children_system
@@ -153,31 +164,44 @@ def parse(output: str) -> dict[str, float]:
     return values
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A load generator's run: its output and exit status, and the CPU seconds used meanwhile."""
+
+    output: str
+    returncode: int
+    tool_cpu: float
+    server_cpu: float
+    other_cpu: float
+
+
+def measured(cmd: Sequence[str], server_pid: int, timeout_s: float) -> Measured:
+    """Run the load generator `cmd` to its end, with the CPU it, the server's process tree and
+    the rest of the machine used meanwhile."""
+    server_before, tool_before = process_tree_cpu(server_pid), reaped_children_cpu()
+    machine_before = machine_cpu()
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    server_cpu = process_tree_cpu(server_pid) - server_before
+    tool_cpu = reaped_children_cpu() - tool_before  # reaped: its rusage is in there
+    other_cpu = max(0.0, machine_cpu() - machine_before - server_cpu - tool_cpu)
+    return Measured(output, proc.returncode, tool_cpu, server_cpu, other_cpu)
+
+
 def run(
     wrk: str, url: str, script: Path, concurrency: int, seconds: float, server_pid: int
 ) -> LoadResult:
     """One closed-loop run of `concurrency` connections for `seconds` against `url`."""
     duration = max(1, round(seconds))
     cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s"]
-    server_before, wrk_before = process_tree_cpu(server_pid), _reaped_children_cpu()
-    machine_before = machine_cpu()
-    proc = subprocess.Popen(
-        [*cmd, "-s", str(script), url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=duration + 30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-    server_cpu = process_tree_cpu(server_pid) - server_before
-    wrk_cpu = _reaped_children_cpu() - wrk_before  # wrk was reaped: its rusage is in there
-    other_cpu = max(0.0, machine_cpu() - machine_before - server_cpu - wrk_cpu)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk exited with {proc.returncode}: {output.strip()[-500:]}")
-    v = parse(output)
+    m = measured([*cmd, "-s", str(script), url], server_pid, duration + 30)
+    if m.returncode != 0:
+        raise RuntimeError(f"wrk exited with {m.returncode}: {m.output.strip()[-500:]}")
+    v = parse(m.output)
     return LoadResult(
         concurrency=concurrency,
         duration_s=float(duration),
@@ -188,7 +212,7 @@ def run(
         p99=v["p99"],
         non_2xx=int(v["non_2xx"]),
         socket_errors=int(v["socket_errors"]),
-        wrk_cpu=wrk_cpu / duration,
-        server_cpu=server_cpu / duration,
-        other_cpu=other_cpu / duration,
+        wrk_cpu=m.tool_cpu / duration,
+        server_cpu=m.server_cpu / duration,
+        other_cpu=m.other_cpu / duration,
     )

@@ -9,7 +9,10 @@ multiprocessing), so it is not used.
 MLServer runs with its defaults otherwise: one inference worker process (`parallel_workers` 1)
 behind its FastAPI front end, ORT with intra-op threads = cores, `max_batch_size` 32 and
 `max_batch_time` 5 ms (the same knobs as ours). Its REST API has no binary tensor extension, so
-its binary row is reported as unsupported (the probe request fails).
+its binary row is reported as unsupported (the probe request fails). It serves KServe v2 gRPC on
+a port of its own (`grpc_port`) and counts successful and failed inferences, of both protocols,
+in `model_infer_request_success` / `_failure` on its metrics port: the gRPC rows check h2load's
+answers against those counts.
 """
 
 from __future__ import annotations
@@ -68,12 +71,12 @@ def start(
     folder = workdir / f"mlserver-{name}"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "mlserver_runtime.py", folder / "mlserver_runtime.py")
-    http_port = free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     settings = {
         "host": "127.0.0.1",
         "http_port": http_port,
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
         "debug": False,
     }
     model_settings = {
@@ -86,7 +89,7 @@ def start(
     (folder / "settings.json").write_text(json.dumps(settings, indent=2))
     (folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     env = {**os.environ, "ORT_INTRA_OP_THREADS": str(threads)}
-    return start_polling(
+    server = start_polling(
         "mlserver",
         [str(exe), "start", str(folder)],
         f"http://127.0.0.1:{http_port}",
@@ -96,3 +99,6 @@ def start(
         env=env,
         cwd=folder,
     )
+    server.grpc = f"127.0.0.1:{grpc_port}"
+    server.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    return server

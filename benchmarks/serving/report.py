@@ -15,9 +15,11 @@ from serving.results import (
     CEILING_TARGET,
     NAIVE_TARGET,
     TAIL_TARGET,
+    ModelResult,
     Row,
     Targets,
     median,
+    naive_peer,
     summary,
     targets,
 )
@@ -61,9 +63,14 @@ def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) ->
     console.print(table)
 
 
-def _ceilings(sweep: Ceiling, ceilings: Sequence[Ceiling], seq: int) -> None:
+def _title(m: ModelResult) -> str:
+    return f"{m.key} model {m.name}, seq {m.seq}, in-process batch 1: {m.batch1_ms:.1f} ms"
+
+
+def _ceilings(m: ModelResult) -> None:
+    sweep, ceilings = m.sweep, m.ceilings
     _table(
-        f"In-process onnxruntime ceiling (seq {seq}, intra-op threads {sweep.threads}),"
+        f"{_title(m)}: onnxruntime in-process ceiling (intra-op threads {sweep.threads}),"
         " all batch sizes, before the rounds",
         ["batch", "examples/s", "ms/batch"],
         [[str(b), f"{r:.0f}", _ms(sweep.latency_s[b])] for b, r in sweep.examples_per_s.items()],
@@ -76,25 +83,20 @@ def _ceilings(sweep: Ceiling, ceilings: Sequence[Ceiling], seq: int) -> None:
     medians = [median([c.examples_per_s[b] for c in ceilings]) for b in batches]
     per_round.append(["median", *(f"{m:.0f}" for m in medians), "-"])
     _table(
-        "Ceiling in each round (examples/s; other: cores busy outside this process meanwhile)",
+        f"{m.name}: ceiling in each round (examples/s; other: cores busy outside this process"
+        " meanwhile)",
         ["round", *(f"batch {b}" for b in batches), "other"],
         per_round,
     )
 
 
-def render(
-    sweep: Ceiling,
-    ceilings: Sequence[Ceiling],
-    rows: Sequence[Row],
-    overhead: Sequence[Row],
-    seq: int,
-    ceiling_reruns: int = 0,
-) -> None:
-    _ceilings(sweep, ceilings, seq)
+def _model(m: ModelResult) -> None:
+    """One model's tables: ceilings, the servers against them, and the CPU of every run."""
+    _ceilings(m)
+    rows, ceilings = m.rows, m.ceilings
     concurrencies = sorted({c for row in rows for c in row.concurrencies})
     if not concurrencies:
-        print("\nno server produced results")
-    naive = {row.fmt: row for row in rows if row.server == "naive"}
+        print(f"\n{m.name}: no server produced results")
     headers = ["server", "body"]
     headers += [f"req/s c={c}" for c in concurrencies]
     headers += [f"p50/p99 ms c={c}" for c in concurrencies]
@@ -102,9 +104,9 @@ def render(
         headers += [f"x ceil@{concurrencies[-1]}", f"x naive@{concurrencies[0]}", "targets"]
     table_rows, cpu_rows = [], []
     for row in rows:
-        t = targets(row, ceilings, naive.get(row.fmt))
+        t = targets(row, ceilings, naive_peer(rows, row.fmt))
         if t is None:
-            print(f"skipped  {row.server} / {row.fmt}: {row.note}")
+            print(f"skipped  {m.name}: {row.server} / {row.fmt}: {row.note}")
             continue
         sums = {c: summary(row, c) for c in concurrencies}
         cells = [row.server, row.fmt]
@@ -124,25 +126,41 @@ def render(
         failures = sum(s.failures for s in sums.values() if s)
         cpu_rows.append([row.server, row.fmt, *cpu, str(failures)])
         if row.note:
-            print(f"note     {row.server} / {row.fmt}: {row.note}")
+            print(f"note     {m.name}: {row.server} / {row.fmt}: {row.note}")
     n = max((len(r.rounds) for r in rows), default=0)
     best = median([c.best for c in ceilings])
-    batch = ceilings[0].best_batch if ceilings else sweep.best_batch
+    batch = ceilings[0].best_batch if ceilings else m.sweep.best_batch
     _table(
-        f"Closed loop, one example per request: median over {n} rounds (ceiling {best:.0f} ex/s"
-        f" at batch {batch}); x ceil, x naive: median [min-max] of the per-round ratios to the"
-        " same round's ceiling / naive server",
+        f"{_title(m)}. Closed loop, one example per request: median over {n} rounds (ceiling"
+        f" {best:.0f} ex/s at batch {batch}); x ceil, x naive: median [min-max] of the per-round"
+        " ratios to the same round's ceiling / naive server (same body; grpc: naive binary)",
         headers,
         table_rows,
     )
     _table(
-        "CPU (cores) in each run: wrk / server tree / rest of the machine (medians over rounds;"
-        " rest: the largest); failed: non-2xx + socket errors, all rounds",
+        f"{m.name}: CPU (cores) in each run: load generator (wrk; h2load for grpc) / server tree"
+        " / rest of the machine (medians over rounds; rest: the largest); failed: non-2xx +"
+        " socket errors + gRPC errors, all rounds",
         ["server", "body", *[f"c={c}" for c in concurrencies], "failed"],
         cpu_rows,
     )
+
+
+def render(results: Sequence[ModelResult], overhead: Sequence[Row]) -> None:
+    """Every model's tables, then the identity-model overhead and the busy-machine warning."""
+    for m in results:
+        _model(m)
+    n = max((len(r.rounds) for m in results for r in m.rows), default=0)
     over_rows = [
-        [r.server, r.fmt, f"{s.p50 * 1e6:.0f}", f"{s.p99 * 1e6:.0f}", f"{s.rps:.0f}"]
+        [
+            r.server,
+            r.fmt,
+            f"{s.p50 * 1e6:.0f}",
+            f"{s.p99 * 1e6:.0f}",
+            f"{s.rps:.0f}",
+            f"{s.wrk_cpu:.2f}/{s.server_cpu:.2f}",
+            str(s.failures),
+        ]
         for r in overhead
         for s in (summary(r, c) for c in r.concurrencies)
         if s is not None
@@ -151,13 +169,17 @@ def render(
         _table(
             "Per-request overhead: identity model, batch 1, concurrency 1"
             f" (median over {n} rounds)",
-            ["server", "body", "p50 µs", "p99 µs", "req/s"],
+            ["server", "body", "p50 µs", "p99 µs", "req/s", "cores gen/server", "failed"],
             over_rows,
         )
     for r in overhead:
         if not r.concurrencies:
             print(f"skipped  overhead {r.server} / {r.fmt}: {r.note}")
-    _busy_warning([*rows, *overhead], ceilings, ceiling_reruns)
+    _busy_warning(
+        [*(r for m in results for r in m.rows), *overhead],
+        [c for m in results for c in m.ceilings],
+        sum(m.ceiling_reruns for m in results),
+    )
 
 
 def _busy_warning(
@@ -209,28 +231,34 @@ def _row_json(row: Row, t: Targets | None) -> dict[str, Any]:
     }
 
 
+def _model_json(m: ModelResult) -> dict[str, Any]:
+    return {
+        "key": m.key,
+        "name": m.name,
+        "seq": m.seq,
+        "batch1_ms": m.batch1_ms,
+        "ceiling": {
+            "threads": m.sweep.threads,
+            "sweep": {**_ceiling_json(m.sweep), "best_batch": m.sweep.best_batch},
+            "rounds": [_ceiling_json(c) for c in m.ceilings],
+            "reruns": m.ceiling_reruns,
+            "best": median([c.best for c in m.ceilings]),
+            "batch1": median([c.batch1 for c in m.ceilings]),
+        },
+        "rows": [_row_json(r, targets(r, m.ceilings, naive_peer(m.rows, r.fmt))) for r in m.rows],
+    }
+
+
 def write_json(
     path: Path,
     meta: dict[str, Any],
-    sweep: Ceiling,
-    ceilings: Sequence[Ceiling],
-    rows: Sequence[Row],
+    results: Sequence[ModelResult],
     overhead: Sequence[Row],
-    ceiling_reruns: int = 0,
 ) -> None:
-    naive = {row.fmt: row for row in rows if row.server == "naive"}
     doc = {
         "meta": meta,
-        "ceiling": {
-            "threads": sweep.threads,
-            "sweep": {**_ceiling_json(sweep), "best_batch": sweep.best_batch},
-            "rounds": [_ceiling_json(c) for c in ceilings],
-            "reruns": ceiling_reruns,
-            "best": median([c.best for c in ceilings]),
-            "batch1": median([c.batch1 for c in ceilings]),
-        },
         "targets": {"ceiling": CEILING_TARGET, "naive": NAIVE_TARGET, "p99_over_p50": TAIL_TARGET},
-        "rows": [_row_json(r, targets(r, ceilings, naive.get(r.fmt))) for r in rows],
+        "models": [_model_json(m) for m in results],
         "overhead": [_row_json(r, None) for r in overhead],  # no targets on the identity model
     }
     path.parent.mkdir(parents=True, exist_ok=True)

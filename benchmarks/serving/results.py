@@ -59,6 +59,33 @@ class Row:
         return point.rps if point is not None else math.nan
 
 
+def naive_peer(rows: Sequence[Row], fmt: str) -> Row | None:
+    """The naive row that `fmt` rows are compared with: the same body format; for a format the
+    naive server does not speak (gRPC), its binary one (raw tensor bytes, like gRPC's)."""
+    naive = {row.fmt: row for row in rows if row.server == "naive"}
+    return naive.get(fmt) or naive.get("binary")
+
+
+@dataclass
+class ModelResult:
+    """One model's part of a run: its ceiling sweep, its ceiling in each round, its rows."""
+
+    key: str  # "fast", "slow" or "custom"
+    name: str
+    seq: int
+    sweep: Ceiling
+    ceilings: list[Ceiling]  # index: round
+    rows: list[Row]
+    ceiling_reruns: int = 0
+
+    @property
+    def batch1_ms(self) -> float:
+        """Milliseconds per batch-1 call in-process: the median over rounds (the sweep's when
+        no round measured it)."""
+        rounds = [c.latency_s[1] for c in self.ceilings if 1 in c.latency_s]
+        return 1e3 * (median(rounds) if rounds else self.sweep.latency_s.get(1, math.nan))
+
+
 @dataclass(frozen=True)
 class Summary:
     """The medians over rounds of one cell at one concurrency; `other_cpu` is the largest."""
@@ -70,7 +97,7 @@ class Summary:
     wrk_cpu: float
     server_cpu: float
     other_cpu: float
-    failures: int  # non-2xx + socket errors, summed over rounds
+    failures: int  # non-2xx + socket errors + gRPC errors, summed over rounds
 
 
 def summary(row: Row, c: int) -> Summary | None:
@@ -85,7 +112,7 @@ def summary(row: Row, c: int) -> Summary | None:
         wrk_cpu=median([p.wrk_cpu for p in points]),
         server_cpu=median([p.server_cpu for p in points]),
         other_cpu=max(p.other_cpu for p in points),
-        failures=sum(p.non_2xx + p.socket_errors for p in points),
+        failures=sum(p.failures for p in points),
     )
 
 

@@ -2,11 +2,12 @@
 
 This 2-core machine's speed drifts by up to +-12 % over minutes, so servers measured one after
 the other, minutes apart, are not compared fairly. Here all servers stay up for the whole run
-(an idle one costs nothing; only one is loaded at a time) and each round runs, for each
-concurrency, every (server, body format) cell once, in an order that rotates from round to
-round; the in-process ceiling is measured again once per round between the cells of the highest
-concurrency. After every load run the loaded server answers one more request (which queues
-behind whatever wrk left in it) and all servers must be idle before anything else runs.
+(an idle one costs nothing; only one is loaded at a time) and each round runs, for each model
+and concurrency, every (server, body format) cell once, in an order that rotates from round to
+round; each model's in-process ceiling is measured again once per round between the cells of its
+highest concurrency. After every load run the loaded server answers one more request (which
+queues behind whatever the load generator left in it) and all servers must be idle before
+anything else runs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from serving import bodies, harness, loadgen
+from serving import bodies, grpc_load, harness, loadgen
 from serving.ceiling import Ceiling, InProcess
 from serving.harness import Skip
+from serving.loadgen import LoadResult
 from serving.results import BUSY_LIMIT, Row
 from serving.servers import Server
 
@@ -39,7 +41,9 @@ class Plan:
     threads: int
     workdir: Path
     wrk: str
+    h2load: str  # "" when no gRPC format is measured
     retries: int  # re-runs of a run that shared the machine with other work
+    quiet_timeout_s: float = 300.0  # longest wait for a quiet machine between runs
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,11 @@ class Group:
 
 @dataclass
 class Cell:
-    """A (server, body format) that passed its probe: what wrk needs to load it."""
+    """A (server, body format) that passed its probe: how to load it and check it."""
 
     row: Row
     server: Server
-    url: str
-    script: Path
+    load: Callable[[int, float], LoadResult]  # (concurrency, seconds): one measured run
     check: Callable[[], None]  # one request, checked; raises Skip
 
 
@@ -79,10 +82,20 @@ class CeilingStep:
 
 
 @dataclass
+class Block:
+    """One group's cells in a round, and the ceiling that joins its top concurrency (if any)."""
+
+    group: Group
+    cells: list[Cell]
+    step: CeilingStep | None = None
+
+
+@dataclass
 class Fleet:
     """Every started server, for the idle check."""
 
     servers: list[Server] = field(default_factory=list)
+    quiet_timeout_s: float = 300.0
 
     def settle(self, cell: Cell | None = None) -> None:
         """`cell`'s server answers one more request, then wait until no server is busy."""
@@ -92,7 +105,7 @@ class Fleet:
             except Skip as exc:
                 cell.row.note = f"after a run: {exc}"
                 print(f"skip     {cell.row.server} / {cell.row.fmt}: {cell.row.note}")
-        harness.wait_quiet(self.servers)
+        harness.wait_quiet(self.servers, timeout_s=self.quiet_timeout_s)
 
 
 def rotated(items: Sequence[T], round_: int, rounds: int) -> list[T]:
@@ -103,6 +116,45 @@ def rotated(items: Sequence[T], round_: int, rounds: int) -> list[T]:
     return [*items[shift:], *items[:shift]]
 
 
+def _http_cell(plan: Plan, group: Group, server: Server, row: Row) -> Cell:
+    prepared = [bodies.encode(r, [group.output], row.fmt) for r in group.requests]
+    stem = f"{group.name}-{row.server}-{row.fmt}"
+    paths = bodies.write(prepared, plan.workdir / "bodies", stem)
+    script = loadgen.write_lua(paths, prepared, plan.workdir / f"{stem}.lua")
+    url = f"{server.url}/v2/models/{group.name}/infer"
+
+    def load(c: int, seconds: float) -> LoadResult:
+        return loadgen.run(plan.wrk, url, script, c, seconds, server.pid)
+
+    check = functools.partial(
+        harness.probe, server, group.name, prepared[0], group.output, group.expected
+    )
+    return Cell(row, server, load, check)
+
+
+def _grpc_cell(plan: Plan, group: Group, server: Server, row: Row) -> Cell:
+    """h2load sends one body, the first request's: at a fixed sequence length every example
+    costs the same."""
+    if not server.grpc:
+        raise Skip(f"{server.name} serves no gRPC here")
+    first = group.requests[0]
+    stem = f"{group.name}-{row.server}-{row.fmt}"
+    (path,) = bodies.write(
+        [bodies.encode_grpc(group.name, first, [group.output])], plan.workdir / "bodies", stem
+    )
+    counts = functools.partial(harness.inference_counts, server, group.name)
+    counts()  # raises Skip: without the server's counts, gRPC errors would go unseen
+    log = plan.workdir / f"{stem}.h2load.log"
+
+    def load(c: int, seconds: float) -> LoadResult:
+        return grpc_load.run(plan.h2load, server.grpc, path, c, seconds, server.pid, counts, log)
+
+    check = functools.partial(
+        harness.probe_grpc, server, group.name, first, group.output, group.expected
+    )
+    return Cell(row, server, load, check)
+
+
 def start(
     plan: Plan, group: Group, fleet: Fleet, stack: contextlib.ExitStack
 ) -> tuple[list[Row], list[Cell]]:
@@ -110,34 +162,32 @@ def start(
     rows: list[Row] = []
     cells: list[Cell] = []
     for kind in group.kinds:
-        kind_rows = [Row(kind, fmt) for fmt in plan.formats]
+        formats = [f for f in plan.formats if f != "grpc" or kind in harness.GRPC_SERVERS]
+        kind_rows = [Row(kind, fmt) for fmt in formats]
         rows += kind_rows
         try:
-            server = harness.start(kind, group.model, group.name, plan.workdir, plan.threads)
+            server = harness.start(
+                kind, group.model, group.name, plan.workdir, plan.threads, "grpc" in formats
+            )
         except Skip as exc:
             for row in kind_rows:
                 row.note = str(exc).splitlines()[0]
-            print(f"skip     {kind}: {exc}")
+            print(f"skip     {group.name}: {kind}: {exc}")
             continue
         stack.callback(server.stop)
         fleet.servers.append(server)
-        print(f"started  {kind} (pid {server.pid}) at {server.url} for {group.name}")
+        grpc = f" (gRPC {server.grpc})" if server.grpc and "grpc" in formats else ""
+        print(f"started  {kind} (pid {server.pid}) at {server.url}{grpc} for {group.name}")
         for row in kind_rows:
-            prepared = [bodies.encode(r, [group.output], row.fmt) for r in group.requests]
-            stem = f"{group.name}-{kind}-{row.fmt}"
-            paths = bodies.write(prepared, plan.workdir / "bodies", stem)
-            script = loadgen.write_lua(paths, prepared, plan.workdir / f"{stem}.lua")
-            url = f"{server.url}/v2/models/{group.name}/infer"
-            check = functools.partial(
-                harness.probe, server, group.name, prepared[0], group.output, group.expected
-            )
             try:
-                check()
+                make = _grpc_cell if row.fmt == "grpc" else _http_cell
+                cell = make(plan, group, server, row)
+                cell.check()
             except Skip as exc:
                 row.note = str(exc)
-                print(f"skip     {kind} / {row.fmt}: {exc}")
+                print(f"skip     {group.name}: {kind} / {row.fmt}: {exc}")
                 continue
-            cells.append(Cell(row, server, url, script, check))
+            cells.append(cell)
     return rows, cells
 
 
@@ -146,13 +196,13 @@ def warm_up(plan: Plan, fleet: Fleet, cells: Sequence[Cell], concurrency: int) -
     if plan.warmup_s <= 0:
         return
     for cell in cells:
-        loadgen.run(plan.wrk, cell.url, cell.script, concurrency, plan.warmup_s, cell.server.pid)
+        cell.load(concurrency, plan.warmup_s)
         fleet.settle(cell)
 
 
-def _load(plan: Plan, fleet: Fleet, cell: Cell, c: int, duration_s: float, round_: int) -> None:
-    """One measured wrk run of `cell` at concurrency `c`, recorded as round `round_`."""
-    row = cell.row
+def _load(plan: Plan, fleet: Fleet, cell: Cell, c: int, group: Group, round_: int) -> None:
+    """One measured run of `cell` at concurrency `c`, recorded as round `round_`."""
+    row, duration_s, group_name = cell.row, group.duration_s, group.name
     if row.note:  # failed earlier in this run
         return
     if cell.server.proc.poll() is not None:
@@ -166,21 +216,23 @@ def _load(plan: Plan, fleet: Fleet, cell: Cell, c: int, duration_s: float, round
             row.note = f"before a run: {exc}"
             print(f"skip     {row.server} / {row.fmt}: {row.note}")
             return
-        result = loadgen.run(plan.wrk, cell.url, cell.script, c, duration_s, cell.server.pid)
+        result = cell.load(c, duration_s)
         fleet.settle(cell)
         if result.other_cpu <= BUSY_LIMIT or attempt == plan.retries:
             break
         row.reruns += 1
         print(
-            f"r{round_ + 1} {row.server:8} {row.fmt:6} c={c:<3} {result.rps:8.0f} req/s, but"
+            f"r{round_ + 1} {group_name:10} {row.server:8} {row.fmt:6} c={c:<3}"
+            f" {result.rps:8.0f} req/s, but"
             f" {result.other_cpu:.2f} cores busy elsewhere: again"
         )
     row.record(round_, result)
-    failed = result.non_2xx + result.socket_errors
+    failed = result.failures
+    tool = "h2load" if row.fmt == "grpc" else "wrk"
     print(
-        f"r{round_ + 1} {row.server:8} {row.fmt:6} c={c:<3} {result.rps:8.0f} req/s"
+        f"r{round_ + 1} {group_name:10} {row.server:8} {row.fmt:6} c={c:<3} {result.rps:8.0f} req/s"
         f"  p50 {result.p50 * 1e3:7.2f} ms  p99 {result.p99 * 1e3:7.2f} ms"
-        f"  cores: wrk {result.wrk_cpu:.2f} server {result.server_cpu:.2f}"
+        f"  cores: {tool} {result.wrk_cpu:.2f} server {result.server_cpu:.2f}"
         f" other {result.other_cpu:.2f}" + (f"  FAILED {failed}" if failed else "")
     )
 
@@ -199,31 +251,29 @@ def ceiling(
     raise AssertionError("unreachable")
 
 
-def _ceiling(plan: Plan, fleet: Fleet, step: CeilingStep, round_: int) -> None:
+def _ceiling(plan: Plan, fleet: Fleet, step: CeilingStep, round_: int, name: str) -> None:
     ceil, reruns = ceiling(plan, fleet, step.bench, step.batches, step.seconds)
     step.results.append(ceil)
     step.reruns += reruns
     rates = ", ".join(f"b{b} {r:.0f}" for b, r in ceil.examples_per_s.items())
-    print(f"r{round_ + 1} ceiling  examples/s: {rates}  (other cores {ceil.other_cpu:.2f})")
+    print(
+        f"r{round_ + 1} {name:10} ceiling  examples/s: {rates}  (other cores {ceil.other_cpu:.2f})"
+    )
 
 
-def run(
-    plan: Plan,
-    fleet: Fleet,
-    blocks: Sequence[tuple[Group, Sequence[Cell]]],
-    step: CeilingStep,
-) -> None:
-    """`plan.rounds` rounds; in each, every group's concurrencies in order, each with its cells
-    in rotated order; the ceiling joins the rotation at the first group's top concurrency."""
+def run(plan: Plan, fleet: Fleet, blocks: Sequence[Block]) -> None:
+    """`plan.rounds` rounds; in each, every block's concurrencies in order, each with its cells
+    in rotated order; a block's ceiling joins the rotation at its top concurrency."""
     for r in range(plan.rounds):
         print(f"round {r + 1} of {plan.rounds}")
-        for i, (group, cells) in enumerate(blocks):
+        for block in blocks:
+            group = block.group
             for c in group.concurrencies:
-                items: list[Cell | CeilingStep] = list(cells)
-                if i == 0 and c == max(group.concurrencies):
-                    items.append(step)
+                items: list[Cell | CeilingStep] = list(block.cells)
+                if block.step is not None and c == max(group.concurrencies):
+                    items.append(block.step)
                 for item in rotated(items, r, plan.rounds):
                     if isinstance(item, CeilingStep):
-                        _ceiling(plan, fleet, item, r)
+                        _ceiling(plan, fleet, item, r, group.name)
                     else:
-                        _load(plan, fleet, item, c, group.duration_s, r)
+                        _load(plan, fleet, item, c, group, r)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on (http://[\w.\-\[\]:]+:\d+)")
+GRPC_LISTENING = re.compile(r"grpc listening on ([\w.\-\[\]:]+:\d+)")
 
 
 class ServerStartError(RuntimeError):
@@ -30,13 +31,17 @@ class ServerStartError(RuntimeError):
 
 @dataclass
 class Server:
-    """A started server process; `url` is its base URL (`http://127.0.0.1:PORT`)."""
+    """A started server process; `url` is its base URL (`http://127.0.0.1:PORT`), `grpc` the
+    `HOST:PORT` of its KServe v2 gRPC service ("" without one), `metrics` the URL of its
+    Prometheus metrics when they are served apart from `url` (MLServer)."""
 
     name: str
     proc: subprocess.Popen[str]
     url: str
     log: Path
     _drain: threading.Thread | None = field(default=None, repr=False)
+    grpc: str = ""
+    metrics: str = ""
 
     @property
     def pid(self) -> int:
@@ -96,11 +101,15 @@ def start_listening(
     log: Path,
     timeout_s: float = 120.0,
     env: Mapping[str, str] | None = None,
+    *,
+    grpc: bool = False,
 ) -> Server:
-    """Start `cmd` and wait until it prints `listening on http://HOST:PORT`."""
+    """Start `cmd` and wait until it prints `listening on http://HOST:PORT` (and, with `grpc`,
+    `grpc listening on HOST:PORT` too)."""
     proc = _spawn(cmd, env, None)
-    found: list[str] = []
+    found: dict[str, str] = {}
     ready = threading.Event()
+    patterns = {"http": LISTENING, **({"grpc": GRPC_LISTENING} if grpc else {})}
 
     def drain() -> None:
         assert proc.stdout is not None
@@ -108,20 +117,23 @@ def start_listening(
             for line in proc.stdout:
                 out.write(line)
                 out.flush()
-                match = LISTENING.search(line)
-                if match and not ready.is_set():
-                    found.append(match.group(1))
+                for key, pattern in patterns.items():
+                    match = pattern.search(line)
+                    if match and key not in found:
+                        found[key] = match.group(1)
+                if len(found) == len(patterns):
                     ready.set()
         ready.set()  # EOF: the process is gone
 
     thread = threading.Thread(target=drain, name=f"{name}-log", daemon=True)
     thread.start()
     server = Server(name, proc, "", log, thread)
-    if not ready.wait(timeout_s) or not found:
+    if not ready.wait(timeout_s) or len(found) < len(patterns):
         server.stop(grace_s=5)
         why = f"exited with {proc.returncode}" if proc.returncode is not None else "timed out"
         raise ServerStartError(f"{name} {why} before listening:\n{_tail(log)}")
-    server.url = found[0]
+    server.url = found["http"]
+    server.grpc = found.get("grpc", "")
     return server
 
 
