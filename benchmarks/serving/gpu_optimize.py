@@ -79,6 +79,11 @@ def run(profile: Profile, paths: Paths, sink: Sink, where: str) -> None:
         "blade-128": (paths.model, paths.blade_serve, 128, profile.blade_batches_serve),
         "blade-64": (paths.pooled, paths.blade_seed, 64, profile.blade_batches_seed),
     }
+    # GPU_SERVE_ONLY=1: device time is short; build only what the serve phase needs (it
+    # measures the runtime in-process again itself).
+    serve_only = os.environ.get("GPU_SERVE_ONLY") == "1"
+    if serve_only:
+        del artifacts["blade-64"]
     summary = Table(
         f"blade optimize --device {profile.device} ({where})",
         ["artifact", "model", "test data", "batch sizes", "chosen", "speedup", "seconds"],
@@ -98,6 +103,8 @@ def run(profile: Profile, paths: Paths, sink: Sink, where: str) -> None:
             f"{time.monotonic() - t0:.0f}",
         )
     sink.table(summary)
+    if serve_only:
+        return
     result = gpu_inprocess.measure(
         str(paths.model),
         str(paths.blade_serve),
