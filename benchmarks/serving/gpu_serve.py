@@ -14,6 +14,7 @@ runs) measures the same point as a cross-check of the generator.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -199,7 +200,8 @@ def run(
     )
     rows: list[Any] = []
     checks: dict[str, Any] = {}
-    for processor, frontends, handoff in SERVERS:
+    servers = SERVERS[:3] if os.environ.get("GPU_SERVE_ONLY") == "1" else SERVERS
+    for processor, frontends, handoff in servers:
         name = label(processor, frontends, handoff)
         if time.monotonic() - started > profile.budget_s - 75:
             sink.say(f"skipped {name}: the phase's time is spent")
