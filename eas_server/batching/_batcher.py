@@ -382,6 +382,9 @@ class DynamicBatcher:
                         wake_at = min(wake_at, nearest_deadline)
                     self._arm(wake_at)
                     return
+                if self.inline:
+                    self._fire_soon(trigger)
+                    continue  # the worker is reserved now: arms the timer and returns
                 self._demand = self._queued_rows + self._inflight_rows  # the load level now
                 for entry in batch:
                     self._remove(entry)
@@ -425,12 +428,38 @@ class DynamicBatcher:
             self._idle.clear()
         job = _Job(batch, rows, trigger, time.monotonic())
         if self.inline:
-            # After the callbacks already due (answers to write, requests already read), so the
-            # loop is not held while it has finished work to hand out.
-            assert self._loop is not None
-            self._loop.call_soon(self._run_inline, job)
+            self._run_inline(job)
         else:
             self._jobs.put(job)
+
+    def _fire_soon(self, trigger: str) -> None:
+        """Inline: reserve the worker and take the batch in a callback after those already due.
+        The requests read in this loop turn are then all queued (their handlers run first), so
+        they share the batch instead of the first of them running alone; and the answers that
+        are ready are written before the loop is held."""
+        self._free -= 1
+        if self._idle is not None:
+            self._idle.clear()
+        assert self._loop is not None
+        self._loop.call_soon(self._fire_inline, trigger)
+
+    def _fire_inline(self, trigger: str) -> None:
+        self._free += 1
+        if self._closing or self._queued == 0:  # closed, or cancelled meanwhile
+            self._maybe_idle()
+            return
+        now = time.monotonic()
+        self._expire(now)
+        if self._queued == 0:
+            self._maybe_idle()
+            self._pump()
+            return
+        batch, rows, oldest, chunk = self._candidate()
+        trigger = self._trigger(rows, oldest, chunk, now) or trigger
+        self._demand = self._queued_rows + self._inflight_rows
+        for entry in batch:
+            self._remove(entry)
+        self._launch(batch, rows, trigger)
 
     def _finish(self, job: _Job, elapsed: float, results: list[_Outcome]) -> None:
         """Event loop thread: a worker is done with a batch."""

@@ -320,13 +320,13 @@ def test_inline_runs_on_the_loop_thread_and_batches_what_arrived_meanwhile() -> 
         batcher = make(proc, obs, max_delay_s=10.0, inline=True)
         threads = threading.active_count()
         values = [1, 2, -1, 4, 5, 6, 7, 8]
-        # all eight arrive in one turn: the first runs at once (no one else was waiting), the
-        # other seven queue behind it and run together as soon as it is done
+        # all eight arrive in one loop turn: the batch is taken after every one of them has
+        # queued, so they share it (the first does not run alone)
         results = await asyncio.gather(
             *(batcher.infer(rows(v)) for v in values), return_exceptions=True
         )
         assert threading.active_count() == threads  # no worker thread was started
-        assert [(r, ok) for r, _, ok in obs.batches] == [(1, True), (7, False)]
+        assert [(r, ok) for r, _, ok in obs.batches] == [(8, False)]
         for v, result in zip(values, results, strict=True):
             if v < 0:  # the failing request failed alone, as with worker threads
                 assert isinstance(result, ProcessorError)
