@@ -9,6 +9,7 @@ writes the encoded answer, with no framework request parsing in between. Errors 
 
 from __future__ import annotations
 
+import abc
 import hmac
 import logging
 import time
@@ -69,7 +70,7 @@ class _ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
 
-class OipApp:
+class OipApp(abc.ABC):
     """ASGI application for one model version: the routes, the hot path and the documents.
 
     Where requests go and what is recorded are left to subclasses: ``EasApp`` runs them through a
@@ -191,6 +192,7 @@ class OipApp:
 
     # ------------------------------------------------------------- where requests go (hooks)
 
+    @abc.abstractmethod
     async def submit(
         self,
         inputs: dict[str, np.ndarray],
@@ -200,23 +202,22 @@ class OipApp:
         outputs: frozenset[str] | None,
     ) -> BatchResult:
         """Run one checked request (``DynamicBatcher.infer``'s contract and errors)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def on_success(self, total_s: float, queue_s: float, compute_s: float) -> None:
         """Record an answered infer request."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def on_failure(self, outcome: str, total_s: float) -> None:
         """Record a failed infer request (``outcome`` as in ``_STATUS``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def stats_document(self) -> bytes:
         """The statistics extension's answer for this model."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def metrics_document(self) -> bytes:
         """The Prometheus exposition of the instance."""
-        raise NotImplementedError
 
     # ---------------------------------------------------------------------------------- ASGI
 

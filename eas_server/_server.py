@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from ._app import EasApp
 from ._cpu import plan_runtime, usable_cores
+from ._http import uvicorn_config
 from ._metrics import ServerMetrics
 from ._model import ModelInfo
 from ._settings import ServerSettings
@@ -208,18 +209,7 @@ class _Runner:
             return await self._run_with_frontends(app, processor, frontends)
         sock = _bind(s.host, s.port)
         port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            proxy_headers=False,
-            server_header=False,
-            lifespan="off",
-            access_log=False,
-            log_level=s.log_level,
-            timeout_keep_alive=60,
-            timeout_graceful_shutdown=int(max(1, s.drain_timeout_s)),
-            backlog=2048,
-        )
+        config = uvicorn_config(app, log_level=s.log_level, drain_timeout_s=s.drain_timeout_s)
         server = self.server = _Server(config, self._start_drain)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:

@@ -26,6 +26,7 @@ from types import FrameType
 
 import uvicorn
 
+from .._http import uvicorn_config
 from ._remote import ExecutorLink, FrontendApp, model_from_json
 
 __all__ = ["main"]
@@ -65,18 +66,7 @@ async def _serve(fd: int, host: str, port: int, log_level: str) -> int:
     options["model"] = model_from_json(hello["model"])
     app = FrontendApp(link, **options)
     sock = reuseport_socket(host, port, listen=True)
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        proxy_headers=False,
-        server_header=False,
-        lifespan="off",
-        access_log=False,
-        log_level=log_level,
-        timeout_keep_alive=60,
-        timeout_graceful_shutdown=int(max(1, hello["drain_timeout_s"])),
-        backlog=2048,
-    )
+    config = uvicorn_config(app, log_level=log_level, drain_timeout_s=hello["drain_timeout_s"])
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
