@@ -10,6 +10,7 @@ import pytest
 from config_store import StoreUnavailable, open_store
 from config_store._zk import RECONNECT_BACKOFF, reconnect_bound, reconnect_pauses
 from config_store.testing import ZooKeeperServer
+from tests.fixtures.waiting import wait
 
 pytestmark = pytest.mark.zk
 
@@ -40,6 +41,8 @@ def test_a_client_is_back_soon_after_a_long_outage(
         )
         zk_own_server.stop(kill=True)
         down = time.monotonic()
+        # kazoo notices the closed socket on its own thread: on a loaded machine a moment later
+        wait(lambda: store.state != "connected", 30, "the client to notice the outage")
         while time.monotonic() - down < 8.0:  # the outage itself: 0.05 s doubled passes 1 s
             assert store.state != "connected"
             time.sleep(0.1)
