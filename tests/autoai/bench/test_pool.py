@@ -85,7 +85,10 @@ def test_a_pool_runs_every_step_in_every_process(start_server: StartServer, tmp_
         assert result.generator.processes == 2
         assert all(p > 0 for p in result.generator.per_process_percent)
         assert result.server is not None
-        assert result.server.requests == pytest.approx(result.client.requests, rel=0.1)
+        # The parent scrapes /metrics at the window's edges, a moment after the children open and
+        # close it (much later on a loaded machine): the server's window count is not the
+        # client's, but it holds only calls of this step (the exact count is checked above).
+        assert 0 < result.server.requests <= result.client.total_ok
 
 
 def test_a_process_that_cannot_start_says_why(tmp_path: Path) -> None:
