@@ -8,22 +8,18 @@ a 500.
 
 from __future__ import annotations
 
-import hmac
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 import config_store
-from config_store import ConfigStore, LeaderElection, open_store
+from config_store import open_store
 
-from ..deployments import DeploymentService
 from ..errors import (
     Conflict,
     ControlPlaneError,
@@ -35,28 +31,11 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
-from ..jobs import JobRunner
-from ..kubernetes import KubernetesOrchestrator, Sweeper, known_services
-from ..orchestrators import LocalOrchestrator, Orchestrator
-from ..reconciler import Reconciler
-from ..releases import ReleaseService
-from ..repository import ModelRepository
 from ._limits import BodyLimit
-from ._metrics import ControlMetrics
 from ._settings import ControlSettings
+from .dependencies import Services, Svc
 
-CONTROL_SERVICE: Final = "autoai-control"
-"""The instance service control-plane replicas register under (and elect a leader in)."""
-
-__all__ = [
-    "CONTROL_SERVICE",
-    "STATUS",
-    "Services",
-    "create_app",
-    "require_read",
-    "require_write",
-    "services",
-]
+__all__ = ["STATUS", "create_app"]
 
 # The first class the error is an instance of gives the status: subclasses before their bases.
 STATUS: Final[dict[type[ControlPlaneError], int]] = {
@@ -79,92 +58,6 @@ _STORE_ERRORS: Final[dict[type[config_store.ConfigStoreError], type[ControlPlane
     config_store.Conflict: Conflict,
     config_store.NotFound: NotFound,
 }
-
-
-class Services:
-    """What the routes use; built once per app."""
-
-    def __init__(self, settings: ControlSettings, store: ConfigStore):
-        self.settings = settings
-        self.store = store
-        self.metrics = ControlMetrics(
-            CollectorRegistry(),
-            jobs=lambda: self.jobs.counts(),
-            deployments=lambda: self.deployments.list(),
-            insecure=settings.open_on_purpose,
-        )
-        self.jobs = JobRunner(on_finish=self.metrics.job_finished)
-        self.deployments: DeploymentService
-        self.repository = ModelRepository(
-            settings.repo_dir, store, is_deployed=lambda n, v: self.deployments.is_deployed(n, v)
-        )
-        self.local = LocalOrchestrator(store, settings.store_url, settings.run_dir)
-        self.kubernetes: KubernetesOrchestrator | None = None
-        if settings.orchestrator == "kubernetes":  # imports the client: the [kubernetes] extra
-            self.kubernetes = KubernetesOrchestrator(store, settings.kubernetes, settings.repo_dir)
-        self.orchestrator: Orchestrator = self.kubernetes or self.local
-        self.election = LeaderElection(
-            store,
-            CONTROL_SERVICE,
-            settings.host,
-            settings.port,
-            {"pid": os.getpid(), "url": f"http://{settings.host}:{settings.port}"},
-        )
-        self.deployments = DeploymentService(
-            store,
-            self.repository,
-            self.orchestrator,
-            self.jobs,
-            settings.repo_dir / "artifacts",
-            replica=self.election.candidate,
-        )
-        self.releases = ReleaseService(store, self.repository, self.deployments)
-        # Local records only; it also clears stale operation markers, whatever the orchestrator.
-        self.reconciler = Reconciler(
-            store,
-            self.local,
-            is_leader=lambda: self.election.is_leader,
-            live_replicas=self._live_replicas,
-            interval=settings.reconcile_interval,
-            backoff_max=settings.restart_backoff_max,
-        )
-        self.sweeper: Sweeper | None = None
-        if self.kubernetes is not None:  # Deployments no record names
-            self.sweeper = Sweeper(
-                self.kubernetes,
-                known=lambda: known_services(store, self._live_replicas()),
-                is_leader=lambda: self.election.is_leader,
-                interval=settings.kubernetes.sweep_interval,
-            )
-
-    def _live_replicas(self) -> set[str]:
-        return {str(c.payload.get("candidate")) for c in self.election.candidates()}
-
-    def close(self) -> None:
-        """Stop reconciling and leave the election; the instances keep running."""
-        self.reconciler.close()
-        if self.sweeper is not None:
-            self.sweeper.close()
-        self.jobs.wait(timeout=30)
-        self.election.close()
-
-
-def services(request: Request) -> Services:
-    built: Services = request.app.state.services
-    return built
-
-
-def _check_token(request: Request, expected: str | None) -> None:
-    """Raises: Unauthorized: no bearer token (401). Forbidden: another token (403)."""
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("this needs the admin token: Authorization: Bearer <token>")
-    # compared as bytes: compare_digest refuses non-ASCII str, which a header may carry
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise Forbidden("the token is not the admin token")
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -190,17 +83,6 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     if ours is Unavailable:
         return _answer(Unavailable(f"the config store is unavailable: {exc}"))
     return _answer(ours(str(exc)))
-
-
-def require_write(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    """Every write needs the admin token (when one is configured)."""
-    _check_token(request, svc.settings.admin_token)
-
-
-def require_read(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    """Reads need it too when ``protect_reads`` is set."""
-    if svc.settings.protect_reads:
-        _check_token(request, svc.settings.admin_token)
 
 
 def create_app(settings: ControlSettings | None = None) -> FastAPI:
@@ -245,7 +127,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         )
 
     @app.get("/healthz")
-    async def healthz(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
+    async def healthz(svc: Svc) -> dict[str, Any]:
         """Liveness, this replica's id, whether it leads (reconciles) and the store's state."""
         leader = svc.election.leader
         return {

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from autoai.api._app import CONTROL_SERVICE
+from autoai.api.dependencies import CONTROL_SERVICE
 from autoai.sdk import ModelClient
 from config_store import ConfigStore
 from config_store._keys import instances_path

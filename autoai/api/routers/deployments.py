@@ -9,11 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, StrictInt
 
 from ...errors import InvalidRequest
-from .._app import Services, require_read, require_write, services
+from ..dependencies import Svc, require_read, require_write
 
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
-
-Svc = Annotated[Services, Depends(services)]
 
 
 @router.post(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -10,11 +10,9 @@ from starlette.datastructures import UploadFile
 
 from ...errors import InvalidRequest
 from ...repository import ModelRepository, storage_error
-from .._app import Services, require_read, require_write, services
+from ..dependencies import Svc, require_read, require_write
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
-
-Svc = Annotated[Services, Depends(services)]
 
 
 async def _register(request: Request, repo: ModelRepository) -> dict[str, Any]:

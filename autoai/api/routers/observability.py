@@ -4,7 +4,7 @@ of every registered instance of every deployment). Both are reads: open unless `
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
@@ -12,11 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config_store import Instance
 
-from .._app import Services, require_read, services
+from ..dependencies import Services, Svc, require_read
 
 router = APIRouter(tags=["observability"], dependencies=[Depends(require_read)])
-
-Svc = Annotated[Services, Depends(services)]
 
 
 def target_groups(

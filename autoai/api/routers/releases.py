@@ -8,11 +8,9 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
 from ...errors import InvalidRequest
-from .._app import Services, require_read, require_write, services
+from ..dependencies import Svc, require_read, require_write
 
 router = APIRouter(prefix="/api/v1/models/{name}", tags=["releases"])
-
-Svc = Annotated[Services, Depends(services)]
 
 
 @router.post("/publish", dependencies=[Depends(require_write)])

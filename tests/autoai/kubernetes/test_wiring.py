@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import autoai.kubernetes
 from autoai.api import ControlSettings
-from autoai.api._app import Services
+from autoai.api.dependencies import Services
 from autoai.cli import app as cli
 from autoai.errors import InvalidRequest
 from autoai.kubernetes import KubernetesError, KubernetesOrchestrator, Sweeper, known_services
