@@ -7,52 +7,28 @@ threads and only swap the balancer's instance set under its lock, which never bl
 
 from __future__ import annotations
 
-import ssl
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
-import httpx
 import numpy as np
 
 from ._balancer import RetryBudget
-from ._base import ORIGIN_EXTENSION, Answer, Outputs, Pools, _Attempt, _BaseEasClient
+from ._base import Outputs, _BaseEasClient
+from ._errors import EasClientError
+from ._httpx import AsyncHttpxTransport
+from ._instances import AsyncInstances
 from ._metrics import ClientMetrics
-from ._wire import AsyncPool, WirePools, request_head
+from ._transport import AsyncTransport
 
 if TYPE_CHECKING:
+    import httpx
+
     from config_store import ConfigStore
 
 __all__ = ["AsyncEasClient"]
-
-
-class _InstancePools(httpx.AsyncBaseTransport):
-    """An httpx connection pool per instance, each bounded by ``limits``."""
-
-    def __init__(self, limits: httpx.Limits):
-        self._limits = limits
-        self._ssl: ssl.SSLContext | None = None
-        self._pools: Pools[httpx.AsyncHTTPTransport] = Pools(self._new)
-
-    def _new(self) -> httpx.AsyncHTTPTransport:
-        if self._ssl is None:  # built once: loading the CA bundle takes milliseconds
-            self._ssl = httpx.create_ssl_context(trust_env=False)
-        return httpx.AsyncHTTPTransport(verify=self._ssl, limits=self._limits, trust_env=False)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._pools.get(request).handle_async_request(request)
-
-    async def discard(self, origin: str) -> None:
-        pool = self._pools.pop(origin)
-        if pool is not None:
-            await pool.aclose()
-
-    async def aclose(self) -> None:
-        for pool in self._pools.pop_all():
-            await pool.aclose()
 
 
 class AsyncEasClient(_BaseEasClient):
@@ -109,19 +85,10 @@ class AsyncEasClient(_BaseEasClient):
             eject_for=eject_for,
             attempt_timeout=attempt_timeout,
         )
-        n = self._max_connections
-        self._pools = (
-            None
-            if transport is not None
-            else _InstancePools(httpx.Limits(max_connections=n, max_keepalive_connections=n))
-        )
-        self._http = httpx.AsyncClient(transport=transport or self._pools, trust_env=False)
-        # The default transport (eas_client._wire) for plain-HTTP instances; httpx for an
-        # injected transport and for https instances.
-        self._wire: WirePools[AsyncPool] | None = (
-            None
-            if transport is not None
-            else WirePools(lambda host, port: AsyncPool(host, port, n))
+        self._transport: AsyncTransport = (
+            AsyncInstances(self._max_connections)
+            if transport is None
+            else AsyncHttpxTransport.over(transport)
         )
         self._started = store is None
         self._start_lock = anyio.Lock()
@@ -143,42 +110,24 @@ class AsyncEasClient(_BaseEasClient):
         """Run the model on ``inputs``; see :meth:`eas_client.EasClient.infer`."""
         if not self._started:
             await self._start()
-        if self._retired and self._pools is not None:
+        transport = self._transport
+        if self._retired:
             for origin in self._reapable():
-                await self._pools.discard(origin)
-                if self._wire is not None:
-                    self._wire.discard(origin)
+                await transport.discard(origin)
         call = self._call(inputs, outputs, timeout)
         try:
-            attempt = next(call)
+            request = next(call)
             while True:
-                attempt = call.send(await self._send(attempt))
+                try:
+                    reply = await transport.send(request)
+                except EasClientError as exc:  # the transport's, for the call loop to judge
+                    request = call.throw(exc)
+                else:
+                    request = call.send(reply)
         except StopIteration as done:
             return cast(Outputs, done.value)
         finally:
             call.close()
-
-    async def _send(self, attempt: _Attempt) -> Answer:
-        """Make one exchange; the answer or the exception, for the call loop to judge."""
-        origin = attempt.extensions[ORIGIN_EXTENSION]
-        if self._wire is not None and origin.startswith("http://"):
-            pool = self._wire.get(origin)
-            limits = attempt.extensions["timeout"]
-            deadline = time.monotonic() + limits["read"]
-            head = request_head("POST", attempt.url[len(origin) :], origin[7:], attempt.headers)
-            try:
-                return await pool.request(head, {}, attempt.body, deadline, limits["connect"])
-            except OSError as exc:
-                return exc
-        try:
-            return await self._http.post(
-                attempt.url,
-                content=attempt.body,
-                headers=attempt.headers,
-                extensions=attempt.extensions,
-            )
-        except httpx.HTTPError as exc:
-            return exc
 
     async def aclose(self) -> None:
         """Stop discovery, close the store if the client opened it, close connections.
@@ -192,9 +141,7 @@ class AsyncEasClient(_BaseEasClient):
             if self._store is not None:
                 await anyio.to_thread.run_sync(self._stop_discovery)
         finally:
-            await self._http.aclose()
-            if self._wire is not None:
-                self._wire.close()
+            await self._transport.aclose()
 
     async def __aenter__(self) -> AsyncEasClient:
         await self._start()

@@ -1,12 +1,12 @@
 """Everything the two clients share that is not I/O: options, discovery, request building,
 decoding, error conversion, and the call loop with its retry policy.
 
-The call loop is written once, as a generator (:meth:`_BaseEasClient._call`): it yields an
-:class:`_Attempt` (POST this body to this URL, with these headers and timeouts) and is sent back
-what happened: the answer (a ``Reply`` of the default transport, ``eas_client._wire``, or an
-``httpx.Response`` when a transport was injected or the instance is ``https``), or the exception
-that was raised. ``EasClient`` drives it blocking, ``AsyncEasClient`` awaiting; neither makes a
-decision of its own. Closing the generator (the caller gave up, the task was
+The call loop is written once, as a generator (:meth:`_BaseEasClient._call`): it yields a
+``Request`` (POST this body to this URL, with these headers and timeouts) and is sent back the
+transport's ``Reply``, or has the transport's error thrown in (both from the one transport
+interface, ``eas_client._transport``: whichever transport the client holds, the loop sees the same
+reply type and only our errors). ``EasClient`` drives it blocking, ``AsyncEasClient`` awaiting;
+neither makes a decision of its own. Closing the generator (the caller gave up, the task was
 cancelled) releases the instance it was calling.
 
 Retry policy: a connect error or dropped connection, a timeout that leaves time, and a 503 are
@@ -21,11 +21,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from collections.abc import Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlsplit
 
-import httpx
 import numpy as np
 
 from ._balancer import DEFAULT_WEIGHT, Balancer, Endpoint, RetryBudget, Target
@@ -40,24 +39,20 @@ from ._errors import (
     ServerError,
     ServiceUnavailable,
     TimeoutException,
-    TransportError,
     Unauthorized,
 )
 from ._metrics import CallMetrics, ClientMetrics
-from ._wire import Reply
+from ._transport import Reply, Request
 
 if TYPE_CHECKING:
     from config_store import ConfigStore, Instance, Listener
 
-__all__ = ["ORIGIN_EXTENSION", "Outputs", "Pools"]
+__all__ = ["Outputs"]
 
 log = logging.getLogger("eas_client")
 
 Outputs = dict[str, np.ndarray[Any, Any]]
-Answer = httpx.Response | Reply | httpx.HTTPError | OSError
 
-#: Request extension naming the instance's connection pool (see ``Pools``).
-ORIGIN_EXTENSION: Final = "eas_client.origin"
 # A connect that takes longer than this is given up, so that a black-holed instance leaves time to
 # retry another one; the rest of the call may use the whole remaining deadline.
 _CONNECT_TIMEOUT_S: Final = 1.0
@@ -65,61 +60,6 @@ _CONNECT_TIMEOUT_S: Final = 1.0
 _MIN_ATTEMPT_S: Final = 0.001
 _BINARY_TYPE: Final = "application/octet-stream"
 _JSON_TYPE: Final = "application/json"
-
-
-class _Attempt:
-    """One HTTP exchange the I/O layer must make for the call loop."""
-
-    __slots__ = ("body", "extensions", "headers", "url")
-
-    def __init__(self, url: str, body: bytes, headers: dict[str, str], extensions: dict[str, Any]):
-        self.url = url
-        self.body = body
-        self.headers = headers
-        self.extensions = extensions
-
-
-P = TypeVar("P")
-
-
-class Pools(Generic[P]):
-    """One connection pool per instance origin, made on first use (the clients' transports).
-
-    httpx's ``Limits`` bound one pool as a whole, across origins; a pool per instance is what
-    makes ``max_connections_per_instance`` hold, and lets the pool of an instance that left
-    discovery be closed without touching the others.
-    """
-
-    def __init__(self, make: Callable[[], P]):
-        self._make = make
-        self._pools: dict[str, P] = {}
-        self._lock = threading.Lock()
-
-    def get(self, request: httpx.Request) -> P:
-        """The pool for the request's instance."""
-        origin = request.extensions.get(ORIGIN_EXTENSION)
-        if origin is None:
-            url = request.url
-            origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
-        pool = self._pools.get(origin)
-        if pool is None:
-            with self._lock:
-                pool = self._pools.get(origin)
-                if pool is None:
-                    pool = self._pools[origin] = self._make()
-        return pool
-
-    def pop(self, origin: str) -> P | None:
-        """Forget the pool of ``origin`` and return it, for the caller to close."""
-        with self._lock:
-            return self._pools.pop(origin, None)
-
-    def pop_all(self) -> list[P]:
-        """Forget every pool and return them, for the caller to close."""
-        with self._lock:
-            pools = list(self._pools.values())
-            self._pools.clear()
-        return pools
 
 
 def _number(value: object, what: str, *, minimum: float, integer: bool = False) -> Any:
@@ -159,23 +99,6 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if 0 <= seconds < math.inf else None
 
 
-def _transport_error(exc: httpx.HTTPError | OSError, url: str) -> EasClientError:
-    """The one conversion of transport exceptions (httpx's, or the socket errors of the default
-    transport) into ours (chained)."""
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    error: EasClientError
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        error = TimeoutException(f"no answer from {url} in time ({detail})", url=url)
-    elif isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | OSError):
-        error = ConnectError(f"connection to {url} failed or was dropped ({detail})", url=url)
-    elif isinstance(exc, httpx.DecodingError):
-        error = ProtocolError(f"the answer of {url} could not be decoded ({detail})")
-    else:
-        error = TransportError(f"calling {url} failed ({detail})", url=url)
-    error.__cause__ = exc
-    return error
-
-
 def _outcome(error: EasClientError) -> str:
     if isinstance(error, TimeoutException):
         return "timeout"
@@ -195,7 +118,7 @@ def _brief(error: EasClientError) -> str:
 class _BaseEasClient:
     """Options, discovery and the call loop of ``EasClient`` / ``AsyncEasClient``.
 
-    Subclasses create the HTTP client, call :meth:`_start_discovery` (sync) or run it in a thread
+    Subclasses hold a transport, call :meth:`_start_discovery` (sync) or run it in a thread
     (async), and drive :meth:`_call`. See ``EasClient`` for the arguments.
     """
 
@@ -371,8 +294,9 @@ class _BaseEasClient:
         inputs: Mapping[str, np.ndarray[Any, Any]],
         outputs: Sequence[str] | None,
         timeout: float | None,
-    ) -> Generator[_Attempt, Answer, Outputs]:
-        """The call loop: yields attempts, receives answers, returns the outputs or raises."""
+    ) -> Generator[Request, Reply, Outputs]:
+        """The call loop: yields requests, is sent their replies (or has the transport's error
+        thrown in), returns the outputs or raises."""
         if self._closed:
             raise RuntimeError(f"this {self._kind} is closed")
         started = time.perf_counter()
@@ -396,28 +320,31 @@ class _BaseEasClient:
                     if self._attempt_timeout is None
                     else min(remaining, self._attempt_timeout)
                 )
-                extensions = {
-                    "timeout": {
-                        "connect": min(wait, _CONNECT_TIMEOUT_S),
-                        "read": wait,
-                        "write": wait,
-                        "pool": remaining,
-                    },
-                    ORIGIN_EXTENSION: target.origin,
-                }
+                request = Request(
+                    target.url,
+                    target.origin,
+                    body,
+                    headers,
+                    timeout=wait,
+                    connect=min(wait, _CONNECT_TIMEOUT_S),
+                    pool=remaining,
+                )
                 try:
-                    answer = yield _Attempt(target.url, body, headers, extensions)
+                    reply = yield request
+                except EasClientError as exc:  # the transport's error, thrown in by the client
+                    last = self._failed(endpoint, exc)
                 except BaseException:  # closed (caller gone, task cancelled): no verdict
                     self._balancer.release(endpoint, None)
                     raise
-                result = self._settle(endpoint, answer)
-                if not isinstance(result, EasClientError):
-                    if self._metrics is not None:
-                        self._metrics.observe("ok", time.perf_counter() - started, retries)
-                    return result
+                else:
+                    result = self._settle(endpoint, reply)
+                    if not isinstance(result, EasClientError):
+                        if self._metrics is not None:
+                            self._metrics.observe("ok", time.perf_counter() - started, retries)
+                        return result
+                    last = result
                 tried.append(target.id)
-                failed.append(f"{target.id} ({_brief(result)})")
-                last = result
+                failed.append(f"{target.id} ({_brief(last)})")
                 if len(tried) >= self._max_attempts:
                     raise self._give_up(last, failed, f"max_attempts={self._max_attempts} reached")
                 if deadline - time.perf_counter() < _MIN_ATTEMPT_S:
@@ -442,21 +369,22 @@ class _BaseEasClient:
             raise self._give_up(last, failed, "the retry budget is spent")
         return endpoint
 
-    def _settle(self, endpoint: Endpoint, answer: Answer) -> Outputs | EasClientError:
-        """Release ``endpoint`` with its verdict; return the outputs or a retryable error, raise
-        the errors that must not be retried."""
-        target = endpoint.target
-        if isinstance(answer, Reply | httpx.Response):
-            status = answer.status_code
-            self._balancer.release(endpoint, status != 503)
-            if status == 200:
-                return self._decode(answer)
-            error: EasClientError = self._server_error(answer)
-            if status != 503:
-                error.add_note(f"from instance {target.id} of service {self._name!r}")
-                raise error
-            return error
-        error = _transport_error(answer, target.url)
+    def _settle(self, endpoint: Endpoint, reply: Reply) -> Outputs | EasClientError:
+        """Release ``endpoint`` with the verdict of its reply; return the outputs or a retryable
+        error (503), raise the errors that must not be retried."""
+        status = reply.status_code
+        self._balancer.release(endpoint, status != 503)
+        if status == 200:
+            return self._decode(reply)
+        error = self._server_error(reply)
+        if status != 503:
+            error.add_note(f"from instance {endpoint.target.id} of service {self._name!r}")
+            raise error
+        return error
+
+    def _failed(self, endpoint: Endpoint, error: EasClientError) -> EasClientError:
+        """Release ``endpoint`` after the transport's ``error``; return it when it is retryable
+        (a connect error or a timeout), raise it when not."""
         retryable = isinstance(error, ConnectError | TimeoutException)
         self._balancer.release(endpoint, False if retryable else None)
         if not retryable:
@@ -489,14 +417,14 @@ class _BaseEasClient:
         return body, {**self._headers, "inference-header-content-length": str(length)}
 
     @staticmethod
-    def _decode(response: Reply | httpx.Response) -> Outputs:
-        length = response.headers.get("inference-header-content-length")
-        return decode_response(response.content, length).outputs
+    def _decode(reply: Reply) -> Outputs:
+        length = reply.headers.get("inference-header-content-length")
+        return decode_response(reply.content, length).outputs
 
     @staticmethod
-    def _server_error(response: Reply | httpx.Response) -> ServerError:
+    def _server_error(reply: Reply) -> ServerError:
         return ServerError.from_status(
-            response.status_code,
-            decode_error(response.content),
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            reply.status_code,
+            decode_error(reply.content),
+            retry_after=_retry_after(reply.headers.get("retry-after")),
         )

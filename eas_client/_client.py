@@ -2,50 +2,26 @@
 
 from __future__ import annotations
 
-import ssl
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-import httpx
 import numpy as np
 
 from ._balancer import RetryBudget
-from ._base import ORIGIN_EXTENSION, Answer, Outputs, Pools, _Attempt, _BaseEasClient
+from ._base import Outputs, _BaseEasClient
+from ._errors import EasClientError
+from ._httpx import HttpxTransport
+from ._instances import Instances
 from ._metrics import ClientMetrics
-from ._wire import SyncPool, WirePools, request_head
+from ._transport import Transport
 
 if TYPE_CHECKING:
+    import httpx
+
     from config_store import ConfigStore
 
 __all__ = ["EasClient"]
-
-
-class _InstancePools(httpx.BaseTransport):
-    """An httpx connection pool per instance, each bounded by ``limits``."""
-
-    def __init__(self, limits: httpx.Limits):
-        self._limits = limits
-        self._ssl: ssl.SSLContext | None = None
-        self._pools: Pools[httpx.HTTPTransport] = Pools(self._new)
-
-    def _new(self) -> httpx.HTTPTransport:
-        if self._ssl is None:  # built once: loading the CA bundle takes milliseconds
-            self._ssl = httpx.create_ssl_context(trust_env=False)
-        return httpx.HTTPTransport(verify=self._ssl, limits=self._limits, trust_env=False)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._pools.get(request).handle_request(request)
-
-    def discard(self, origin: str) -> None:
-        pool = self._pools.pop(origin)
-        if pool is not None:
-            pool.close()
-
-    def close(self) -> None:
-        for pool in self._pools.pop_all():
-            pool.close()
 
 
 class EasClient(_BaseEasClient):
@@ -140,22 +116,15 @@ class EasClient(_BaseEasClient):
             eject_for=eject_for,
             attempt_timeout=attempt_timeout,
         )
-        n = self._max_connections
-        self._pools = (
-            None
-            if transport is not None
-            else _InstancePools(httpx.Limits(max_connections=n, max_keepalive_connections=n))
-        )
-        self._http = httpx.Client(transport=transport or self._pools, trust_env=False)
-        # The default transport (eas_client._wire) for plain-HTTP instances; httpx for an
-        # injected transport and for https instances.
-        self._wire: WirePools[SyncPool] | None = (
-            None if transport is not None else WirePools(lambda host, port: SyncPool(host, port, n))
+        self._transport: Transport = (
+            Instances(self._max_connections)
+            if transport is None
+            else HttpxTransport.over(transport)
         )
         try:
             self._start_discovery()
         except BaseException:
-            self._http.close()
+            self._transport.close()
             raise
 
     def infer(
@@ -187,42 +156,24 @@ class EasClient(_BaseEasClient):
 
             When retries ran out, the error's notes name the instances tried and why it stopped.
         """
-        if self._retired and self._pools is not None:
+        transport = self._transport
+        if self._retired:
             for origin in self._reapable():
-                self._pools.discard(origin)
-                if self._wire is not None:
-                    self._wire.discard(origin)
+                transport.discard(origin)
         call = self._call(inputs, outputs, timeout)
         try:
-            attempt = next(call)
+            request = next(call)
             while True:
-                attempt = call.send(self._send(attempt))
+                try:
+                    reply = transport.send(request)
+                except EasClientError as exc:  # the transport's, for the call loop to judge
+                    request = call.throw(exc)
+                else:
+                    request = call.send(reply)
         except StopIteration as done:
             return cast(Outputs, done.value)
         finally:
             call.close()
-
-    def _send(self, attempt: _Attempt) -> Answer:
-        """Make one exchange; the answer or the exception, for the call loop to judge."""
-        origin = attempt.extensions[ORIGIN_EXTENSION]
-        if self._wire is not None and origin.startswith("http://"):
-            pool = self._wire.get(origin)
-            limits = attempt.extensions["timeout"]
-            deadline = time.monotonic() + limits["read"]
-            head = request_head("POST", attempt.url[len(origin) :], origin[7:], attempt.headers)
-            try:
-                return pool.request(head, {}, attempt.body, deadline, limits["connect"])
-            except OSError as exc:
-                return exc
-        try:
-            return self._http.post(
-                attempt.url,
-                content=attempt.body,
-                headers=attempt.headers,
-                extensions=attempt.extensions,
-            )
-        except httpx.HTTPError as exc:
-            return exc
 
     def close(self) -> None:
         """Stop discovery, close the store if the client opened it, close connections.
@@ -235,9 +186,7 @@ class EasClient(_BaseEasClient):
         try:
             self._stop_discovery()
         finally:
-            self._http.close()
-            if self._wire is not None:
-                self._wire.close()
+            self._transport.close()
 
     def __enter__(self) -> EasClient:
         return self

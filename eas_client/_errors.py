@@ -16,8 +16,9 @@ EasClientError
 
 ``ProtocolError`` is raised by the pure codec (``eas_client._codec``), on the server as well as in
 clients; the model server answers it with 400 and the message as ``{"error": ...}``. The others are
-raised by the clients. HTTP library exceptions are converted once, at the transport boundary, and
-chained (``raise ConnectError(...) from exc``).
+raised by the clients. The exceptions of httpx and of sockets are converted once, inside the
+transport adapter that met them (``eas_client._transport``), and chained
+(``raise ConnectError(...) from exc``).
 """
 
 from __future__ import annotations

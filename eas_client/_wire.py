@@ -1,18 +1,19 @@
-"""The default transport: HTTP/1.1 keep-alive connections per instance, parsed by ``httptools``.
+"""The wire pools: HTTP/1.1 keep-alive connections to one instance, parsed by ``httptools``.
 
 An inference call is one POST with a known body and one answer with a ``Content-Length`` (or
 chunked) body. httpx spends most of a small call's CPU on generality this path does not need (URL
 and header models, h11's state machine, tracing hooks): about 1 ms of Python per call on this
 project's 2-core machine against ~0.25 ms for a bare socket. This module keeps only what the call
-needs: a bounded pool of sockets per instance, the request head built once per client, and
-httptools' C parser for the answer. The parsing is shared; ``SyncPool`` and ``AsyncPool`` differ
-only in how they wait.
+needs: a bounded pool of sockets per instance and httptools' C parser for the answer. The parsing
+is shared; ``SyncPool`` and ``AsyncPool`` differ only in how they wait.
 
 A reused keep-alive connection may have been closed by the server while idle (uvicorn closes
 after 5 s); when such a connection fails before any byte of the answer arrived, the request is
-sent once more on a fresh connection (inference has no side effects). Everything else surfaces
-as ``OSError`` (refused, reset, dropped), ``TimeoutError``, or ``BadAnswer``, which the caller
-converts into its own errors at one place.
+sent once more on a fresh connection (inference has no side effects). Inside a pool everything
+else surfaces as ``OSError`` (refused, reset, dropped), ``TimeoutError``, or ``BadAnswer``;
+``send``, the pool's side of the transport interface (``eas_client._transport``), converts them
+into ours there, once: ``TimeoutException`` for timeouts, ``ConnectError`` for the rest (a
+malformed answer or one cut short included: retried on another instance).
 
 TLS is not handled here: ``https`` instances and injected transports go through httpx.
 """
@@ -24,29 +25,17 @@ import collections
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Final
 
 import httptools
 
-__all__ = [
-    "AsyncPool",
-    "BadAnswer",
-    "PoolTimeout",
-    "Reply",
-    "SyncPool",
-    "WirePools",
-    "request_head",
-]
+from ._errors import ConnectError, TimeoutException
+from ._transport import Reply, Request, transport_error
+
+__all__ = ["AsyncPool", "BadAnswer", "PoolTimeout", "SyncPool", "request_head"]
 
 _READ: Final = 65536
-
-
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-P = TypeVar("P", bound=_Closable)
+_NO_HEADERS: Final[dict[str, str]] = {}
 
 
 class BadAnswer(OSError):
@@ -55,17 +44,6 @@ class BadAnswer(OSError):
 
 class PoolTimeout(TimeoutError):
     """Every connection of the instance's pool stayed busy until the deadline."""
-
-
-class Reply:
-    """An answer: status, lower-case headers, body (what the call loop reads of a response)."""
-
-    __slots__ = ("content", "headers", "status_code")
-
-    def __init__(self, status_code: int, headers: dict[str, str], content: bytes):
-        self.status_code = status_code
-        self.headers = headers
-        self.content = content
 
 
 class _Reader:
@@ -128,6 +106,11 @@ def _message(head: bytes, headers: dict[str, str], body: bytes) -> list[bytes]:
     return [head, f"{extra}content-length: {len(body)}\r\n\r\n".encode("latin-1"), body]
 
 
+def _head(request: Request) -> bytes:
+    origin = request.origin  # http://host:port, the pool's instance
+    return request_head("POST", request.url[len(origin) :], origin[7:], request.headers)
+
+
 class SyncPool:
     """Blocking keep-alive connections to one instance, at most ``limit`` at a time."""
 
@@ -137,6 +120,18 @@ class SyncPool:
         self._idle: collections.deque[socket.socket] = collections.deque()
         self._slots = threading.BoundedSemaphore(limit)
         self._closed = False
+
+    def send(self, request: Request) -> Reply:
+        """``Transport.send`` for this instance: ``request``, with our errors."""
+        deadline = time.monotonic() + request.timeout
+        try:
+            return self.request(
+                _head(request), _NO_HEADERS, request.body, deadline, request.connect
+            )
+        except TimeoutError as exc:
+            raise transport_error(TimeoutException, exc, request.url) from exc
+        except OSError as exc:
+            raise transport_error(ConnectError, exc, request.url) from exc
 
     def _connect(self, timeout: float) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=max(timeout, 1e-3))
@@ -225,6 +220,18 @@ class AsyncPool:
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
 
+    async def send(self, request: Request) -> Reply:
+        """``AsyncTransport.send`` for this instance: ``request``, with our errors."""
+        deadline = time.monotonic() + request.timeout
+        try:
+            return await self.request(
+                _head(request), _NO_HEADERS, request.body, deadline, request.connect
+            )
+        except TimeoutError as exc:
+            raise transport_error(TimeoutException, exc, request.url) from exc
+        except OSError as exc:
+            raise transport_error(ConnectError, exc, request.url) from exc
+
     async def request(
         self,
         head: bytes,
@@ -292,35 +299,5 @@ class AsyncPool:
         while self._idle:
             self._idle.pop()[1].close()
 
-
-class WirePools(Generic[P]):
-    """The pools of a client, one per instance origin (``http://host:port``), made on first use;
-    the pool of an instance that left discovery is discarded once nothing is in flight."""
-
-    def __init__(self, make: Callable[[str, int], P]):
-        self._make = make
-        self._pools: dict[str, P] = {}
-        self._lock = threading.Lock()
-
-    def get(self, origin: str) -> P:
-        pool = self._pools.get(origin)
-        if pool is None:
-            with self._lock:
-                pool = self._pools.get(origin)
-                if pool is None:
-                    host, _, port = origin[len("http://") :].rpartition(":")
-                    pool = self._pools[origin] = self._make(host.strip("[]"), int(port))
-        return pool
-
-    def discard(self, origin: str) -> None:
-        with self._lock:
-            pool = self._pools.pop(origin, None)
-        if pool is not None:
-            pool.close()
-
-    def close(self) -> None:
-        with self._lock:
-            pools = list(self._pools.values())
-            self._pools.clear()
-        for pool in pools:
-            pool.close()
+    async def aclose(self) -> None:
+        self.close()

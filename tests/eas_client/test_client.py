@@ -26,6 +26,7 @@ from eas_client import (
     TimeoutException,
     Unauthorized,
 )
+from eas_client._instances import Instances
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import ServerProcess, StartServer
 from tests.fixtures.waiting import wait
@@ -209,8 +210,8 @@ def test_instances_follow_registrations(
         for _ in range(10):
             client.infer({"x": X})
         # the pool of the instance that left was closed once nothing was in flight on it
-        assert client._wire is not None
-        assert client._wire._pools.keys() == {second.url}
+        assert isinstance(client._transport, Instances)
+        assert client._transport.origins() == [second.url]
 
 
 def test_a_store_object_is_shared_and_a_url_is_owned(
