@@ -20,31 +20,87 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ._hardware import Hardware
 from ._model import ModelInfo
 from ._runtime import RuntimeConfig
-from ._verify import Gate
-
-if TYPE_CHECKING:
-    from ._optimize import _Session
-    from ._passes import Candidate
+from ._verify import Gate, OutputMetrics
 
 __all__ = [
     "ARTIFACT_FORMAT",
     "Artifact",
+    "Outcome",
+    "build_report",
     "cache_key",
     "from_cache",
     "load_artifact",
     "render_report",
+    "write",
 ]
 
 ARTIFACT_FORMAT = 1
 REFERENCE_ROWS = 4
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one optimize run decided: everything the artifact and its report are written from.
+
+    The optimizer builds it once its passes are done, so this module needs nothing of how the
+    candidates were found (and does not import the optimizer).
+
+    Attributes:
+        model: the source model.
+        hardware: the device the candidates were timed on.
+        data: the test data (batch dim first) the reference was computed on.
+        reference: fp32 CPU reference outputs for ``data``, padded positions zeroed.
+        mask_outputs: outputs whose padded positions are zeroed before comparison.
+        batch_sizes: the batch sizes timed.
+        buckets: ``[batch, seq]`` shapes for CUDA graphs.
+        plain_runtime: how plain ORT ran on the device (the baseline).
+        plain_latency: plain's median latency in seconds, by batch size.
+        plain_metrics: plain ORT on the device against the reference, by output.
+        passes: one report entry per pass tried (see docs/blade.md).
+        chosen: the chosen candidate's name, ``"plain"`` when none was kept.
+        model_path: the chosen model file (the source model for plain).
+        tier: the chosen candidate's accuracy tier (``"lossless"`` for plain).
+        gate: the gate of that tier, re-checked when the artifact is loaded.
+        runtime: how to run the chosen model.
+        reason: why it was chosen.
+        speedup: plain latency / chosen latency at the median batch size.
+        speedup_geomean: geometric mean of the speedups over all batch sizes.
+        synthetic: the test data was drawn from the signature, not given.
+        elapsed_s: wall time of the run.
+        key: the cache key (see ``cache_key``).
+    """
+
+    model: ModelInfo
+    hardware: Hardware
+    data: Mapping[str, np.ndarray]
+    reference: Mapping[str, np.ndarray]
+    mask_outputs: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    buckets: tuple[tuple[int, ...], ...]
+    plain_runtime: RuntimeConfig
+    plain_latency: Mapping[int, float]
+    plain_metrics: Mapping[str, OutputMetrics]
+    passes: tuple[Mapping[str, Any], ...]
+    chosen: str
+    model_path: Path
+    tier: str
+    gate: Gate
+    runtime: RuntimeConfig
+    reason: str
+    speedup: float
+    speedup_geomean: float
+    synthetic: bool
+    elapsed_s: float
+    key: str
 
 
 def default_cache_dir() -> Path:
@@ -121,47 +177,39 @@ def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
-def build_report(
-    s: _Session,
-    chosen: Candidate | None,
-    why: str,
-    speedup: float,
-    gain: float,
-    synthetic: bool,
-    elapsed: float,
-    key: str,
-) -> dict[str, Any]:
-    rows = next(iter(s.data.values())).shape[0]
+def build_report(o: Outcome) -> dict[str, Any]:
+    """The report of a run, as written to ``report.json``."""
+    rows = next(iter(o.data.values())).shape[0]
     data_note = (
         f"synthetic: {rows} examples drawn from the signature (token ids from ordinary "
         "embedding rows, masks of ones with some padding, floats from a normal); "
         "pass real test data for a stronger check"
-        if synthetic
+        if o.synthetic
         else f"user: {rows} examples"
     )
     return {
-        "model": str(s.model.path),
-        "model_sha256": s.model.sha256,
-        "device": s.hw.device,
-        "hardware": s.hw.json(),
-        "hardware_key": s.hw.key(),
-        "tensorrt": s.hw.tensorrt or "not installed",
+        "model": str(o.model.path),
+        "model_sha256": o.model.sha256,
+        "device": o.hardware.device,
+        "hardware": o.hardware.json(),
+        "hardware_key": o.hardware.key(),
+        "tensorrt": o.hardware.tensorrt or "not installed",
         "test_data": data_note,
-        "batch_sizes": s.batch_sizes,
-        "buckets": s.buckets,
+        "batch_sizes": list(o.batch_sizes),
+        "buckets": [list(b) for b in o.buckets],
         "baseline": {
             "name": "plain",
-            "runtime": s.plain_config.json(),
-            "latency_ms": {str(b): t * 1e3 for b, t in s.plain_latency.items()},
-            "metrics": {k: m.json() for k, m in s.plain_metrics.items()},
+            "runtime": o.plain_runtime.json(),
+            "latency_ms": {str(b): t * 1e3 for b, t in o.plain_latency.items()},
+            "metrics": {k: m.json() for k, m in o.plain_metrics.items()},
         },
-        "passes": s.passes,
-        "chosen": chosen.name if chosen else "plain",
-        "reason": why,
-        "speedup": speedup,
-        "speedup_geomean": gain,
-        "elapsed_s": elapsed,
-        "cache": {"hit": False, "key": key},
+        "passes": [dict(p) for p in o.passes],
+        "chosen": o.chosen,
+        "reason": o.reason,
+        "speedup": o.speedup,
+        "speedup_geomean": o.speedup_geomean,
+        "elapsed_s": o.elapsed_s,
+        "cache": {"hit": False, "key": o.key},
     }
 
 
@@ -204,42 +252,34 @@ def render_report(report: Mapping[str, Any]) -> str:
 
 
 def write(
-    out_dir: Path,
-    s: _Session,
-    chosen: Candidate | None,
-    report: dict[str, Any],
-    cache_dir: str | Path | None,
-    key: str,
+    out_dir: Path, o: Outcome, report: Mapping[str, Any], cache_dir: str | Path | None
 ) -> None:
     """Write the artifact next to ``out_dir`` and move it in place, then store it in the cache."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".blade-", dir=out_dir.parent))
     try:
-        model_src = chosen.model_path if chosen else s.model.path
-        shutil.copyfile(model_src, tmp / "model.onnx")
-        tier = chosen.tier if chosen else "lossless"
-        runtime = chosen.runtime if chosen else s.plain_config
+        shutil.copyfile(o.model_path, tmp / "model.onnx")
         doc = {
             "format": ARTIFACT_FORMAT,
             "model": "model.onnx",
-            "candidate": chosen.name if chosen else "plain",
-            "tier": tier,
-            "gate": s.gate(tier).json(),
-            "runtime": runtime.json(),
-            "signature": s.model.signature(),
-            "source_sha256": s.model.sha256,
-            "hardware_key": s.hw.key(),
-            "batchable": s.model.batchable,
-            "mask": {"input": s.model.mask_input, "outputs": s.token_outputs},
+            "candidate": o.chosen,
+            "tier": o.tier,
+            "gate": o.gate.json(),
+            "runtime": o.runtime.json(),
+            "signature": o.model.signature(),
+            "source_sha256": o.model.sha256,
+            "hardware_key": o.hardware.key(),
+            "batchable": o.model.batchable,
+            "mask": {"input": o.model.mask_input, "outputs": list(o.mask_outputs)},
         }
         (tmp / "blade.json").write_text(json.dumps(doc, indent=2))
-        n = min(REFERENCE_ROWS, next(iter(s.data.values())).shape[0])
-        ref = {f"in:{k}": v[:n] for k, v in s.data.items()}
-        ref.update({f"out:{k}": v[:n] for k, v in s.reference.items()})
+        n = min(REFERENCE_ROWS, next(iter(o.data.values())).shape[0])
+        ref = {f"in:{k}": v[:n] for k, v in o.data.items()}
+        ref.update({f"out:{k}": v[:n] for k, v in o.reference.items()})
         np.savez(tmp / "reference.npz", **ref)  # type: ignore[arg-type]
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float))
         (tmp / "report.txt").write_text(render_report(report) + "\n")
-        entry = Path(cache_dir or default_cache_dir()) / key
+        entry = Path(cache_dir or default_cache_dir()) / o.key
         if not entry.exists():
             entry.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(tmp, entry.with_name(entry.name + ".tmp"), dirs_exist_ok=True)

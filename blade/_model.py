@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from eas_server.processors.onnx import not_onnx
+
 from ._errors import InvalidModel
 
 __all__ = ["ModelInfo", "TensorInfo", "inspect_model"]
@@ -99,18 +101,19 @@ def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
 
 
 def _load(path: Path) -> tuple[onnx.ModelProto, bytes]:
+    """The model and the file's bytes; protobuf's "Error parsing message with type
+    'onnx.ModelProto'" becomes ``not_onnx``'s line, saying what the file looks like instead."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidModel(f"cannot read {path}: {exc.strerror}") from exc
-    if not data:
-        raise InvalidModel(f"{path} is empty")
     try:
         model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise InvalidModel(f"{path} is not an ONNX model (or is truncated): {exc}") from exc
+    except Exception as exc:  # protobuf's DecodeError, onnx's own errors
+        reason = "its bytes do not parse as ONNX protobuf (corrupt or truncated?)"
+        raise InvalidModel(not_onnx(path, data, reason)) from exc
     if not model.graph.node and not model.graph.output:
-        raise InvalidModel(f"{path} holds no graph (not an ONNX model?)")
+        raise InvalidModel(not_onnx(path, data, "it parses as protobuf but holds no graph"))
     return model, data
 
 
@@ -187,7 +190,8 @@ def inspect_model(path: str | Path) -> ModelInfo:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise InvalidModel(f"{path} is not a valid ONNX graph: {str(exc).splitlines()[0]}") from exc
+        reason = f"onnx's checker refuses its graph: {str(exc).strip().splitlines()[0]}"
+        raise InvalidModel(not_onnx(path, data, reason)) from exc
     init_names = {i.name for i in model.graph.initializer}
     inputs = tuple(_tensor_info(v) for v in model.graph.input if v.name not in init_names)
     outputs = tuple(_tensor_info(v) for v in model.graph.output)

@@ -500,11 +500,49 @@ def optimize(
         chosen, gain, why = _choose(s)
         median_batch = sorted(s.batch_sizes)[len(s.batch_sizes) // 2]
         speedup = _speedup_at(s, chosen, median_batch) if chosen is not None else 1.0
-        report = _artifact.build_report(
-            s, chosen, why, speedup, gain, synthetic, time.time() - started, key
-        )
-        _artifact.write(out_dir, s, chosen, report, cache_dir, key)
+        outcome = _outcome(s, chosen, why, speedup, gain, synthetic, time.time() - started, key)
+        report = _artifact.build_report(outcome)
+        _artifact.write(out_dir, outcome, report, cache_dir)
     return OptimizeResult(out_dir, report, speedup)
+
+
+def _outcome(
+    s: _Session,
+    chosen: Candidate | None,
+    why: str,
+    speedup: float,
+    gain: float,
+    synthetic: bool,
+    elapsed: float,
+    key: str,
+) -> _artifact.Outcome:
+    """The run's record for the artifact writer (plain ORT on the source model when nothing was
+    chosen)."""
+    tier = chosen.tier if chosen else "lossless"
+    return _artifact.Outcome(
+        model=s.model,
+        hardware=s.hw,
+        data=s.data,
+        reference=s.reference,
+        mask_outputs=tuple(s.token_outputs),
+        batch_sizes=tuple(s.batch_sizes),
+        buckets=tuple(tuple(b) for b in s.buckets),
+        plain_runtime=s.plain_config,
+        plain_latency=dict(s.plain_latency),
+        plain_metrics=dict(s.plain_metrics),
+        passes=tuple(s.passes),
+        chosen=chosen.name if chosen else "plain",
+        model_path=chosen.model_path if chosen else s.model.path,
+        tier=tier,
+        gate=s.gate(tier),
+        runtime=chosen.runtime if chosen else s.plain_config,
+        reason=why,
+        speedup=speedup,
+        speedup_geomean=gain,
+        synthetic=synthetic,
+        elapsed_s=elapsed,
+        key=key,
+    )
 
 
 def _speedup_at(s: _Session, chosen: Candidate, batch: int) -> float:
