@@ -8,7 +8,7 @@ lst = store.add_listener("intent-cls", on_change, group="models")
 ```
 """
 
-from ._base import ConfigStore, StoreState
+from ._backend import StoreState
 from ._election import LeaderElection
 from ._envelope import MAX_CONTENT_BYTES
 from ._errors import (
@@ -23,6 +23,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._open import open_store
+from ._store import ConfigStore
 from ._types import ConfigCallback, ConfigItem, Instance, InstanceCallback, Listener, Registration
 
 __all__ = [

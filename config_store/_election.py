@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._base import ConfigStore
+from ._store import ConfigStore
 from ._types import Instance
 
 __all__ = ["LeaderElection"]

@@ -1,4 +1,4 @@
-"""``open_store``: the one entry point that turns a URL into a backend."""
+"""``open_store``: the one entry point that turns a URL into a backend and the store over it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from ._base import ConfigStore
+from ._backend import Backend
 from ._errors import InvalidUrl
 from ._snapshot import default_failover_dir, default_snapshot_dir
+from ._store import ConfigStore
 from ._url import parse_url
 
 __all__ = ["open_store"]
@@ -68,19 +69,21 @@ def open_store(
         history_keep = parsed.option_int("history_keep", 100)
     elif isinstance(history_keep, bool) or not isinstance(history_keep, int) or history_keep < 1:
         raise InvalidUrl(f"history_keep must be a positive integer, got {history_keep!r}")
-    common = {
-        "snapshot_dir": _dir_option(
+    backend: Backend
+    if parsed.scheme == "sqlite":
+        from ._sqlite import SqliteBackend
+
+        backend = SqliteBackend(parsed, history_keep=history_keep)
+    else:
+        from ._zk import ZkBackend
+
+        backend = ZkBackend(parsed, history_keep=history_keep)
+    return ConfigStore(
+        backend,
+        snapshot_dir=_dir_option(
             snapshot_dir, parsed.options.get("snapshot_dir"), default_snapshot_dir()
         ),
-        "failover_dir": _dir_option(
+        failover_dir=_dir_option(
             failover_dir, parsed.options.get("failover_dir"), default_failover_dir()
         ),
-        "history_keep": history_keep,
-    }
-    if parsed.scheme == "sqlite":
-        from ._sqlite import SqliteStore
-
-        return SqliteStore(parsed, **common)
-    from ._zk import ZkStore
-
-    return ZkStore(parsed, **common)
+    )

@@ -1,18 +1,28 @@
 """The local snapshot (what this host last saw of each key, served when the store is unreachable)
-and the failover directory (operator-written files that override the store). Small file I/O only."""
+and the failover directory (operator-written files that override the store). Small file I/O only;
+``SnapshotWriter`` moves it off the threads that learn of changes."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from . import _envelope
+from ._dispatch import Mailbox
 from ._types import ConfigItem, Instance, utc_from_timestamp
 
-__all__ = ["FailoverDir", "SnapshotDir", "default_failover_dir", "default_snapshot_dir"]
+__all__ = [
+    "FailoverDir",
+    "SnapshotDir",
+    "SnapshotWriter",
+    "default_failover_dir",
+    "default_snapshot_dir",
+]
 
 log = logging.getLogger("config_store.snapshot")
 _INSTANCES_DIR = "_instances"
@@ -111,6 +121,40 @@ class SnapshotDir:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable instance snapshot %s: %s", path, exc)
             return None
+
+
+class SnapshotWriter:
+    """Writes a key's snapshot file on the callback pool, latest value first: a backend thread
+    or a reader posts and goes on; a key's writes happen one at a time, and a value already on
+    disk is not written again."""
+
+    def __init__(self, snapshot: SnapshotDir):
+        self._snapshot = snapshot
+        self._lock = threading.Lock()
+        self._boxes: dict[tuple[str, str], Mailbox[ConfigItem | None]] = {}
+        self._written: dict[tuple[str, str], int] = {}
+
+    def post(self, group: str, data_id: str, item: ConfigItem | None) -> None:
+        """Record what the store said of a key (``None``: it does not exist). Values served
+        from a copy (snapshot, failover) are not written back."""
+        if item is not None and item.source != "store":
+            return
+        key = (group, data_id)
+        with self._lock:
+            box = self._boxes.get(key)
+            if box is None:
+                box = self._boxes[key] = Mailbox(functools.partial(self._apply, key))
+        box.post(item)
+
+    def _apply(self, key: tuple[str, str], item: ConfigItem | None) -> None:
+        revision = 0 if item is None else item.revision
+        if self._written.get(key) == revision:
+            return
+        if item is None:
+            self._snapshot.delete(*key)
+        else:
+            self._snapshot.write(item)
+        self._written[key] = revision
 
 
 class FailoverDir:

@@ -2,13 +2,14 @@
 
 Change notification: every write appends to a ``changes`` log; one poller thread per process and
 database watches ``PRAGMA data_version`` (which moves when *another* connection commits) every few
-milliseconds, reads the new log rows and re-reads the keys and services its stores watch. All
-applications happen on that one thread, in log order. Registrations are leases renewed by a
-heartbeat thread. A lease names the process that holds it (``_owner.py``): a lease whose process
-is gone is dead at once. ``instances()`` never lists it, the poller looks at the holders of
-watched services every ``_SWEEP_S`` and tells watchers, and every heartbeat pass deletes such
-leases; so a SIGKILLed instance leaves every client's view within a second. A process that is
-alive but hung keeps its lease until ``lease_ttl`` runs out.
+milliseconds, reads the new log rows and re-reads the keys and services its backends watch. All
+reports happen on that one thread, in log order, to the sink of each backend that watches the key
+or service. Registrations are leases renewed by a heartbeat thread. A lease names the process
+that holds it (``_owner.py``): a lease whose process is gone is dead at once. ``instances()``
+never lists it, the poller looks at the holders of watched services every ``_SWEEP_S`` and tells
+watchers, and every heartbeat pass deletes such leases; so a SIGKILLed instance leaves every
+client's view within a second. A process that is alive but hung keeps its lease until
+``lease_ttl`` runs out.
 """
 
 from __future__ import annotations
@@ -21,17 +22,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ._base import (
-    BaseRegistration,
-    ConfigStore,
-    Key,
-    StoreState,
-    check_cas as _check_cas,
-    parse_instance,
-)
+from ._backend import Key, Sink, StoreState, check_cas as _check_cas, parse_instance
 from ._errors import (
     ConfigStoreError,
     NotFound,
@@ -43,7 +38,7 @@ from ._owner import Owner, dead_owners, is_dead
 from ._types import ConfigItem, Instance, utc_from_timestamp
 from ._url import StoreUrl
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteBackend"]
 
 log = logging.getLogger("config_store.sqlite")
 
@@ -105,37 +100,38 @@ def _row_item(group: str, data_id: str, row: tuple[int, str, float, bytes]) -> C
 
 
 class _Poller:
-    """One per process and database file: watches for commits and applies them to its stores."""
+    """One per process and database file: watches for commits and reports them to the backends
+    of that file that watch the key or service."""
 
     _registry: ClassVar[dict[str, _Poller]] = {}
     _registry_lock = threading.Lock()
 
     @classmethod
-    def attach(cls, store: SqliteStore) -> _Poller:
+    def attach(cls, backend: SqliteBackend) -> _Poller:
         with cls._registry_lock:
-            poller = cls._registry.get(store.db_key)
+            poller = cls._registry.get(backend.db_key)
             if poller is None:
-                poller = cls._registry[store.db_key] = _Poller(store)
-            poller._stores.add(store)
-            poller._interval = min(poller._interval, store.poll_interval)
+                poller = cls._registry[backend.db_key] = _Poller(backend)
+            poller._backends.add(backend)
+            poller._interval = min(poller._interval, backend.poll_interval)
             return poller
 
-    def detach(self, store: SqliteStore) -> None:
+    def detach(self, backend: SqliteBackend) -> None:
         with self._registry_lock:
-            self._stores.discard(store)
-            if self._stores:
+            self._backends.discard(backend)
+            if self._backends:
                 return
-            del self._registry[store.db_key]
+            del self._registry[backend.db_key]
         self._stop.set()
         self._wake.set()
 
-    def __init__(self, store: SqliteStore):
-        self._path = store.path
-        self._read_only = store.read_only
-        self._stores: set[SqliteStore] = set()
-        self._interval = store.poll_interval
-        self._lease_check = store.lease_ttl / 4
-        self._requests: list[tuple[SqliteStore, str, str]] = []
+    def __init__(self, backend: SqliteBackend):
+        self._path = backend.path
+        self._read_only = backend.read_only
+        self._backends: set[SqliteBackend] = set()
+        self._interval = backend.poll_interval
+        self._lease_check = backend.lease_ttl / 4
+        self._requests: list[tuple[SqliteBackend, str, str]] = []
         self._req_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -147,10 +143,10 @@ class _Poller:
         )
         self._thread.start()
 
-    def request(self, store: SqliteStore, kind: str, name: str) -> None:
+    def request(self, backend: SqliteBackend, kind: str, name: str) -> None:
         """Ask for a (re-)read of a key (``kind`` "config", name "group\\0id") or a service."""
         with self._req_lock:
-            self._requests.append((store, kind, name))
+            self._requests.append((backend, kind, name))
         self._wake.set()
 
     def _run(self) -> None:
@@ -166,9 +162,9 @@ class _Poller:
                 now = time.monotonic()
                 if now >= next_lease_check:
                     next_lease_check = now + self._lease_check
-                    for store in list(self._stores):
-                        for service in store._watched_services():
-                            self._deliver_service(store, service)
+                    for backend in list(self._backends):
+                        for service in backend.watched_services():
+                            self._deliver_service(backend, service)
                 elif now >= next_sweep:
                     next_sweep = now + _SWEEP_S
                     self._sweep()
@@ -181,13 +177,13 @@ class _Poller:
         with self._req_lock:
             requests, self._requests = self._requests, []
         changed = self._new_changes()
-        for store, kind, name in requests:
+        for backend, kind, name in requests:
             if kind == _KIND_CONFIG:
                 grp, _, data_id = name.partition("\0")
-                if (grp, data_id) in store._watched_keys():
-                    store._apply_config((grp, data_id), self._read(grp, data_id))
-            elif name in store._watched_services():
-                self._deliver_service(store, name, force=True)
+                if (grp, data_id) in backend.watched_keys():
+                    backend.report_config((grp, data_id), self._read(grp, data_id))
+            elif name in backend.watched_services():
+                self._deliver_service(backend, name, force=True)
         if changed:
             self._apply_changes(changed)
 
@@ -216,32 +212,32 @@ class _Poller:
                 services.add(grp)
         for key in items:
             items[key] = self._read(*key)
-        for store in list(self._stores):
-            watched = set(store._watched_keys())
+        for backend in list(self._backends):
+            watched = backend.watched_keys()
             for key, item in items.items():
                 if key in watched:
-                    store._apply_config(key, item)
-            for service in services & set(store._watched_services()):
-                self._deliver_service(store, service)
+                    backend.report_config(key, item)
+            for service in services & backend.watched_services():
+                self._deliver_service(backend, service)
 
     def _sweep(self) -> None:
         """Re-deliver the watched services that a dead process still holds a lease of."""
-        watched = [(st, svc) for st in list(self._stores) for svc in st._watched_services()]
+        watched = [(b, svc) for b in list(self._backends) for svc in b.watched_services()]
         if not watched:
             return
         rows = self._conn.execute("SELECT DISTINCT service, owner FROM instances").fetchall()
         dead = dead_owners(owner for _, owner in rows)
         held_by_dead = {service for service, owner in rows if owner in dead}
-        for store, service in watched:
+        for backend, service in watched:
             if service in held_by_dead:
-                self._deliver_service(store, service)
+                self._deliver_service(backend, service)
 
     def _resync_all(self) -> None:
-        for store in list(self._stores):
-            for key in store._watched_keys():
-                store._apply_config(key, self._read(*key))
-            for service in store._watched_services():
-                self._deliver_service(store, service)
+        for backend in list(self._backends):
+            for key in backend.watched_keys():
+                backend.report_config(key, self._read(*key))
+            for service in backend.watched_services():
+                self._deliver_service(backend, service)
 
     def _read(self, grp: str, data_id: str) -> ConfigItem | None:
         row = self._conn.execute(
@@ -250,10 +246,8 @@ class _Poller:
         ).fetchone()
         return None if row is None else _row_item(grp, data_id, row)
 
-    def _deliver_service(self, store: SqliteStore, service: str, force: bool = False) -> None:
-        found = _select_instances(self._conn, service)
-        if force or found != store._service_instances(service):
-            store._apply_instances(service, found)
+    def _deliver_service(self, backend: SqliteBackend, service: str, force: bool = False) -> None:
+        backend.report_instances(service, _select_instances(self._conn, service), force)
 
 
 def _select_instances(conn: sqlite3.Connection, service: str) -> list[Instance]:
@@ -284,33 +278,67 @@ def _reap_dead(conn: sqlite3.Connection) -> None:
                 "DELETE FROM instances WHERE service = ? AND id = ? AND owner = ?",
                 (service, node_id, owner),
             )
-            SqliteStore._log_change(conn, _KIND_SERVICE, service, node_id)
+            _log_change(conn, _KIND_SERVICE, service, node_id)
             log.info("removed %s/%s: its process (%s) is gone", service, node_id, owner)
 
 
-class _Lease(BaseRegistration):
-    def __init__(self, store: SqliteStore, instance: Instance, document: bytes):
-        super().__init__(instance, document)
-        self._store = store
+def _log_change(conn: sqlite3.Connection, kind: str, grp: str, name: str) -> None:
+    seq = conn.execute(
+        "INSERT INTO changes (kind, grp, name) VALUES (?, ?, ?)", (kind, grp, name)
+    ).lastrowid
+    if seq is not None and seq % 1000 == 0:
+        conn.execute("DELETE FROM changes WHERE seq <= ?", (seq - _CHANGES_KEPT,))
 
-    def _release(self) -> None:
-        self._store._release(self)
+
+@dataclass(frozen=True)
+class _Lease:
+    """A registration this client renews."""
+
+    instance: Instance
+    document: bytes
 
 
-class SqliteStore(ConfigStore):
-    """The embedded backend; see the module docstring."""
+class SqliteBackend:
+    """The embedded ``Backend``; see the module docstring.
 
-    def __init__(self, url: StoreUrl, **kwargs: object):
-        real = os.path.realpath(url.path)
-        identity = "sqlite_" + hashlib.sha1(real.encode(), usedforsecurity=False).hexdigest()[:16]
-        super().__init__(url, identity=identity, **kwargs)  # type: ignore[arg-type]
-        self.path = url.path
+    Args:
+        url: a parsed ``sqlite://`` URL (options ``mode=ro``, ``lease_ttl``,
+            ``poll_interval_ms``).
+        history_keep: revisions kept per key.
+    """
+
+    def __init__(self, url: StoreUrl, *, history_keep: int = 100):
+        self._url = url
         self.db_key = os.path.realpath(url.path)
+        self._identity = (
+            "sqlite_" + hashlib.sha1(self.db_key.encode(), usedforsecurity=False).hexdigest()[:16]
+        )
+        self._history_keep = history_keep
+        self.path = url.path
         self.read_only = url.options.get("mode", "rw") == "ro"
         self.lease_ttl = url.option_float("lease_ttl", 5.0)
         self.poll_interval = url.option_float("poll_interval_ms", 10.0) / 1000.0
         self._owner = Owner.this_process().encode()
         self._db_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sink: Sink | None = None
+        self._watch_lock = threading.Lock()
+        self._keys: set[Key] = set()
+        self._services: set[str] = set()
+        self._delivered: dict[str, list[Instance]] = {}
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._heartbeat: threading.Thread | None = None
+        self._poller: _Poller | None = None
+
+    def start(self, sink: Sink) -> None:
+        """Open the file (creating it and its schema unless read-only) and start polling it.
+
+        Raises:
+            StoreUnavailable: the file cannot be opened (or, read-only, does not exist).
+        """
+        if self._sink is not None:
+            raise RuntimeError("a SqliteBackend serves one store; it was started already")
+        url = self._url
         with _errors(f"cannot open {url.path}"):
             if not self.read_only:
                 Path(url.path).parent.mkdir(parents=True, exist_ok=True)
@@ -318,23 +346,72 @@ class SqliteStore(ConfigStore):
                 raise StoreUnavailable(
                     f"{url.path} does not exist (read-only mode does not create it)"
                 )
-            self._conn = _connect(url.path, self.read_only)
-            if not self.read_only:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.executescript(_SCHEMA)
-        self._leases: dict[tuple[str, str], _Lease] = {}
-        self._heartbeat: threading.Thread | None = None
+            conn = _connect(url.path, self.read_only)
+            try:
+                if not self.read_only:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = FULL")
+                    conn.executescript(_SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        self._sink = sink
         self._poller = _Poller.attach(self)
 
-    # ------------------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------------------ about
+
+    @property
+    def url(self) -> str:
+        return self._url.redacted()
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def history_keep(self) -> int:
+        return self._history_keep
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     @property
     def state(self) -> StoreState:
         return "closed" if self.closed else "connected"
 
-    def _backend_wait_connected(self, timeout: float | None) -> bool:
+    def wait_connected(self, timeout: float | None) -> bool:
         return not self.closed
+
+    # ---------------------------------------------------------- watched keys, for the poller
+
+    def watched_keys(self) -> set[Key]:
+        with self._watch_lock:
+            return set(self._keys)
+
+    def watched_services(self) -> set[str]:
+        with self._watch_lock:
+            return set(self._services)
+
+    def report_config(self, key: Key, item: ConfigItem | None) -> None:
+        """Poller thread: tell the sink what a watched key holds."""
+        if self._sink is not None:
+            self._sink.config_changed(key, item)
+
+    def report_instances(self, service: str, found: list[Instance], force: bool) -> None:
+        """Poller thread: tell the sink a watched service's instances when they changed since
+        the last report (or always, with ``force``: a new watch)."""
+        with self._watch_lock:
+            if service not in self._services:
+                return
+            if not force and self._delivered.get(service) == found:
+                return
+            self._delivered[service] = found
+        if self._sink is not None:
+            self._sink.instances_changed(service, found)
+
+    # ------------------------------------------------------------------------------ plumbing
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -355,17 +432,9 @@ class SqliteStore(ConfigStore):
                 raise StoreClosed(f"store {self.url} is closed")
             return self._conn.execute(sql, args).fetchall()
 
-    @staticmethod
-    def _log_change(conn: sqlite3.Connection, kind: str, grp: str, name: str) -> None:
-        seq = conn.execute(
-            "INSERT INTO changes (kind, grp, name) VALUES (?, ?, ?)", (kind, grp, name)
-        ).lastrowid
-        if seq is not None and seq % 1000 == 0:
-            conn.execute("DELETE FROM changes WHERE seq <= ?", (seq - _CHANGES_KEPT,))
-
     # -------------------------------------------------------------------------------- config
 
-    def _backend_read(self, key: Key) -> ConfigItem | None:
+    def read(self, key: Key) -> ConfigItem | None:
         rows = self._query(
             f"cannot read {key[0]}/{key[1]}",
             "SELECT revision, md5, modified, content FROM config WHERE grp = ? AND data_id = ?",
@@ -373,7 +442,7 @@ class SqliteStore(ConfigStore):
         )
         return _row_item(*key, rows[0]) if rows else None  # type: ignore[arg-type]
 
-    def _backend_publish(self, key: Key, content: bytes, md5: str, expected: int | None) -> int:
+    def publish(self, key: Key, content: bytes, md5: str, expected: int | None) -> int:
         grp, data_id = key
         with self._write(f"cannot publish {grp}/{data_id}") as conn:
             row = conn.execute(
@@ -395,10 +464,10 @@ class SqliteStore(ConfigStore):
                 "DELETE FROM history WHERE grp = ? AND data_id = ? AND revision <= ?",
                 (grp, data_id, revision - self.history_keep),
             )
-            self._log_change(conn, _KIND_CONFIG, grp, data_id)
+            _log_change(conn, _KIND_CONFIG, grp, data_id)
         return revision
 
-    def _backend_remove(self, key: Key, expected: int | None) -> None:
+    def remove(self, key: Key, expected: int | None) -> None:
         grp, data_id = key
         with self._write(f"cannot remove {grp}/{data_id}") as conn:
             row = conn.execute(
@@ -408,9 +477,9 @@ class SqliteStore(ConfigStore):
                 raise NotFound(f"{grp}/{data_id} does not exist")
             _check_cas(key, expected, int(row[0]))
             conn.execute("DELETE FROM config WHERE grp = ? AND data_id = ?", key)
-            self._log_change(conn, _KIND_CONFIG, grp, data_id)
+            _log_change(conn, _KIND_CONFIG, grp, data_id)
 
-    def _backend_history(self, key: Key, limit: int) -> list[ConfigItem]:
+    def history(self, key: Key, limit: int) -> list[ConfigItem]:
         rows = self._query(
             f"cannot read history of {key[0]}/{key[1]}",
             "SELECT revision, md5, modified, content FROM history WHERE grp = ? AND data_id = ? "
@@ -419,30 +488,39 @@ class SqliteStore(ConfigStore):
         )
         return [_row_item(*key, r) for r in rows]  # type: ignore[arg-type]
 
-    def _backend_keys(self, group: str) -> list[str]:
+    def keys(self, group: str) -> list[str]:
         rows = self._query("cannot list", "SELECT data_id FROM config WHERE grp = ?", (group,))
         return [str(r[0]) for r in rows]
 
-    def _backend_watch_key(self, key: Key) -> None:
-        self._poller.request(self, _KIND_CONFIG, "\0".join(key))
+    def watch_key(self, key: Key) -> None:
+        with self._watch_lock:
+            self._keys.add(key)
+        if self._poller is not None:
+            self._poller.request(self, _KIND_CONFIG, "\0".join(key))
 
-    def _backend_unwatch_key(self, key: Key) -> None:
-        pass  # the poller consults _watched_keys() on every change
+    def unwatch_key(self, key: Key) -> None:
+        with self._watch_lock:
+            self._keys.discard(key)
 
     # ----------------------------------------------------------------------------- instances
 
-    def _backend_instances(self, service: str) -> list[Instance]:
+    def instances(self, service: str) -> list[Instance]:
         with self._db_lock, _errors(f"cannot list instances of {service}"):
             return _select_instances(self._conn, service)
 
-    def _backend_watch_service(self, service: str) -> None:
-        self._poller.request(self, _KIND_SERVICE, service)
+    def watch_service(self, service: str) -> None:
+        with self._watch_lock:
+            self._services.add(service)
+        if self._poller is not None:
+            self._poller.request(self, _KIND_SERVICE, service)
 
-    def _backend_unwatch_service(self, service: str) -> None:
-        pass
+    def unwatch_service(self, service: str) -> None:
+        with self._watch_lock:
+            self._services.discard(service)
+            self._delivered.pop(service, None)
 
-    def _backend_register(self, instance: Instance, document: bytes) -> BaseRegistration:
-        lease = _Lease(self, instance, document)
+    def register(self, instance: Instance, document: bytes) -> None:
+        lease = _Lease(instance, document)
         self._upsert_lease(lease)
         with self._db_lock:
             self._leases[(instance.service, instance.id)] = lease
@@ -451,7 +529,6 @@ class SqliteStore(ConfigStore):
                     target=self._renew_leases, name="config-store-heartbeat", daemon=True
                 )
                 self._heartbeat.start()
-        return lease
 
     def _upsert_lease(self, lease: _Lease) -> None:
         inst = lease.instance
@@ -460,19 +537,19 @@ class SqliteStore(ConfigStore):
                 "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?)",
                 (inst.service, inst.id, lease.document, self._owner, time.time() + self.lease_ttl),
             )
-            self._log_change(conn, _KIND_SERVICE, inst.service, inst.id)
+            _log_change(conn, _KIND_SERVICE, inst.service, inst.id)
 
-    def _release(self, lease: _Lease) -> None:
-        inst = lease.instance
+    def deregister(self, instance: Instance) -> None:
+        service, node_id = instance.service, instance.id
         with self._db_lock:
-            self._leases.pop((inst.service, inst.id), None)
+            self._leases.pop((service, node_id), None)
         try:
-            with self._write(f"cannot deregister {inst.service}/{inst.id}") as conn:
+            with self._write(f"cannot deregister {service}/{node_id}") as conn:
                 conn.execute(
                     "DELETE FROM instances WHERE service = ? AND id = ? AND owner = ?",
-                    (inst.service, inst.id, self._owner),
+                    (service, node_id, self._owner),
                 )
-                self._log_change(conn, _KIND_SERVICE, inst.service, inst.id)
+                _log_change(conn, _KIND_SERVICE, service, node_id)
         except StoreClosed:
             pass
         except ConfigStoreError as exc:
@@ -519,9 +596,14 @@ class SqliteStore(ConfigStore):
                         time.time() + self.lease_ttl,
                     ),
                 )
-                self._log_change(conn, _KIND_SERVICE, inst.service, inst.id)
+                _log_change(conn, _KIND_SERVICE, inst.service, inst.id)
 
-    def _backend_close(self) -> None:
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._poller is None:
+            return  # never opened
         with self._db_lock:
             leases = list(self._leases.values())
         if leases and not self.read_only:
@@ -533,7 +615,7 @@ class SqliteStore(ConfigStore):
                         "DELETE FROM instances WHERE service = ? AND id = ? AND owner = ?",
                         (inst.service, inst.id, self._owner),
                     )
-                    self._log_change(self._conn, _KIND_SERVICE, inst.service, inst.id)
+                    _log_change(self._conn, _KIND_SERVICE, inst.service, inst.id)
                 self._conn.execute("COMMIT")
         self._poller.detach(self)
         with self._db_lock:

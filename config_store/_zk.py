@@ -1,11 +1,17 @@
-"""The ZooKeeper backend, and the only module of the project that imports kazoo.
+"""The ZooKeeper backend, and the only module of the library that imports kazoo.
 
 Threads: kazoo's connection thread runs ``_on_state`` (which only sets flags and wakes the worker),
-kazoo's watch thread runs the watch functions (which only mark a key dirty). One worker thread of
-ours does every read that feeds listeners, pipelined and applied in the order issued (ZooKeeper
-answers one session in order), re-creates registrations after a session loss, and reconciles every
-watched key periodically, so a missed watch event is repaired. Writes run on the caller's thread
-and wait (bounded) for a connection while ZooKeeper is unreachable.
+kazoo's watch thread runs the watch functions (which only issue a read or mark an item dirty).
+Watched keys are read asynchronously and reported to the sink from kazoo's completion thread, in
+the order read (ZooKeeper answers one session in order). One worker thread of ours re-reads
+watched services and reports them, re-creates registrations after a session loss, and reconciles
+every watched key and service periodically, so a missed watch event is repaired. Writes run on
+the caller's thread and wait (bounded) for a connection while ZooKeeper is unreachable.
+
+kazoo logs through ``kazoo.client`` as usual, except that its warnings about failed connection
+attempts are debug records until this client first connected and once it is closing: what they
+say then is already said by our own warning (unreachable after ``connect_timeout``) and by
+``StoreUnavailable`` (``kazoo_log_level``).
 """
 
 from __future__ import annotations
@@ -19,14 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from . import _envelope
-from ._base import (
-    BaseRegistration,
-    ConfigStore,
-    Key,
-    StoreState,
-    check_cas as _check_cas,
-    parse_instance,
-)
+from ._backend import Key, Sink, StoreState, check_cas as _check_cas, parse_instance
 from ._errors import (
     ConfigStoreError,
     Conflict,
@@ -63,7 +62,6 @@ try:
         SessionExpiredError,
     )
     from kazoo.handlers.threading import KazooTimeoutError
-    from kazoo.protocol.connection import _CONNECTION_DROP
     from kazoo.protocol.states import KazooState
     from kazoo.retry import KazooRetry
     from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
@@ -72,9 +70,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = [
     "RECONNECT_BACKOFF",
-    "ZkStore",
-    "drop_connection",
-    "expire_session",
+    "ZkBackend",
+    "kazoo_log_level",
     "reconnect_bound",
     "reconnect_pauses",
 ]
@@ -107,6 +104,7 @@ _PUBLISH_ATTEMPTS = 20
 # stay under ZooKeeper's jute.maxbuffer (1 MiB less a little). Larger content is written once, in
 # the history entry, and the current node refers to it.
 _INLINE_LIMIT = 256 * 1024
+_CONNECT_NOISE = ("Connection dropped", "Connection time-out", "Failed connecting to Zookeeper")
 
 
 def reconnect_bound() -> float:
@@ -140,22 +138,66 @@ def _errors(what: str) -> Iterator[None]:
         raise ours(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
 
 
-class _Ephemeral(BaseRegistration):
-    def __init__(self, store: ZkStore, instance: Instance, document: bytes):
-        super().__init__(instance, document)
-        self._store = store
-        self.path = f"{instances_path(instance.service)}/{instance.id}"
+def kazoo_log_level(level: int, msg: object, *, connected_once: bool, closing: bool) -> int:
+    """The level at which one of kazoo's records is passed on.
 
-    def _release(self) -> None:
-        self._store._deregister(self)
+    kazoo warns about every failed connection attempt and, when a client is stopped while still
+    trying, that it failed "within the connection retry policy". Before the client was ever
+    connected, and while it is closing, our own warning and ``StoreUnavailable`` already say so:
+    those records become debug records. Drops of an established connection stay warnings.
+    """
+    if level < logging.WARNING or not isinstance(msg, str) or not msg.startswith(_CONNECT_NOISE):
+        return level
+    return logging.DEBUG if closing or not connected_once else level
 
 
-class ZkStore(ConfigStore):
-    """ZooKeeper backend; see the module docstring."""
+class _KazooLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger one KazooClient writes to: kazoo's own, through ``kazoo_log_level``."""
 
-    def __init__(self, url: StoreUrl, **kwargs: Any):
-        identity = "zk_" + "_".join(f"{h}_{p}" for h, p in url.hosts) + url.chroot.replace("/", "_")
-        super().__init__(url, identity=identity, **kwargs)
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("kazoo.client"), {})
+        self.connected_once = False
+        self.closing = False
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        level = kazoo_log_level(
+            level, msg, connected_once=self.connected_once, closing=self.closing
+        )
+        super().log(level, msg, *args, **kwargs)
+
+
+class _Ephemeral:
+    """A registration this client keeps alive (re-created after a session loss)."""
+
+    def __init__(self, instance: Instance, document: bytes):
+        self.instance = instance
+        self.document = document
+        self.path = _instance_path(instance)
+        self.closed = False
+
+
+def _instance_path(instance: Instance) -> str:
+    return f"{instances_path(instance.service)}/{instance.id}"
+
+
+class ZkBackend:
+    """The ZooKeeper ``Backend``; see the module docstring.
+
+    Args:
+        url: a parsed ``zk://`` URL (options ``session_timeout``, ``connect_timeout``,
+            ``write_timeout``, ``reader``).
+        history_keep: revisions kept per key.
+    """
+
+    def __init__(self, url: StoreUrl, *, history_keep: int = 100):
+        self._url = url
+        self._identity = (
+            "zk_" + "_".join(f"{h}_{p}" for h, p in url.hosts) + url.chroot.replace("/", "_")
+        )
+        self._history_keep = history_keep
+        self._closed = threading.Event()
+        self._sink: Sink | None = None
+        self.connect_string = url.connect_string
         self.session_timeout = url.option_float("session_timeout", 10.0)
         self.connect_timeout = url.option_float("connect_timeout", 5.0)
         self.write_timeout = url.option_float("write_timeout", 5.0)
@@ -164,6 +206,7 @@ class ZkStore(ConfigStore):
         self._acl = _acl_for(url)
         auth = [("digest", f"{url.username}:{url.password}")] if url.username else None
         retry = {"max_tries": -1, **RECONNECT_BACKOFF}
+        self._log = _KazooLog()
         self._zk = KazooClient(
             hosts=url.connect_string,
             timeout=self.session_timeout,
@@ -171,6 +214,7 @@ class ZkStore(ConfigStore):
             command_retry={**retry, "max_tries": 3},
             auth_data=auth,
             default_acl=self._acl,
+            logger=self._log,
         )
         self._connected = threading.Event()
         self._suspended = False
@@ -180,6 +224,7 @@ class ZkStore(ConfigStore):
         self._dirty_services: set[str] = set()
         self._dirty_regs: set[str] = set()
         self._confirm_empty: set[str] = set()
+        self._delivered: dict[str, list[Instance]] = {}
         self._key_watch: dict[Key, Callable[[Any], None]] = {}
         self._svc_watch: dict[str, Callable[[Any], None]] = {}
         self._regs: dict[str, _Ephemeral] = {}
@@ -187,6 +232,12 @@ class ZkStore(ConfigStore):
         self._mutex = threading.Lock()
         self._zk.add_listener(self._on_state)
         self._worker = threading.Thread(target=self._run, name="config-store-zk", daemon=True)
+
+    def start(self, sink: Sink) -> None:
+        """Start connecting; wait at most ``connect_timeout`` (then go on in the background)."""
+        if self._sink is not None:
+            raise RuntimeError("a ZkBackend serves one store; it was started already")
+        self._sink = sink
         self._worker.start()
         self._zk.start_async()
         if not self._connected.wait(self.connect_timeout):
@@ -196,11 +247,35 @@ class ZkStore(ConfigStore):
                 self.connect_timeout,
             )
 
+    # ------------------------------------------------------------------------------- about
+
+    @property
+    def url(self) -> str:
+        return self._url.redacted()
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def history_keep(self) -> int:
+        return self._history_keep
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def client(self) -> KazooClient:
+        """The kazoo client (for diagnostics and ``config_store.testing``; not for writes)."""
+        return self._zk
+
     # ------------------------------------------------------------------- connection state
 
     def _on_state(self, state: str) -> None:
         """kazoo connection thread: never block, never call ZooKeeper here."""
         if state == KazooState.CONNECTED:
+            self._log.connected_once = True
             self._suspended = False
             self._reconnected = True
             self._connected.set()
@@ -225,7 +300,7 @@ class ZkStore(ConfigStore):
         cid = self._zk.client_id
         return None if cid is None else int(cid[0])
 
-    def _backend_wait_connected(self, timeout: float | None) -> bool:
+    def wait_connected(self, timeout: float | None) -> bool:
         return self._connected.wait(timeout)
 
     def _require_connection(self, what: str) -> None:
@@ -287,7 +362,7 @@ class ZkStore(ConfigStore):
 
     # ------------------------------------------------------------------------------ config
 
-    def _backend_read(self, key: Key) -> ConfigItem | None:
+    def read(self, key: Key) -> ConfigItem | None:
         if not self._connected.is_set():
             raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
         with _errors(f"cannot read {key[0]}/{key[1]}"):
@@ -311,7 +386,7 @@ class ZkStore(ConfigStore):
                 f"{self.write_timeout:.1f}s; nothing written"
             )
 
-    def _backend_publish(self, key: Key, content: bytes, md5: str, expected: int | None) -> int:
+    def publish(self, key: Key, content: bytes, md5: str, expected: int | None) -> int:
         what = f"cannot publish {key[0]}/{key[1]}"
         deadline = time.monotonic() + self.write_timeout
         for _ in range(_PUBLISH_ATTEMPTS):
@@ -384,7 +459,7 @@ class ZkStore(ConfigStore):
             return self._decode(key, data).md5 == md5
         raise StoreUnavailable(what)
 
-    def _backend_remove(self, key: Key, expected: int | None) -> None:
+    def remove(self, key: Key, expected: int | None) -> None:
         what = f"cannot remove {key[0]}/{key[1]}"
         self._require_connection(what)
         with _errors(what):
@@ -404,7 +479,7 @@ class ZkStore(ConfigStore):
                 _check_cas(key, expected, self._read_revision(key)[0])
                 raise
 
-    def _backend_history(self, key: Key, limit: int) -> list[ConfigItem]:
+    def history(self, key: Key, limit: int) -> list[ConfigItem]:
         with _errors(f"cannot read history of {key[0]}/{key[1]}"):
             if not self._connected.is_set():
                 raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
@@ -421,7 +496,7 @@ class ZkStore(ConfigStore):
                 items.append(self._decode(key, data))
             return items
 
-    def _backend_keys(self, group: str) -> list[str]:
+    def keys(self, group: str) -> list[str]:
         with _errors(f"cannot list group {group}"):
             if not self._connected.is_set():
                 raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
@@ -430,12 +505,12 @@ class ZkStore(ConfigStore):
             except NoNodeError:
                 return []
 
-    def _backend_watch_key(self, key: Key) -> None:
+    def watch_key(self, key: Key) -> None:
         with self._mutex:
             self._key_watch[key] = functools.partial(self._on_key_event, key)
         self._read_key(key)
 
-    def _backend_unwatch_key(self, key: Key) -> None:
+    def unwatch_key(self, key: Key) -> None:
         with self._mutex:
             self._key_watch.pop(key, None)
 
@@ -466,25 +541,26 @@ class ZkStore(ConfigStore):
                 log.warning("%s", exc)
         return found
 
-    def _backend_instances(self, service: str) -> list[Instance]:
+    def instances(self, service: str) -> list[Instance]:
         if not self._connected.is_set():
             raise StoreUnavailable(f"ZooKeeper {self.url} is not connected")
         with _errors(f"cannot list instances of {service}"):
             return sorted(self._read_instances(service, None) or [], key=lambda i: i.id)
 
-    def _backend_watch_service(self, service: str) -> None:
+    def watch_service(self, service: str) -> None:
         with self._mutex:
             self._svc_watch[service] = functools.partial(
                 self._on_watch, self._dirty_services, service
             )
         self._mark(self._dirty_services, service)
 
-    def _backend_unwatch_service(self, service: str) -> None:
+    def unwatch_service(self, service: str) -> None:
         with self._mutex:
             self._svc_watch.pop(service, None)
+            self._delivered.pop(service, None)
 
-    def _backend_register(self, instance: Instance, document: bytes) -> BaseRegistration:
-        reg = _Ephemeral(self, instance, document)
+    def register(self, instance: Instance, document: bytes) -> None:
+        reg = _Ephemeral(instance, document)
         with self._mutex:
             self._regs[reg.path] = reg
         if self._connected.is_set():
@@ -505,7 +581,6 @@ class ZkStore(ConfigStore):
                 instance.id,
             )
             self._mark(self._dirty_regs, reg.path)
-        return reg
 
     def _ensure_ephemeral(self, reg: _Ephemeral) -> None:
         """Create our node, or take it over from a previous session (Curator's delete + create)."""
@@ -539,18 +614,19 @@ class ZkStore(ConfigStore):
             return
         raise Conflict(f"{reg.path} keeps being taken by another session")
 
-    def _deregister(self, reg: _Ephemeral) -> None:
+    def deregister(self, instance: Instance) -> None:
+        path = _instance_path(instance)
         with self._mutex:
-            self._regs.pop(reg.path, None)
+            reg = self._regs.pop(path, None)
+        if reg is not None:
+            reg.closed = True
         if self.closed or not self._connected.is_set():
             return  # closing the session removes it; otherwise it dies with the session
         try:
-            with _errors(f"cannot deregister {reg.path}"):
-                _, stat = self._get(reg.path)
+            with _errors(f"cannot deregister {path}"):
+                _, stat = self._get(path)
                 if stat.ephemeralOwner == self.session_id:
-                    self._zk.delete_async(reg.path, version=stat.version).get(
-                        timeout=self.op_timeout
-                    )
+                    self._zk.delete_async(path, version=stat.version).get(timeout=self.op_timeout)
         except NotFound:
             pass
         except ConfigStoreError as exc:
@@ -643,7 +719,7 @@ class ZkStore(ConfigStore):
         except Exception as exc:
             log.error("cannot read %s/%s: %s", *key, exc)
             return
-        self._apply_config(key, item)
+        self._report_config(key, item)
 
     def _on_key_exists(self, key: Key, result: Any) -> None:
         try:
@@ -655,7 +731,7 @@ class ZkStore(ConfigStore):
             log.error("cannot watch %s/%s: %s", *key, exc)
             return
         if stat is None:
-            self._apply_config(key, None)
+            self._report_config(key, None)
         else:
             self._read_key(key)  # created between the two reads
 
@@ -675,15 +751,25 @@ class ZkStore(ConfigStore):
             except _UNREACHABLE:
                 failed.append(service)
                 continue
-            before = self._service_instances(service)
+            with self._mutex:
+                before = self._delivered.get(service)
             if not found and before and service not in self._confirm_empty:
                 self._confirm_empty.add(service)  # empty-list protection: confirm with a re-read
                 failed.append(service)
                 continue
             self._confirm_empty.discard(service)
-            self._apply_instances(service, found)
+            with self._mutex:
+                if service not in self._svc_watch:
+                    continue  # unwatched meanwhile
+                self._delivered[service] = found
+            if self._sink is not None:
+                self._sink.instances_changed(service, found)
         if failed:
             self._retry_later(self._dirty_services, failed)
+
+    def _report_config(self, key: Key, item: ConfigItem | None) -> None:
+        if self._sink is not None:
+            self._sink.config_changed(key, item)
 
     def _refresh_registrations(self, paths: list[str]) -> None:
         failed: list[str] = []
@@ -703,13 +789,18 @@ class ZkStore(ConfigStore):
         if failed:
             self._retry_later(self._dirty_regs, failed)
 
-    def _backend_close(self) -> None:
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._log.closing = True
         self._wake.set()
         with contextlib.suppress(Exception):
             self._zk.stop()
         with contextlib.suppress(Exception):
             self._zk.close()
-        self._worker.join(timeout=5)
+        if self._worker.ident is not None:
+            self._worker.join(timeout=5)
 
 
 def _acl_for(url: StoreUrl) -> list[Any]:
@@ -731,49 +822,3 @@ def _first_failure(results: list[Any]) -> Exception | None:
     errors = [r for r in results if isinstance(r, Exception)]
     causes = [e for e in errors if not isinstance(e, RolledBackError | RuntimeInconsistency)]
     return (causes or errors)[0] if errors else None
-
-
-# ------------------------------------------------------------------ fault injection for tests
-
-
-def expire_session(store: ZkStore, timeout: float = 15.0) -> None:
-    """Expire the store's session for real: a second client takes over the session id and closes it,
-    so the server deletes the ephemerals, and the store goes SUSPENDED -> LOST -> CONNECTED."""
-    client_id = store._zk.client_id
-    lost = threading.Event()
-
-    def watch(state: str) -> bool:
-        if state == KazooState.LOST:
-            lost.set()
-            return True
-        return False
-
-    store._zk.add_listener(watch)
-    thief = KazooClient(
-        hosts=store._url.connect_string, client_id=client_id, timeout=store.session_timeout
-    )
-    thief.start(timeout=timeout)
-    thief.stop()
-    thief.close()
-    if not lost.wait(timeout):
-        raise TimeoutError("the store did not notice its session expiry")
-    if not store.wait_connected(timeout):
-        raise TimeoutError("the store did not reconnect after its session expired")
-
-
-def drop_connection(store: ZkStore, timeout: float = 15.0) -> None:
-    """Drop the store's TCP connection; the session survives (SUSPENDED -> CONNECTED)."""
-    suspended = threading.Event()
-
-    def watch(state: str) -> bool:
-        if state == KazooState.SUSPENDED:
-            suspended.set()
-            return True
-        return False
-
-    store._zk.add_listener(watch)
-    store._zk._call(_CONNECTION_DROP, None)
-    if not suspended.wait(timeout):
-        raise TimeoutError("the store's connection did not drop")
-    if not store.wait_connected(timeout):
-        raise TimeoutError("the store did not reconnect")

@@ -1,10 +1,10 @@
-"""Test support: real ZooKeeper processes and fault injection (``expire_session``,
-``drop_connection``). The pytest fixtures live in ``config_store.testing.plugin``."""
+"""Test support: real ZooKeeper processes (``ZooKeeperServer``, ``ZooKeeperEnsemble``) and faults
+injected into a ZooKeeper store (``expire_session``, ``drop_connection``). The pytest fixtures
+live in ``config_store.testing.plugin``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ._faults import drop_connection, expire_session, session_id, zk_backend
 from ._zkserver import (
     ClientConnection,
     ZooKeeperEnsemble,
@@ -17,9 +17,6 @@ from ._zkserver import (
     zookeeper_classpath,
 )
 
-if TYPE_CHECKING:
-    from .._base import ConfigStore
-
 __all__ = [
     "ClientConnection",
     "ZooKeeperEnsemble",
@@ -31,19 +28,7 @@ __all__ = [
     "free_ports",
     "parse_cons",
     "parse_ephemerals",
+    "session_id",
+    "zk_backend",
     "zookeeper_classpath",
 ]
-
-
-def expire_session(store: ConfigStore, timeout: float = 15.0) -> None:
-    """Expire a ZooKeeper store's session for real (the server deletes its ephemerals)."""
-    from .._zk import expire_session as _expire
-
-    _expire(store, timeout)  # type: ignore[arg-type]
-
-
-def drop_connection(store: ConfigStore, timeout: float = 15.0) -> None:
-    """Drop a ZooKeeper store's connection; the session survives."""
-    from .._zk import drop_connection as _drop
-
-    _drop(store, timeout)  # type: ignore[arg-type]

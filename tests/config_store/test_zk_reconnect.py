@@ -9,7 +9,7 @@ import pytest
 
 from config_store import StoreUnavailable, open_store
 from config_store._zk import RECONNECT_BACKOFF, reconnect_bound, reconnect_pauses
-from config_store.testing import ZooKeeperServer
+from config_store.testing import ZooKeeperServer, zk_backend
 from tests.fixtures.waiting import wait
 
 pytestmark = pytest.mark.zk
@@ -34,7 +34,7 @@ def test_a_client_is_back_soon_after_a_long_outage(
     store = open_store(f"zk://{zk_own_server.address}/back", snapshot_dir=False)
     try:
         assert store.wait_connected(30)
-        kazoo_retry = store._zk._conn_retry  # type: ignore[attr-defined]
+        kazoo_retry = zk_backend(store).client._conn_retry
         assert (kazoo_retry.max_delay, kazoo_retry.max_jitter) == (
             RECONNECT_BACKOFF["max_delay"],
             RECONNECT_BACKOFF["max_jitter"],

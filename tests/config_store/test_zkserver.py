@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from config_store import open_store
-from config_store.testing import ClientConnection, ZooKeeperServer, parse_cons, parse_ephemerals
+from config_store.testing import (
+    ClientConnection,
+    ZooKeeperServer,
+    parse_cons,
+    parse_ephemerals,
+    session_id,
+)
 from config_store.testing._zkserver import java_available
 
 HEAP_MIB = 96
@@ -134,7 +140,7 @@ def test_a_server_lists_a_clients_session_connection_and_ephemerals(tmp_path: Pa
         before = time.time()
         with open_store(f"zk://{server.address}/harness", snapshot_dir=False) as store:
             after = time.time()
-            session = store.session_id  # type: ignore[attr-defined]
+            session = session_id(store)
             with store.register("svc", "127.0.0.1", 1234, {}):
                 (mine,) = [c for c in server.connections() if c.session_id == session]
                 ephemerals = server.ephemerals()
