@@ -100,30 +100,30 @@ def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(value.name, np.dtype(dtype), dims)
 
 
-def _load(path: Path) -> tuple[onnx.ModelProto, bytes]:
+def _load(path: Path, shown: str) -> tuple[onnx.ModelProto, bytes]:
     """The model and the file's bytes; protobuf's "Error parsing message with type
     'onnx.ModelProto'" becomes ``not_onnx``'s line, saying what the file looks like instead."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidModel(f"cannot read {path}: {exc.strerror}") from exc
+        raise InvalidModel(f"cannot read {shown}: {exc.strerror}") from exc
     try:
         model = onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError, onnx's own errors
         reason = "its bytes do not parse as ONNX protobuf (corrupt or truncated?)"
-        raise InvalidModel(not_onnx(path, data, reason)) from exc
+        raise InvalidModel(not_onnx(shown, data, reason)) from exc
     if not model.graph.node and not model.graph.output:
-        raise InvalidModel(not_onnx(path, data, "it parses as protobuf but holds no graph"))
+        raise InvalidModel(not_onnx(shown, data, "it parses as protobuf but holds no graph"))
     return model, data
 
 
-def _opset(model: onnx.ModelProto, path: Path) -> int:
+def _opset(model: onnx.ModelProto, shown: str) -> int:
     opsets = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
     opset = opsets.get("ai.onnx", 0)
     newest = onnx.defs.onnx_opset_version()
     if opset < MIN_OPSET or opset > newest:
         raise InvalidModel(
-            f"{path} uses opset {opset}; the optimizer supports opsets {MIN_OPSET}..{newest}"
+            f"{shown} uses opset {opset}; the optimizer supports opsets {MIN_OPSET}..{newest}"
         )
     return opset
 
@@ -178,25 +178,31 @@ def _detect_heads(model: onnx.ModelProto, hidden: int) -> int:
     return int(votes.most_common(1)[0][0]) if votes else 0
 
 
-def inspect_model(path: str | Path) -> ModelInfo:
+def inspect_model(path: str | Path, *, shown_as: str | None = None) -> ModelInfo:
     """Read and check a model file.
+
+    Args:
+        path: the file.
+        shown_as: how error messages name it (default: ``path``), e.g. the name a user
+            uploaded it under rather than where it was stored.
 
     Raises:
         InvalidModel: unreadable, not ONNX, truncated, invalid graph, unsupported opset or types.
     """
     path = Path(path)
-    model, data = _load(path)
-    opset = _opset(model, path)
+    shown = shown_as or str(path)
+    model, data = _load(path, shown)
+    opset = _opset(model, shown)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         reason = f"onnx's checker refuses its graph: {str(exc).strip().splitlines()[0]}"
-        raise InvalidModel(not_onnx(path, data, reason)) from exc
+        raise InvalidModel(not_onnx(shown, data, reason)) from exc
     init_names = {i.name for i in model.graph.initializer}
     inputs = tuple(_tensor_info(v) for v in model.graph.input if v.name not in init_names)
     outputs = tuple(_tensor_info(v) for v in model.graph.output)
     if not inputs or not outputs:
-        raise InvalidModel(f"{path} has no inputs or no outputs")
+        raise InvalidModel(f"{shown} has no inputs or no outputs")
     batchable = all(t.shape and t.shape[0] == -1 for t in (*inputs, *outputs))
     ops = Counter(n.op_type for n in model.graph.node)
     token = next((t.name for t in inputs if t.dtype.kind in "iu" and "id" in t.name.lower()), None)

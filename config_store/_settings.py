@@ -14,11 +14,13 @@ __all__ = ["StoreSettings", "default_store_url"]
 
 
 def default_store_url() -> str:
+    """The store every entry point uses when given none: the embedded one at
+    ``~/.autoai/store.db`` (written here only; the control plane and ``autoai bench`` import it)."""
     return f"sqlite://{Path.home() / '.autoai' / 'store.db'}"
 
 
 class StoreSettings(BaseSettings):
-    """Where the store is and how a client keeps its local copies."""
+    """Where the store is and how a client keeps its local copies (frozen)."""
 
     model_config = SettingsConfigDict(env_prefix="AUTOAI_STORE_", frozen=True, extra="ignore")
 

@@ -1,11 +1,18 @@
-"""``eas-server``: serve one model version over the Open Inference Protocol."""
+"""``eas-server``: serve one model version over the Open Inference Protocol.
+
+A start that fails (bad flags, a missing or non-ONNX model file, a busy port, a store that cannot
+be opened) ends in one line on stderr, ``eas-server: ...``, and exit status 2; once serving, the
+server logs at ``--log-level`` (``-v``: info, ``-vv``: debug).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -14,9 +21,18 @@ from ._settings import ServerSettings, load_service_json
 
 __all__ = ["main"]
 
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (not the 15-line usage block, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see '{self.prog} --help'\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="eas-server",
         description="Serve one ONNX model version over the Open Inference Protocol (KServe v2, "
         "with Triton's binary tensors, /config and /stats) with dynamic batching. Prints "
@@ -102,43 +118,91 @@ def _parser() -> argparse.ArgumentParser:
     )
     a("--drain-timeout-s", type=float, help="on SIGTERM, longest time to drain (default 30)")
     a("--log-level", help="logging level (default warning)")
+    a(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v is --log-level info, -vv debug",
+    )
     a("--config", type=Path, help="EAS service JSON (name, processor, model_path, metadata.rpc.*)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "token_file")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "token_file", "verbose")}
     if flags.get("padding") == "auto":
         flags["padding"] = None  # the default: keeps a declaration from --config
+    if args.verbose and args.log_level is None:
+        flags["log_level"] = "info" if args.verbose == 1 else "debug"
     try:
         if args.token_file is not None:
-            flags["token"] = args.token_file.read_text().strip()
+            flags["token"] = _read_token(args.token_file)
         service = load_service_json(args.config) if args.config else None
         settings = ServerSettings.load(flags, service)
+        _check_store_url(settings.store)
     except (ValueError, OSError) as exc:
-        print(f"eas-server: {_explain(exc)}", file=sys.stderr)
-        return 2
-    if settings.exposed_without_token and not settings.insecure:
-        print(
-            f"eas-server: refusing to listen on {settings.host} without a token: set EAS_TOKEN "
-            "or --token-file (or pass --insecure to serve the model to anyone who can reach it)",
-            file=sys.stderr,
+        return _fail(_explain(exc))
+    if settings.log_level.lower() not in _LOG_LEVELS:
+        return _fail(
+            f"--log-level {settings.log_level!r}: expected one of {', '.join(_LOG_LEVELS)}"
         )
-        return 2
+    if settings.exposed_without_token and not settings.insecure:
+        return _fail(
+            f"refusing to listen on {settings.host} without a token: set EAS_TOKEN "
+            "or --token-file (or pass --insecure to serve the model to anyone who can reach it)"
+        )
+    if settings.log_level.lower() not in ("info", "debug", "trace"):
+        # gRPC's C core logs to stderr itself (a busy --grpc-port: our one line, and its own).
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from config_store import ConfigStoreError
+
     from ._server import serve
 
     try:
         return serve(settings)
     except ModelLoadError as exc:
-        print(f"eas-server: {exc}", file=sys.stderr)
-        return 3
+        return _fail(str(exc))
+    except ConfigStoreError as exc:
+        return _fail(f"cannot register in the store: {exc}")
     except OSError as exc:
-        print(
-            f"eas-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 4
+        return _fail(_os_error(settings, exc))
+
+
+def _fail(message: str) -> int:
+    """A start that cannot succeed: one line on stderr, exit status 2."""
+    print(f"eas-server: {message}", file=sys.stderr)
+    return 2
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: {exc.strerror or exc}") from None
+
+
+def _check_store_url(url: str | None) -> None:
+    """A malformed ``--store`` stops the start before the model is loaded, not after."""
+    if url is None:
+        return
+    from config_store import InvalidUrl
+    from config_store._url import parse_url
+
+    try:
+        parse_url(url)
+    except InvalidUrl as exc:
+        raise ValueError(f"--store: {exc}") from None
+
+
+def _os_error(settings: ServerSettings, exc: OSError) -> str:
+    """A file that cannot be read names the file; else it is the address (HTTP or gRPC)."""
+    if exc.filename:
+        return f"cannot read {exc.filename}: {exc.strerror or exc}"
+    if exc.strerror and "gRPC" in exc.strerror:  # start_grpc names the address itself
+        return f"{exc.strerror}: {os.strerror(exc.errno)}" if exc.errno else exc.strerror
+    return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
 
 
 def _explain(exc: Exception) -> str:

@@ -16,9 +16,14 @@ Pure cores: ``_stats``, ``_window``, ``_split``, ``_schedule``, ``_prom``, ``_in
 ``_report``; I/O: ``_direct``, ``_sdk``, ``_scrape``; orchestration: ``_load``, ``_generator``,
 ``_runner``, ``_main``; processes: ``_pool`` (the parent), ``_child``, ``_protocol``; ``_plot``
 needs matplotlib (``pip install 'autoai[bench]'``).
+
+``map_big_blocks`` sets glibc's allocator for the whole process, so a library call never makes
+it: entry points that generate load for long (``autoai bench``, the generator processes, a
+soak script) call it once at start.
 """
 
 from ._errors import BadInput, BenchError, GeneratorFailed, Unreachable
+from ._heap import map_big_blocks
 from ._inputs import DYNAMIC_DIM, draw_inputs, signature_from_metadata
 from ._load import closed_loop, open_loop
 from ._main import BenchConfig, bench, run
@@ -63,6 +68,7 @@ __all__ = [
     "draw_inputs",
     "error_kind",
     "generator_stats",
+    "map_big_blocks",
     "merge_parts",
     "open_loop",
     "parse_metrics",

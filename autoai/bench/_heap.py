@@ -7,6 +7,11 @@ own mapping, but after the first such block is freed it raises that threshold to
 so the next window's buffers grow by ``realloc`` inside the heap, between the small blocks the
 calls allocate meanwhile. Freed, they leave holes that the heap keeps: the process's RSS then holds
 the high-water mark of the bookkeeping, which in a soak reads as the SDK's memory growing.
+
+``map_big_blocks`` changes the allocator of the whole process: only entry points call it (the
+``autoai bench`` command and its generator processes), never ``run`` or ``run_steps``, so that
+an application calling the bench as a library keeps its own allocator settings. ``trim_heap``
+changes no setting (it gives free pages back), so the runner calls it after every step.
 """
 
 from __future__ import annotations

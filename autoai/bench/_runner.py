@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from ._generator import Clock, Generator, LocalGenerator
-from ._heap import map_big_blocks, trim_heap
+from ._heap import trim_heap
 from ._prom import ServerSnapshot, server_stats
 from ._report import BenchReport, Step, StepResult
 from ._scrape import Scraper
@@ -142,7 +142,6 @@ async def run_steps(
     """
     stop = stop or asyncio.Event()
     generator = generator or LocalGenerator(target.send, drain_timeout=drain_timeout, clock=clock)
-    map_big_blocks()  # each step's samples and their copies: mapped, and unmapped when freed
     own = scraper is None
     scraper = scraper or Scraper()
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from ._bench import bench_command
@@ -11,6 +13,7 @@ from ._jobs import job_command
 from ._models import models_app
 from ._predict import predict_command
 from ._publish import publish_command, releases_command, rollback_command
+from ._shell import OneLineGroup, configure_logging
 from ._status import status_command
 from ._up import up_command
 
@@ -21,6 +24,7 @@ app = typer.Typer(
     help="AutoAI: deploy, optimize and publish ONNX models.",
     no_args_is_help=True,
     add_completion=False,
+    cls=OneLineGroup,
 )
 app.add_typer(blade_app, name="blade")
 app.command("up")(up_command)
@@ -37,5 +41,24 @@ app.command("predict")(predict_command)
 app.command("bench")(bench_command)
 
 
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="show the libraries' log lines on stderr (kazoo, httpx, the SDK, blade's "
+            "passes): -v info, -vv debug; give it before the command",
+        ),
+    ] = 0,
+) -> None:
+    # `up` is a server: it logs as uvicorn and --log-level say.
+    if ctx.invoked_subcommand != "up":
+        configure_logging(verbose)
+
+
 def main() -> None:
-    app()
+    app(prog_name="autoai")  # also under `python -m autoai.cli`: messages name the command

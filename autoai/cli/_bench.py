@@ -361,7 +361,8 @@ def bench_command(
 ) -> None:
     """Load MODEL step by step and print QPS and RT as the client saw them next to what the
     instances' /metrics saw over the same window, and the generator's own CPU."""
-    from autoai.bench import BenchConfig, BenchError, plot, run, to_document
+    from autoai.bench import BenchConfig, BenchError, map_big_blocks, plot, run, to_document
+    from config_store._settings import default_store_url
 
     console = Console()
     err = Console(stderr=True)
@@ -369,9 +370,7 @@ def bench_command(
         if store is not None and url is not None:
             raise BadUsage("give --store or --url, not both")
         if url is None and store is None:
-            store = os.environ.get("AUTOAI_STORE_URL") or (
-                f"sqlite:///{Path.home() / '.autoai' / 'store.db'}"
-            )
+            store = os.environ.get("AUTOAI_STORE_URL") or default_store_url()
         given = _inputs(inputs or [])
         if given is not None and batch != 1:
             raise BadUsage("--batch applies to drawn inputs; with --input the arrays set it")
@@ -396,6 +395,9 @@ def bench_command(
                 binary=binary,
                 processes=processes,
             )
+            # This process is the load generator from here on: its allocator settings are ours
+            # to make (a library call of ``run`` leaves them alone).
+            map_big_blocks()
             with _Bar(err, steps, warm + window) as bar:
                 report = run(
                     config,

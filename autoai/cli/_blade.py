@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -14,7 +14,13 @@ from rich.table import Table
 blade_app = typer.Typer(
     help="Optimize models with verified passes (PAI-Blade style).", no_args_is_help=True
 )
-_err = Console(stderr=True)
+
+
+def _fail(message: str) -> NoReturn:
+    """``error: MESSAGE`` on stderr as it is (no markup, no wrapping at the terminal's width),
+    exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _table(report: dict[str, object]) -> Table:
@@ -84,39 +90,45 @@ def optimize_command(
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
     except ValueError:
-        _err.print(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}")
-        raise typer.Exit(2) from None
+        _fail(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers such as 1,8,32")
     console = Console(stderr=as_json)
+    # Started by the first pass, so that a model refused up front prints its one line only.
+    bar: Progress | None = None
     tasks: dict[str, TaskID] = {}
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
 
-        def progress(name: str, status: str) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(f"{name}: running", total=1)
-            if status != "running":
-                bar.update(tasks[name], description=f"{name}: {status}", completed=1)
-
-        try:
-            result = optimize(
-                model,
-                device=device,
-                test_data=test_data,
-                output_dir=out,
-                level=level,
-                tolerance=tolerance,
-                batch_sizes=sizes,
-                progress=progress,
-                seq=seq,
+    def progress(name: str, status: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
             )
-        except (BladeError, ValueError) as exc:
-            _err.print(f"error: {exc}")
-            raise typer.Exit(2) from None
+            bar.start()
+        if name not in tasks:
+            tasks[name] = bar.add_task(f"{name}: running", total=1)
+        if status != "running":
+            bar.update(tasks[name], description=f"{name}: {status}", completed=1)
+
+    try:
+        result = optimize(
+            model,
+            device=device,
+            test_data=test_data,
+            output_dir=out,
+            level=level,
+            tolerance=tolerance,
+            batch_sizes=sizes,
+            progress=progress,
+            seq=seq,
+        )
+    except (BladeError, ValueError) as exc:
+        _fail(str(exc))
+    finally:
+        if bar is not None:
+            bar.stop()
     if as_json:
         print(json.dumps(result.report, indent=2, default=float))
     else:

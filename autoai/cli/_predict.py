@@ -43,8 +43,13 @@ def _load(name: str, source: Path | Any, datatype: str) -> np.ndarray[Any, Any]:
     if isinstance(source, Path):
         try:
             array: np.ndarray[Any, Any] = np.load(source, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BadUsage(f"--input {name}: cannot read {source} as .npy: {exc}") from None
+        except OSError as exc:
+            raise BadUsage(f"--input {name}: cannot read {source}: {exc.strerror or exc}") from None
+        except ValueError:  # numpy's guess at anything else: "pickled data"
+            raise BadUsage(
+                f"--input {name}: {source} is not a .npy file (expected one array saved with "
+                "numpy.save, of numbers or strings)"
+            ) from None
         if not isinstance(array, np.ndarray):
             raise BadUsage(f"--input {name}: {source} holds several arrays; give one .npy")
         return array

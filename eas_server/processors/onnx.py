@@ -8,6 +8,7 @@ padding is declared (``padding=``) or, with ``auto``, when the probe at load fin
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from ..batching import Padding
 from ._base import Processor, TensorSpec
 from ._padding import ModelTensor, PaddingChoice, decide
 
-__all__ = ["OnnxProcessor", "ort_datatype", "session_options"]
+__all__ = ["OnnxProcessor", "not_onnx", "ort_datatype", "session_options"]
 
 log = logging.getLogger("eas_server.onnx")
 
@@ -40,6 +41,61 @@ _ORT_TYPES = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+_SNIFF_BYTES = 512
+
+
+def _looks_like(head: bytes) -> str | None:
+    """What a file that is not ONNX seems to be, from its first bytes (None: no idea)."""
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive (a PyTorch checkpoint?)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "it is a Python pickle (a PyTorch or scikit-learn checkpoint?)"
+    if head.startswith(b"\x89HDF"):
+        return "it is an HDF5 file (a Keras model?)"
+    try:  # a character cut at the end of ``head`` is not a reason to doubt it is text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    if text.strip() and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"it is text, starting {text.strip().splitlines()[0][:40]!r}"
+    return None
+
+
+def not_onnx(path: str | os.PathLike[str], head: bytes, reason: str) -> str:
+    """The one line that says a file is not an ONNX model, and what was expected.
+
+    Args:
+        path: the file, as the message names it.
+        head: its first bytes (a few hundred are plenty), to say what it looks like instead.
+        reason: the parser's complaint, used when the bytes tell nothing (``its bytes do not
+            parse as ONNX protobuf``).
+    """
+    return (
+        f"{path} is not an ONNX model (expected an ONNX ModelProto file, e.g. exported with "
+        f"torch.onnx.export): {_looks_like(head[:_SNIFF_BYTES]) or reason}"
+    )
+
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(_SNIFF_BYTES)
+    except OSError:
+        return b"\x00"  # unreadable: nothing to tell from its bytes
+
+
+def _load_error(path: str, exc: Exception) -> str:
+    """The message of a session that did not load: ``not_onnx`` when the file is no model."""
+    text = str(exc)
+    if type(exc).__name__ == "InvalidProtobuf" or "INVALID_PROTOBUF" in text:
+        return not_onnx(path, _head(path), "its bytes do not parse as ONNX protobuf")
+    if "No graph was found" in text:
+        return not_onnx(path, _head(path), "it holds no graph")
+    return f"cannot load {path}: {text}"
 
 
 def _ort() -> Any:
@@ -134,7 +190,7 @@ class OnnxProcessor(Processor):
                 for _ in range(self.workers)
             ]
         except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise ModelLoadError(f"cannot load {self.model_path}: {exc}") from exc
+            raise ModelLoadError(_load_error(self.model_path, exc)) from exc
         session = self._sessions[0]
         ins, outs = session.get_inputs(), session.get_outputs()
         self._batchable = all(_is_dynamic(t.shape[0]) if t.shape else False for t in [*ins, *outs])

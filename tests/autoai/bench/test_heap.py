@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from autoai.bench._heap import _libc
+from tests.fixtures import onnx_models
+from tests.fixtures.servers import StartServer
 
 pytestmark = pytest.mark.skipif(_libc() is None, reason="the C library is not glibc")
 
@@ -76,3 +79,35 @@ def test_big_blocks_stay_mapped_after_a_bigger_one_was_freed() -> None:
     kib = probe(MAP, "map")
     assert kib["mapped"] is True
     assert kib["held"] - kib["freed"] >= 20 * 1024, kib
+
+
+# ``autoai.bench.run`` as a library call, against a live server, then MAP's probe without
+# map_big_blocks: the caller's allocator must behave as glibc's default still (the setting is
+# the entry points' to make, not the library's).
+LIBRARY = (
+    RSS
+    + """
+from autoai.bench import BenchConfig, Step, run
+
+url = sys.argv[1]
+report = run(BenchConfig("m", [Step(concurrency=1)], url=url, warmup=0.0, duration=0.3))
+assert report.steps and report.steps[0].client.total_ok > 0, report
+first = bytearray(30 << 20)
+del first
+second = bytearray(24 << 20)
+pin = bytearray(1024)
+held = rss_kib()
+del second
+print(json.dumps({"held": held, "freed": rss_kib()}))
+"""
+)
+
+
+@pytest.mark.slow
+def test_a_library_run_leaves_the_callers_allocator_alone(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(onnx_models.identity(tmp_path))
+    kib = probe(LIBRARY, server.url)
+    # glibc's default kept the 24 MiB block in the heap (map_big_blocks would have unmapped it)
+    assert kib["held"] - kib["freed"] < 4 * 1024, kib

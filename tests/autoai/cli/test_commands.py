@@ -143,17 +143,23 @@ def test_a_failed_deploy_job_exits_1_with_its_log(
 ) -> None:
     cli = control_plane.cli
     _ok(cli(f"models push {onnx_models.tagged(models_dir, 7.0)} --name broken"))
-    result = cli("deploy broken --version 1 --blade --blade-level o9")
+    # A spec the control plane can refuse up front is one line and exit 2, no job.
+    refused = _error(cli("deploy broken --version 1 --blade --blade-level o9"))
+    assert "'o1' or 'o2'" in refused and "HTTP 422" in refused
+    # Test data that is not there fails in the job, on the control plane's side.
+    missing = "--blade-test-data /nonexistent/x.npz"
+    result = cli(f"deploy broken --version 1 --blade {missing}")
     assert result.exit_code == 1, result.stderr
     assert "error: deploy broken version 1 failed: " in result.stderr
-    assert "level must be 'o1' or 'o2'" in result.stderr
+    assert "cannot read test data /nonexistent/x.npz" in result.stderr
     assert "job log (last lines):" in result.stderr
-    job = _json(cli("deploy broken --version 1 --blade-level o9 --no-wait --json"))
+    job = _json(cli(f"deploy broken --version 1 {missing} --no-wait --json"))
     followed = cli(f"job {job['job']} --wait --json")
     assert followed.exit_code == 1
     assert json.loads(followed.stdout)["state"] == "failed"
     assert "failed: " in followed.stderr
-    assert _json(cli(f"job {job['job']} --json"))["error"]["error"].startswith("ValueError")
+    error = _json(cli(f"job {job['job']} --json"))["error"]["error"]
+    assert error.startswith("InvalidTestData"), error
     assert _json(cli("status broken --json"))["deployments"] == []
 
 
