@@ -1,8 +1,8 @@
 """Long work (deploys, optimizations) as jobs: a thread each, state a client can poll.
 
 ```python
-job = jobs.submit("deploy intent-cls 3", work)   # work(job) -> result dict; job.step(...) reports
-jobs.get(job.id).json()   # {"id", "kind", "state", "progress", "step", "log", "result", "error"}
+job = jobs.submit("deploy", "deploy intent-cls 3", work)  # work(job) -> JobResult; job.step(...)
+jobs.get(job.id).info()   # JobInfo: id, kind, state, progress, step, log, result, error
 ```
 States: ``pending`` -> ``running`` -> ``succeeded`` | ``failed``. Jobs live in memory for the
 control plane's lifetime (a restarted control plane reconciles deployments from the store, not
@@ -17,14 +17,15 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from .errors import ControlPlaneError, NotFound
+from .schema import JobError, JobInfo, JobResult, JobState
 
 __all__ = ["STATES", "Job", "JobRunner"]
 
 _LOG_LINES = 200
-STATES: Final = ("pending", "running", "succeeded", "failed")
+STATES: Final[tuple[JobState, ...]] = ("pending", "running", "succeeded", "failed")
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,12 @@ class Job:
         self.id = uuid.uuid4().hex[:12]
         self.kind = kind
         self.title = title
-        self.state = "pending"
+        self.state: JobState = "pending"
         self.progress = 0.0
         self.current = ""
         self.log: deque[str] = deque(maxlen=_LOG_LINES)
-        self.result: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
+        self.result: JobResult | None = None
+        self.error: JobError | None = None
         self.created = time.time()
         self.finished: float | None = None
         self.done = threading.Event()
@@ -56,20 +57,21 @@ class Job:
     def say(self, line: str) -> None:
         self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
 
-    def json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "title": self.title,
-            "state": self.state,
-            "progress": round(self.progress, 3),
-            "step": self.current,
-            "log": list(self.log),
-            "result": self.result,
-            "error": self.error,
-            "created": self.created,
-            "finished": self.finished,
-        }
+    def info(self) -> JobInfo:
+        """The job as ``GET /api/v1/jobs/{id}`` answers it."""
+        return JobInfo(
+            id=self.id,
+            kind=self.kind,
+            title=self.title,
+            state=self.state,
+            progress=round(self.progress, 3),
+            step=self.current,
+            log=list(self.log),
+            result=self.result,
+            error=self.error,
+            created=self.created,
+            finished=self.finished,
+        )
 
 
 class JobRunner:
@@ -85,7 +87,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._on_finish = on_finish
 
-    def submit(self, kind: str, title: str, work: Callable[[Job], dict[str, Any]]) -> Job:
+    def submit(self, kind: str, title: str, work: Callable[[Job], JobResult]) -> Job:
         job = Job(kind, title)
         with self._lock:
             self._jobs[job.id] = job
@@ -98,11 +100,11 @@ class JobRunner:
                 job.state = "succeeded"
                 job.say("done")
             except ControlPlaneError as exc:
-                job.error = {"error": str(exc), "detail": exc.detail}
+                job.error = JobError(error=str(exc), detail=exc.detail)
                 job.state = "failed"
                 job.say(f"failed: {exc}")
             except Exception as exc:  # a job's failure is its result, never a crashed thread
-                job.error = {"error": f"{type(exc).__name__}: {exc}", "detail": {}}
+                job.error = JobError(error=f"{type(exc).__name__}: {exc}")
                 job.state = "failed"
                 job.say(f"failed: {type(exc).__name__}: {exc}")
             finally:

@@ -10,8 +10,13 @@ instance to register, and on failure stops what it started and reports the insta
 lines.
 
 Every process it starts names its service JSON on its command line, so ``processes()`` finds all
-of them by scanning ``/proc``, with or without a record: that is how reconciliation finds orphans,
-and how a recorded PID is told apart from an unrelated process that reused it.
+of them by listing processes (psutil), with or without a record: that is how reconciliation finds
+orphans, and how a recorded PID is told apart from an unrelated process that reused it.
+
+What crosses into the deployment record is typed (``autoai.schema``): ``launch`` and ``resize``
+return a ``Placement`` whose instances are ``LocalInstance`` entries (``InstanceRecord`` here),
+``health`` describes them as ``LocalInstanceHealth``. The service JSON an instance starts from is
+eas-server's own document, handed over as given.
 
 What it owns is scoped by its store (``autoai.ownership``): its files live in
 ``<run_dir>/<store identity>/``, each service JSON names the store in ``autoai_store``, and a
@@ -30,14 +35,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import psutil
 
 from config_store import ConfigStore, Instance
 
 from .errors import ControlPlaneError
 from .ownership import STORE_FIELD, owner, run_dir_for
+from .schema import DeploySpec, InstanceHealth, LocalInstance, LocalInstanceHealth, Placement
 
 __all__ = ["InstanceRecord", "LocalOrchestrator", "Orchestrator", "StartFailed", "process_alive"]
 
@@ -47,9 +54,10 @@ log = logging.getLogger("autoai.orchestrators")
 class Orchestrator(Protocol):
     """Where a deployment's instances run; ``DeploymentService`` talks only to this.
 
-    An orchestrator owns some fields of the deployment record (``launch`` returns them; at least
-    ``instances``, a JSON list, maybe empty) and reads them back in the other calls. Instances
-    always register themselves in the store, so discovery and the SDK do not depend on it.
+    An orchestrator owns the ``Placement`` part of the deployment record (``launch`` returns it:
+    one ``instances`` entry per instance, and whatever else it needs to find them again) and reads
+    it back in the other calls. Instances always register themselves in the store, so discovery
+    and the SDK do not depend on it.
     """
 
     kind: str
@@ -59,12 +67,12 @@ class Orchestrator(Protocol):
         self,
         service: str,
         service_json: Mapping[str, Any],
-        spec: Mapping[str, Any],
+        spec: DeploySpec,
         instances: int,
         *,
         first_port: int = 0,
         progress: Callable[[str], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Placement:
         """Start ``instances`` instances of ``service`` and wait until every one registered.
 
         Raises:
@@ -73,34 +81,34 @@ class Orchestrator(Protocol):
         """
         ...
 
-    def abandon(self, service: str, fields: Mapping[str, Any]) -> None:
+    def abandon(self, service: str, placement: Placement) -> None:
         """Remove what ``launch`` started when its record could not be written."""
         ...
 
     def resize(
         self,
         service: str,
-        record: Mapping[str, Any],
+        placement: Placement,
         instances: int,
         *,
         progress: Callable[[str], None] | None = None,
-    ) -> tuple[dict[str, Any], Callable[[], None]]:
+    ) -> tuple[Placement, Callable[[], None]]:
         """Change the number of instances without dropping calls.
 
         Returns:
-            The record fields after the change (written by the caller with CAS), and what to run
-            once they are written (draining removed instances). New instances are ready before
-            this returns; removed ones keep serving until the second part runs.
+            The placement after the change (written by the caller with CAS), and what to run once
+            it is written (draining removed instances). New instances are ready before this
+            returns; removed ones keep serving until the second part runs.
         """
         ...
 
-    def teardown(self, service: str, record: Mapping[str, Any]) -> None:
+    def teardown(self, service: str, placement: Placement) -> None:
         """Stop every instance of the deployment (drained)."""
         ...
 
     def health(
-        self, service: str, record: Mapping[str, Any], registered: Sequence[Instance]
-    ) -> list[dict[str, Any]]:
+        self, service: str, placement: Placement, registered: Sequence[Instance]
+    ) -> list[InstanceHealth]:
         """The deployment's instances, each with ``alive`` and ``ready``; ``registered`` is the
         service's registrations in the store, read once by the caller."""
         ...
@@ -110,28 +118,8 @@ class StartFailed(ControlPlaneError):
     """An instance did not become ready; ``detail["log"]`` holds its last lines."""
 
 
-@dataclass(frozen=True)
-class InstanceRecord:
-    """A started instance: enough to find, adopt or stop it later."""
-
-    pid: int
-    args: list[str]
-    log: str
-    started: float
-    host: str = ""
-    """The host the process runs on (the local orchestrator acts only on its own host's)."""
-    port: int = 0
-    """Where it listens (known once it registered)."""
-    restarts: int = 0
-    """How many times this slot was restarted after a crash."""
-
-    def json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> InstanceRecord:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+InstanceRecord = LocalInstance
+"""A started instance: enough to find, adopt or stop it later (the record's entry)."""
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
@@ -142,44 +130,39 @@ def _tail(path: Path, lines: int = 20) -> list[str]:
 
 
 def _argv(pid: int) -> list[str] | None:
-    """A process's command line (None when it is gone or unreadable)."""
+    """A process's command line (None when it is gone or unreadable; empty while it exits)."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return [str(a) for a in psutil.Process(pid).cmdline()]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
         return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # someone else's: it exists
         return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # Started through a short-lived launcher, so that instances are not children of the control plane:
 # nothing of ours must reap them, and they outlive it (their own session, parent init).
 _LAUNCHER = (
     "import subprocess, sys, time\n"
+    "import psutil\n"
     "log = open(sys.argv[1], 'ab')\n"
     "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,"
     " stderr=subprocess.STDOUT, start_new_session=True)\n"
-    # Popen may return before /proc shows the new command line; the PID is handed over only
-    # once it does, so running() never mistakes a starting instance for a dead one.
+    # Popen may return before the new command line shows; the PID is handed over only once it
+    # does, so running() never mistakes a starting instance for a dead one.
     "deadline = time.monotonic() + 10\n"
     "while p.poll() is None and time.monotonic() < deadline:\n"
     "    try:\n"
-    "        if open(f'/proc/{p.pid}/cmdline', 'rb').read():\n"
+    "        if psutil.Process(p.pid).cmdline():\n"
     "            break\n"
-    "    except OSError:\n"
+    "    except psutil.Error:\n"
     "        break\n"
     "    time.sleep(0.002)\n"
     "print(p.pid)\n"
@@ -200,6 +183,11 @@ def _launch(args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
             f"could not launch {args[:4]}: {done.stderr.strip()[-500:]}", {"log": _tail(log)}
         )
     return int(done.stdout.strip())
+
+
+def _local(placement: Placement) -> list[InstanceRecord]:
+    """The placement's local instances (a record of another orchestrator has none)."""
+    return [i for i in placement.instances if isinstance(i, LocalInstance)]
 
 
 class LocalOrchestrator:
@@ -232,45 +220,46 @@ class LocalOrchestrator:
         self,
         service: str,
         service_json: Mapping[str, Any],
-        spec: Mapping[str, Any],
+        spec: DeploySpec,
         instances: int,
         *,
         first_port: int = 0,
         progress: Callable[[str], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Placement:
         started = self.start(
             service, service_json, instances, progress=progress, first_port=first_port
         )
-        return {"instances": [r.json() for r in started]}
+        return Placement(instances=started)
 
-    def abandon(self, service: str, fields: Mapping[str, Any]) -> None:
-        self.stop([InstanceRecord.from_json(r) for r in fields.get("instances", [])])
+    def abandon(self, service: str, placement: Placement) -> None:
+        self.stop(_local(placement))
 
     def resize(
         self,
         service: str,
-        record: Mapping[str, Any],
+        placement: Placement,
         instances: int,
         *,
         progress: Callable[[str], None] | None = None,
-    ) -> tuple[dict[str, Any], Callable[[], None]]:
-        current = [InstanceRecord.from_json(r) for r in record["instances"]]
+    ) -> tuple[Placement, Callable[[], None]]:
+        current = _local(placement)
         if instances > len(current):
             added = self.spawn(service, instances - len(current), progress=progress)
-            return {"instances": [r.json() for r in [*current, *added]]}, lambda: None
+            return Placement(instances=[*current, *added]), lambda: None
         kept, removed = current[:instances], current[instances:]
-        return {"instances": [r.json() for r in kept]}, lambda: self.stop(removed)
+        return Placement(instances=kept), lambda: self.stop(removed)
 
-    def teardown(self, service: str, record: Mapping[str, Any]) -> None:
-        self.stop([InstanceRecord.from_json(r) for r in record["instances"]])
+    def teardown(self, service: str, placement: Placement) -> None:
+        self.stop(_local(placement))
 
     def health(
-        self, service: str, record: Mapping[str, Any], registered: Sequence[Instance]
-    ) -> list[dict[str, Any]]:
+        self, service: str, placement: Placement, registered: Sequence[Instance]
+    ) -> list[InstanceHealth]:
         pids = {i.payload.get("pid") for i in registered}
         ours = self.processes()
         return [
-            {**r, "alive": r["pid"] in ours, "ready": r["pid"] in pids} for r in record["instances"]
+            LocalInstanceHealth(**r.model_dump(), alive=r.pid in ours, ready=r.pid in pids)
+            for r in _local(placement)
         ]
 
     # -- processes -------------------------------------------------------------------------
@@ -355,7 +344,15 @@ class LocalOrchestrator:
                 ]  # fmt: skip
                 pid = _launch(args, log, {"EAS_STORE": self.store_url})
                 started.append(
-                    InstanceRecord(pid, args, str(log), time.time(), host, port, restarts)
+                    InstanceRecord(
+                        pid=pid,
+                        args=args,
+                        log=str(log),
+                        started=time.time(),
+                        host=host,
+                        port=port,
+                        restarts=restarts,
+                    )
                 )
                 if progress:
                     progress(f"started instance {i + 1}/{instances} (pid {pid})")
@@ -363,10 +360,7 @@ class LocalOrchestrator:
         except BaseException:
             self.stop(started)
             raise
-        return [
-            InstanceRecord(r.pid, r.args, r.log, r.started, r.host, ports[r.pid], r.restarts)
-            for r in started
-        ]
+        return [r.model_copy(update={"port": ports[r.pid]}) for r in started]
 
     def _wait_registered(
         self, service: str, started: Sequence[InstanceRecord], timeout: float
@@ -438,17 +432,15 @@ class LocalOrchestrator:
         found: dict[int, str] = {}
         foreign: set[int] = set()
         owners: dict[str, str | None] = {}  # service JSON -> the store it names, read once
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            args = _argv(int(entry.name))
-            if args is None or "eas_server" not in args or "--config" not in args:
+        for process in psutil.process_iter(["cmdline"]):
+            args = process.info["cmdline"]  # None: not readable (another user's), or gone
+            if not args or "eas_server" not in args or "--config" not in args:
                 continue
             at = args.index("--config") + 1
             config = args[at] if at < len(args) else ""
             if not (config.startswith(prefix) and config.endswith(".json")):
                 continue
-            pid = int(entry.name)
+            pid = process.pid
             if config not in owners:
                 owners[config] = owner(Path(config))
             if owners[config] != self.identity:
@@ -457,8 +449,11 @@ class LocalOrchestrator:
                     log.info(
                         "leaving eas-server pid %d alone: its service JSON %s names %s, not this "
                         "control plane's store %s",
-                        pid, config, owners[config] or "no store", self.identity,
-                    )  # fmt: skip
+                        pid,
+                        config,
+                        owners[config] or "no store",
+                        self.identity,
+                    )
                 continue
             if process_alive(pid):
                 found[pid] = Path(config).name[: -len(".json")]

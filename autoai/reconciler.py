@@ -21,19 +21,18 @@ Nothing here reads HTTP; ``pass_once`` returns what it did, for logs and tests.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from config_store import ConfigStore, ConfigStoreError, Conflict as StoreConflict
 
-from .deployments import GROUP
+from .deployments import GROUP, read_record
 from .orchestrators import InstanceRecord, LocalOrchestrator, StartFailed
+from .schema import DeploymentRecord, LocalInstance, OperationMarker
 
 __all__ = ["PassReport", "Reconciler"]
 
@@ -128,24 +127,24 @@ class Reconciler:
         processes = self.orchestrator.processes()
         keys = self.store.keys(GROUP)
         busy = self._markers(keys, report)
-        records: dict[str, tuple[dict[str, Any], int]] = {}
+        records: dict[str, tuple[DeploymentRecord, int]] = {}
         for key in keys:
             if key.startswith("deployment."):
                 item = self.store.get(key, group=GROUP)
                 if item is not None:
-                    records[key] = (json.loads(item.content), item.revision)
+                    records[key] = (read_record(item.content), item.revision)
         recorded: set[int] = set()
         for key, (record, revision) in records.items():
-            if record.get("orchestrator", "local") != "local":
+            if record.orchestrator != "local":
                 continue  # another orchestrator's deployment: not processes of this host
-            recorded.update(r["pid"] for r in record["instances"])
-            if record["service"] in busy:
+            recorded.update(i.pid for i in record.instances if isinstance(i, LocalInstance))
+            if record.service in busy:
                 continue
             self._reconcile_record(key, record, revision, report)
         for pid, service in processes.items():
             if pid not in recorded and service not in busy and self.is_leader():
                 log.warning("stopping orphan instance pid %d of %s", pid, service)
-                self.orchestrator.stop([InstanceRecord(pid, [], "", 0.0)], timeout=10)
+                self.orchestrator.stop([InstanceRecord(pid=pid)], timeout=10)
                 report.orphans.append(pid)
         return report
 
@@ -159,9 +158,9 @@ class Reconciler:
             item = self.store.get(key, group=GROUP)
             if item is None:
                 continue
-            marker = json.loads(item.content)
+            marker = OperationMarker.model_validate_json(item.content)
             service = "-".join(key.removeprefix("operation.").rsplit(".", 1))
-            if marker.get("replica") in live:
+            if marker.replica in live:
                 busy.add(service)
                 continue
             try:
@@ -172,11 +171,12 @@ class Reconciler:
         return busy
 
     def _reconcile_record(
-        self, key: str, record: dict[str, Any], revision: int, report: PassReport
+        self, key: str, record: DeploymentRecord, revision: int, report: PassReport
     ) -> None:
-        service = record["service"]
-        for index, data in enumerate(record["instances"]):
-            instance = InstanceRecord.from_json(data)
+        service = record.service
+        for index, instance in enumerate(record.instances):
+            if not isinstance(instance, LocalInstance):
+                continue  # a replica of another orchestrator
             if instance.host not in ("", self.host):
                 continue  # another host's orchestrator owns it
             if self.orchestrator.running(instance):
@@ -204,14 +204,14 @@ class Reconciler:
     def _restart(
         self,
         key: str,
-        record: dict[str, Any],
+        record: DeploymentRecord,
         revision: int,
         index: int,
         dead: InstanceRecord,
         report: PassReport,
     ) -> None:
-        service = record["service"]
-        fixed_port = bool((record["spec"].get("metadata") or {}).get("port"))
+        service = record.service
+        fixed_port = bool(record.spec.metadata.port)
         log.warning("instance pid %d of %s is gone; restarting it", dead.pid, service)
         streak = self._streak[(service, index)] = self._streak.get((service, index), 0) + 1
         try:
@@ -224,12 +224,15 @@ class Reconciler:
             log.warning("restart of %s#%d failed (%s); next try in %.0f s",
                         service, index, exc, self.delay(streak))  # fmt: skip
             return
-        instances = list(record["instances"])
-        instances[index] = fresh.json()
-        updated = {**record, "instances": instances}
+        instances = list(record.instances)
+        instances[index] = fresh
+        updated = record.model_copy(update={"instances": instances})
         try:
             self.store.publish(
-                key, json.dumps(updated).encode(), group=GROUP, expected_revision=revision
+                key,
+                updated.model_dump_json().encode(),
+                group=GROUP,
+                expected_revision=revision,
             )
         except (StoreConflict, ConfigStoreError):
             self.orchestrator.stop([fresh], timeout=10)

@@ -2,7 +2,8 @@
 
 ```python
 plan = blade_aspect.on_deploy("model.onnx", {"blade": True})  # optimize or not; processor
-entry = blade_aspect.on_publish({"version": "3", "weight": 90}, deployment, fallback_version="2")
+entry = blade_aspect.on_publish(PublishRoute(version="3", weight=90), deployment,
+                                fallback_version="2")             # autoai.schema.RouteEntry
 cls = blade_aspect.on_call(route)                                    # EasClient or BladeClient
 ```
 """

@@ -5,11 +5,13 @@
   cache makes a repeat free) and gets the ``blade`` processor and the artifact; a plain spec, or a
   model no blade candidate improves, gets the ``onnx`` processor and the model as it is.
 - ``on_publish``: one published route ``{version, weight}`` plus what its deployment recorded
-  becomes a route-table entry (service, processor, and for blade the engine, profiles,
-  fallback version and report digest).
+  becomes a route-table entry, ``autoai.schema.RouteEntry`` (service, processor, and for blade
+  the engine, profiles, fallback version, report digest and speedup).
 - ``on_call``: the SDK asks which client class serves a route, and with which extra options.
 
-Nothing else in the project compares a processor to ``"blade"``.
+Nothing else in the project compares a processor to ``"blade"``. ``autoai.schema`` is the one
+import from above this layer: the route entry is the shared contract of the control plane, this
+package and the SDK (``autoai.schema`` imports nothing else of ``autoai``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from autoai.schema import BladeMeta, PublishRoute, RouteEntry, describe_error
 
 from ._errors import InvalidDeploySpec, InvalidRouteRequest, NotOptimized
 
@@ -37,6 +43,7 @@ __all__ = [
 
 BLADE = "blade"
 PLAIN = "onnx"
+_M = TypeVar("_M", bound=BaseModel)
 _DEFAULT_MAX_BATCH = 32
 _BLADE_OPTIONS = {"device", "level", "tolerance", "test_data", "batch_sizes", "seq", "required"}
 
@@ -53,15 +60,15 @@ class DeployPlan:
     Attributes:
         processor: ``"onnx"`` or ``"blade"`` (the ``eas-server --processor``).
         model_path: what ``eas-server --model`` gets (the blade artifact directory for blade).
-        blade: the route-table metadata of a blade deployment (engine, profiles, report digest),
-            None for plain.
+        blade: the optimizer's record of a blade deployment (engine, profiles, report digest,
+            speedup), which ``on_publish`` puts in its route entries; None for plain.
         report: the optimizer's report when blade was asked for (also when it chose plain).
         reason: one line on why this processor.
     """
 
     processor: str
     model_path: Path
-    blade: dict[str, Any] | None = None
+    blade: BladeMeta | None = None
     report: dict[str, Any] | None = field(default=None, repr=False)
     reason: str = ""
 
@@ -113,10 +120,10 @@ def _max_batch(spec: Mapping[str, Any]) -> int:
     return value
 
 
-def _profiles(doc: Mapping[str, Any], max_batch: int) -> dict[str, list[int] | None]:
+def _profiles(doc: Mapping[str, Any], max_batch: int) -> dict[str, tuple[int, int] | None]:
     """The shapes the engine serves: any batch up to the server's max batch; the sequence range
     of a TensorRT engine's optimization profile, else no limit (ONNX Runtime takes any length)."""
-    seq: list[int] | None = None
+    seq: tuple[int, int] | None = None
     trt = (doc.get("runtime") or {}).get("trt_options") or {}
     shapes = trt.get("trt_profile_max_shapes")
     if isinstance(shapes, str) and shapes:
@@ -124,8 +131,8 @@ def _profiles(doc: Mapping[str, Any], max_batch: int) -> dict[str, list[int] | N
         low = trt.get("trt_profile_min_shapes", "")
         lows = [int(d.split("x")[1]) for d in low.split(",") if d.count("x") >= 1] or [1]
         if lengths:
-            seq = [max(1, min(lows)), min(lengths)]
-    return {"batch": [1, max_batch], "seq": seq}
+            seq = (max(1, min(lows)), min(lengths))
+    return {"batch": (1, max_batch), "seq": seq}
 
 
 def _engine(doc: Mapping[str, Any]) -> str:
@@ -191,12 +198,12 @@ def on_deploy(
     artifact = Path(result.artifact_dir)
     doc = json.loads((artifact / "blade.json").read_text())
     digest = hashlib.sha256((artifact / "report.json").read_bytes()).hexdigest()
-    meta = {
-        "engine": _engine(doc),
-        "profiles": _profiles(doc, max_batch),
-        "report_sha256": digest,
-        "speedup": round(float(result.speedup), 3),
-    }
+    meta = BladeMeta(
+        engine=_engine(doc),
+        profiles=_profiles(doc, max_batch),
+        report_sha256=digest,
+        speedup=round(float(result.speedup), 3),
+    )
     return DeployPlan(
         BLADE,
         artifact,
@@ -206,81 +213,75 @@ def on_deploy(
     )
 
 
-def _version(value: Any, what: str) -> str:
-    if not isinstance(value, str | int) or isinstance(value, bool) or str(value) == "":
-        raise InvalidRouteRequest(f"{what} is {value!r}, expected a version string")
-    return str(value)
+class _Served(Protocol):
+    """What ``on_publish`` reads of a deployment (``autoai.schema.Deployment`` or its record)."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def processor(self) -> str: ...
+    @property
+    def blade(self) -> BladeMeta | None: ...
 
 
 def on_publish(
-    route: Mapping[str, Any],
-    deployment: Mapping[str, Any],
+    route: PublishRoute,
+    deployment: _Served,
     *,
     fallback_version: str | None = None,
-) -> dict[str, Any]:
+) -> RouteEntry:
     """The route-table entry of one published route.
 
     Args:
-        route: the publish request's entry, ``{"version": "3", "weight": 90}``; a blade route may
-            name its own ``fallback_version``.
-        deployment: what the deployment of that version recorded: ``service``, ``processor``,
-            and for blade ``blade`` (the ``DeployPlan.blade`` metadata).
+        route: the publish request's route (``version``, ``weight``; a blade route may name its
+            own ``fallback_version``).
+        deployment: the deployment of that version: its ``service``, ``processor`` and, for
+            blade, ``blade`` (what ``on_deploy`` recorded).
         fallback_version: the plain version a blade route falls back to when the route does not
             name one (the control plane passes the best plain version of the table, if any).
 
     Returns:
-        ``{"version", "weight", "service", "processor"}`` plus ``"blade": {...}`` for blade.
+        The entry: version, weight, service, processor, and for blade the optimizer's record
+        (engine, profiles, report digest, speedup) with the fallback version.
 
     Raises:
-        InvalidRouteRequest: a missing or malformed field, or a blade route falling back to itself.
+        InvalidRouteRequest: the deployment records no service or no blade metadata, or a blade
+            route falls back to itself.
     """
-    version = _version(route.get("version"), "route version")
-    weight = route.get("weight")
-    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
-        raise InvalidRouteRequest(
-            f"route {version}: weight is {weight!r}, expected an integer >= 0"
-        )
-    service = deployment.get("service")
-    if not isinstance(service, str) or not service:
+    version = route.version
+    if not deployment.service:
         raise InvalidRouteRequest(f"route {version}: the deployment records no service")
-    processor = deployment.get("processor", PLAIN)
-    entry: dict[str, Any] = {
-        "version": version,
-        "weight": weight,
-        "service": service,
-        "processor": processor,
-    }
-    if processor != BLADE:
-        return entry
-    meta = deployment.get("blade")
-    if not isinstance(meta, Mapping):
-        raise InvalidRouteRequest(f"route {version}: a blade deployment without blade metadata")
-    fallback = route.get("fallback_version", fallback_version)
-    if fallback is not None:
-        fallback = _version(fallback, f"route {version}: fallback_version")
+    blade: BladeMeta | None = None
+    if deployment.processor == BLADE:
+        if deployment.blade is None:
+            raise InvalidRouteRequest(f"route {version}: a blade deployment without blade metadata")
+        fallback = route.fallback_version or fallback_version
         if fallback == version:
             raise InvalidRouteRequest(f"route {version}: a blade route cannot fall back to itself")
-    entry["blade"] = {
-        "engine": meta.get("engine"),
-        "profiles": meta.get("profiles") or {"batch": None, "seq": None},
-        "fallback_version": fallback,
-        "report_sha256": meta.get("report_sha256"),
-    }
-    return entry
+        meta = {**deployment.blade.model_dump(), "fallback_version": fallback}
+        blade = _validated(BladeMeta, meta, version, "blade.")
+    entry = {"version": version, "weight": route.weight, "service": deployment.service}
+    return _validated(
+        RouteEntry, {**entry, "processor": deployment.processor, "blade": blade}, version, ""
+    )
 
 
-def _processor(route: _RouteLike | Mapping[str, Any]) -> str:
-    if isinstance(route, Mapping):
-        return str(route.get("processor", PLAIN))
-    return route.processor
+def _validated(model: type[_M], data: dict[str, object], version: str, at: str) -> _M:
+    """``model`` from ``data``, its validation error as ``InvalidRouteRequest`` naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        where, reason = describe_error(exc)
+        raise InvalidRouteRequest(f"route {version}: {at}{where}: {reason}") from exc
 
 
-def is_blade(route: _RouteLike | Mapping[str, Any]) -> bool:
-    """Whether a route (route-table entry or parsed route) is served by a blade engine."""
-    return _processor(route) == BLADE
+def is_blade(route: _RouteLike) -> bool:
+    """Whether a route entry (or a deployment: anything with a ``processor``) is served by a
+    blade engine."""
+    return route.processor == BLADE
 
 
-def on_call(route: _RouteLike | Mapping[str, Any], *, asynchronous: bool = False) -> type[Any]:
+def on_call(route: _RouteLike, *, asynchronous: bool = False) -> type[Any]:
     """The client class that serves a route: ``BladeClient`` for blade, ``EasClient`` otherwise
     (their ``Async`` twins with ``asynchronous=True``)."""
     if is_blade(route):
@@ -292,18 +293,7 @@ def on_call(route: _RouteLike | Mapping[str, Any], *, asynchronous: bool = False
     return AsyncEasClient if asynchronous else EasClient
 
 
-def _blade_meta(route: _RouteLike | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(route, Mapping):
-        meta = route.get("blade") or {}
-    else:
-        raw = getattr(route, "raw", None)
-        meta = (raw.get("blade") if isinstance(raw, Mapping) else None) or {}
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def call_options(
-    route: _RouteLike | Mapping[str, Any], fallback: Callable[[str], Any]
-) -> dict[str, Any]:
+def call_options(route: RouteEntry, fallback: Callable[[str], Any]) -> dict[str, Any]:
     """The extra constructor options of ``on_call(route)``'s class.
 
     Args:
@@ -312,10 +302,13 @@ def call_options(
             ``fallback_version`` only.
 
     Returns:
-        ``{}`` for plain; for blade, ``blade`` (the metadata) and ``fallback`` (a client or None).
+        ``{}`` for plain; for blade, ``blade`` (the metadata, as its JSON object) and
+        ``fallback`` (a client or None).
     """
-    if not is_blade(route):
+    if not is_blade(route) or route.blade is None:
         return {}
-    meta = _blade_meta(route)
-    version = meta.get("fallback_version")
-    return {"blade": dict(meta), "fallback": fallback(str(version)) if version else None}
+    version = route.blade.fallback_version
+    return {
+        "blade": route.blade.model_dump(mode="json"),
+        "fallback": fallback(version) if version else None,
+    }

@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from ._store import ConfigStore
 from ._errors import ConfigStoreError, Conflict, InvalidKey, InvalidUrl, NotFound, StoreUnavailable
 from ._open import open_store
 from ._settings import StoreSettings
+from ._store import ConfigStore
 from ._types import ConfigItem, Instance
 
 __all__ = ["main"]

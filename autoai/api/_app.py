@@ -31,11 +31,12 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from ..schema import ErrorAnswer, Health
 from ._limits import BodyLimit
 from ._settings import ControlSettings
 from .dependencies import Services, Svc
 
-__all__ = ["STATUS", "create_app"]
+__all__ = ["ERROR_RESPONSES", "STATUS", "create_app"]
 
 # The first class the error is an instance of gives the status: subclasses before their bases.
 STATUS: Final[dict[type[ControlPlaneError], int]] = {
@@ -57,6 +58,23 @@ _STORE_ERRORS: Final[dict[type[config_store.ConfigStoreError], type[ControlPlane
     config_store.ContentTooLarge: InvalidRequest,
     config_store.Conflict: Conflict,
     config_store.NotFound: NotFound,
+}
+
+
+# Every refusal has the same body; documented so that clients (and schemathesis) know its shape.
+ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    code: {"model": ErrorAnswer, "description": what}
+    for code, what in (
+        (400, "Invalid request"),
+        (401, "No admin token"),
+        (403, "Not the admin token"),
+        (404, "No such model, version, deployment or job"),
+        (409, "Conflicts with the current state"),
+        (413, "Body too large"),
+        (422, "The body does not fit its schema"),
+        (503, "The config store is unavailable; retry"),
+        (507, "No room in the model repository"),
+    )
 }
 
 
@@ -127,17 +145,18 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         )
 
     @app.get("/healthz")
-    async def healthz(svc: Svc) -> dict[str, Any]:
+    async def healthz(svc: Svc) -> Health:
         """Liveness, this replica's id, whether it leads (reconciles) and the store's state."""
         leader = svc.election.leader
-        return {
-            "status": "ok",
-            "replica": svc.election.candidate,
-            "leader": svc.election.is_leader,
-            "leader_url": None if leader is None else leader.payload.get("url"),
-            "store": svc.store.state,
-            "reconcile_passes": svc.reconciler.passes,
-        }
+        url = None if leader is None else leader.payload.get("url")
+        return Health(
+            status="ok",
+            replica=svc.election.candidate,
+            leader=svc.election.is_leader,
+            leader_url=None if url is None else str(url),
+            store=svc.store.state,
+            reconcile_passes=svc.reconciler.passes,
+        )
 
     from .routers import deployments, models, observability, releases
 
@@ -145,8 +164,6 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         app.add_exception_handler(store_error, _store_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodyLimit)  # bodies capped before any route buffers them
-    app.include_router(models.router)
-    app.include_router(deployments.router)
-    app.include_router(releases.router)
-    app.include_router(observability.router)
+    for router in (models.router, deployments.router, releases.router, observability.router):
+        app.include_router(router, responses=ERROR_RESPONSES)
     return app

@@ -27,7 +27,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,6 +37,7 @@ from config_store import StoreUnavailable
 
 from ..errors import ControlPlaneError
 from ..jobs import STATES, Job
+from ..schema import Deployment, InstanceHealth
 
 __all__ = [
     "DEPLOY_OUTCOMES",
@@ -57,24 +58,24 @@ _DEPLOY_BUCKETS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300
 _PUBLISH_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 JobCounts = Callable[[], Mapping[tuple[str, str], int]]
-Deployments = Callable[[], list[dict[str, Any]]]
+Deployments = Callable[[], list[Deployment]]
 
 
-def instance_state(instance: Mapping[str, Any]) -> str:
+def instance_state(instance: InstanceHealth) -> str:
     """``ready`` (registered in the store), ``alive_not_ready`` (its process runs but it is not
     registered: starting, or lost its session) or ``dead``."""
-    if instance.get("ready"):
+    if instance.ready:
         return "ready"
-    return "alive_not_ready" if instance.get("alive") else "dead"
+    return "alive_not_ready" if instance.alive else "dead"
 
 
-def instance_counts(deployments: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], int]:
+def instance_counts(deployments: Iterable[Deployment]) -> dict[tuple[str, ...], int]:
     """Instances by ``(model, version, processor, state)``; every state of every deployment is
     present, zero included, so that an alert on ``dead > 0`` has a series to watch."""
     counts: dict[tuple[str, ...], int] = {}
     for deployment in deployments:
-        key = (str(deployment["name"]), str(deployment["version"]), str(deployment["processor"]))
-        states = Tally(instance_state(i) for i in deployment.get("instances", ()))
+        key = (deployment.name, deployment.version, deployment.processor)
+        states = Tally(instance_state(i) for i in deployment.instances)
         for state in INSTANCE_STATES:
             counts[(*key, state)] = counts.get((*key, state), 0) + states[state]
     return counts

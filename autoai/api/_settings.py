@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config_store._settings import default_store_url
 from eas_server import is_loopback
 
 from ..kubernetes import KubernetesSettings
@@ -20,14 +21,19 @@ def _home() -> Path:
 
 
 class ControlSettings(BaseSettings):
-    """Where the control plane keeps its state and who may change it."""
+    """Where the control plane keeps its state and who may change it.
+
+    Frozen: one object is shared by every service of the app; a variant is
+    ``settings.model_copy(update={...})``.
+    """
 
     model_config = SettingsConfigDict(
-        env_prefix="AUTOAI_", extra="forbid", env_nested_delimiter="__"
+        env_prefix="AUTOAI_", extra="forbid", env_nested_delimiter="__", frozen=True
     )
 
-    store_url: str = Field(default_factory=lambda: f"sqlite:///{_home() / 'store.db'}")
-    """The config store: ``zk://...`` or ``sqlite:///...`` (embedded default)."""
+    store_url: str = Field(default_factory=default_store_url)
+    """The config store: ``zk://...`` or ``sqlite:///...`` (default: the embedded store at
+    ``~/.autoai/store.db``, as ``autoai-store`` and ``autoai bench`` use)."""
     repo_dir: Path = Field(default_factory=lambda: _home() / "repo")
     """The model repository directory."""
     run_dir: Path = Field(default_factory=lambda: _home() / "run")
@@ -42,8 +48,9 @@ class ControlSettings(BaseSettings):
     """Seconds between reconciliation passes of the leader (0: do not reconcile)."""
     restart_backoff_max: float = Field(default=60.0, gt=0)
     """The longest wait before restarting an instance that keeps crashing."""
-    admin_token: str | None = None
-    """Bearer token required on every write (None: writes are open, for a local demo)."""
+    admin_token: SecretStr | None = None
+    """Bearer token required on every write (None: writes are open, for a local demo); kept out
+    of ``repr`` and dumps (``.get_secret_value()`` reads it)."""
     protect_reads: bool = False
     """Require the admin token on reads too."""
     insecure: bool = False

@@ -120,13 +120,15 @@ def _check_token(request: Request, expected: str | None) -> None:
 
 def require_write(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
     """Every write needs the admin token (when one is configured)."""
-    _check_token(request, svc.settings.admin_token)
+    token = svc.settings.admin_token
+    _check_token(request, None if token is None else token.get_secret_value())
 
 
 def require_read(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
     """Reads need it too when ``protect_reads`` is set."""
     if svc.settings.protect_reads:
-        _check_token(request, svc.settings.admin_token)
+        token = svc.settings.admin_token
+        _check_token(request, None if token is None else token.get_secret_value())
 
 
 Svc = Annotated[Services, Depends(services)]

@@ -27,6 +27,7 @@ from config_store import ConfigStore, Instance
 
 from ..errors import Unavailable
 from ..orchestrators import StartFailed
+from ..schema import DeploySpec, InstanceHealth, KubernetesObjects, Placement, PodSlot
 from ._render import CONTAINER, MANAGED_BY, SERVICE_ANNOTATION, object_name, render, selector
 from ._settings import KubernetesSettings
 from ._status import (
@@ -264,7 +265,7 @@ class KubernetesOrchestrator:
         service: str,
         wanted: int,
         progress: Callable[[str], None] | None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[PodSlot]:
         """Until ``wanted`` pods registered; a pod that cannot start fails it at once.
 
         Raises:
@@ -283,7 +284,7 @@ class KubernetesOrchestrator:
                 progress(f"{len(found)}/{wanted} instance(s) of {service} registered")
             said = len(found)
             # only pods not serving yet: a registered one's past restarts are no reason to fail
-            serving = {f["pod"] for f in found}
+            serving = {f.pod for f in found}
             pending = [p for p in pods if p["metadata"]["name"] not in serving]
             failing = next((p for p in pending if pod_problem(p)), None)
             problem = deployment_problem(self._deployment(name) or {}) or (
@@ -320,12 +321,12 @@ class KubernetesOrchestrator:
         self,
         service: str,
         service_json: Mapping[str, Any],
-        spec: Mapping[str, Any],
+        spec: DeploySpec,
         instances: int,
         *,
         first_port: int = 0,
         progress: Callable[[str], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Placement:
         """Apply the deployment's objects and wait until ``instances`` pods registered.
 
         The Deployment goes first with no replica (its uid makes it the owner of the others),
@@ -334,7 +335,7 @@ class KubernetesOrchestrator:
         ``settings.port``.
 
         Raises:
-            InvalidRequest: the spec cannot be rendered (nothing was applied).
+            InvalidRequest: the objects cannot be rendered (nothing was applied).
             StartFailed: the pods did not all register, or the API refused (the Deployment, and
                 with it everything, is deleted again).
         """
@@ -368,11 +369,14 @@ class KubernetesOrchestrator:
             if isinstance(exc, KubernetesError):
                 raise StartFailed(str(exc), {"service": service, "log": []}) from exc
             raise
-        names = {"namespace": self.namespace, "deployment": name, "service": name,
-                 "configmap": name}  # fmt: skip
-        if len(objects) > 3:
-            names["secret"] = objects[3]["metadata"]["name"]
-        return {"instances": slots(found, instances), "kubernetes": names}
+        names = KubernetesObjects(
+            namespace=self.namespace,
+            deployment=name,
+            service=name,
+            configmap=name,
+            secret=objects[3]["metadata"]["name"] if len(objects) > 3 else None,
+        )
+        return Placement(instances=slots(found, instances), kubernetes=names)
 
     def _forget(self, name: str) -> None:
         try:
@@ -380,17 +384,22 @@ class KubernetesOrchestrator:
         except KubernetesError as exc:  # the leader's sweep removes it later
             log.warning("could not delete deployment %s: %s", name, exc)
 
-    def abandon(self, service: str, fields: Mapping[str, Any]) -> None:
-        self._forget((fields.get("kubernetes") or {}).get("deployment") or object_name(service))
+    def _name(self, service: str, placement: Placement) -> str:
+        """The Deployment's name: as recorded, else as rendered."""
+        names = placement.kubernetes
+        return names.deployment if names is not None else object_name(service)
+
+    def abandon(self, service: str, placement: Placement) -> None:
+        self._forget(self._name(service, placement))
 
     def resize(
         self,
         service: str,
-        record: Mapping[str, Any],
+        placement: Placement,
         instances: int,
         *,
         progress: Callable[[str], None] | None = None,
-    ) -> tuple[dict[str, Any], Callable[[], None]]:
+    ) -> tuple[Placement, Callable[[], None]]:
         """Scale up now (new pods registered before this returns) or down in the returned step
         (the ReplicaSet picks the pods; they drain on SIGTERM).
 
@@ -398,9 +407,8 @@ class KubernetesOrchestrator:
             StartFailed: added pods did not register (the replicas are set back).
             KubernetesError: the API refused.
         """
-        names = dict(record.get("kubernetes") or {})
-        name = names.get("deployment") or object_name(service)
-        before = len(record.get("instances") or [])
+        name = self._name(service, placement)
+        before = len(placement.instances)
         if instances >= before:
             self._scale(name, instances)
             try:
@@ -411,36 +419,35 @@ class KubernetesOrchestrator:
                 except KubernetesError as exc:
                     log.warning("could not scale %s back to %d: %s", name, before, exc)
                 raise
-            return {"instances": slots(found, instances), "kubernetes": names}, lambda: None
+            return placement.model_copy(update={"instances": slots(found, instances)}), lambda: None
         found = registered(self.pods(service), self.store.instances(service))
 
         def finish() -> None:
             self._scale(name, instances)
             self._wait_deregistered(service, instances)
 
-        return {"instances": slots(found, instances), "kubernetes": names}, finish
+        return placement.model_copy(update={"instances": slots(found, instances)}), finish
 
-    def teardown(self, service: str, record: Mapping[str, Any]) -> None:
+    def teardown(self, service: str, placement: Placement) -> None:
         """Delete the Deployment (its pods, ConfigMap, Service and Secret follow) and wait until
         its instances deregistered (they do on SIGTERM, then drain).
 
         Raises:
             KubernetesError: the API refused (nothing was deleted).
         """
-        name = (record.get("kubernetes") or {}).get("deployment") or object_name(service)
-        self._delete(name)
+        self._delete(self._name(service, placement))
         self._wait_deregistered(service, 0)
 
     def health(
-        self, service: str, record: Mapping[str, Any], registered: Sequence[Instance]
-    ) -> list[dict[str, Any]]:
+        self, service: str, placement: Placement, registered: Sequence[Instance]
+    ) -> list[InstanceHealth]:
         """One row per pod (``alive``: running, ``ready``: registered); the registrations alone
         when the API cannot be reached."""
         try:
             pods: list[dict[str, Any]] | None = self.pods(service)
         except KubernetesError as exc:
-            return health_rows(None, registered, str(exc))
-        return health_rows(pods, registered)
+            return list(health_rows(None, registered, str(exc)))
+        return list(health_rows(pods, registered))
 
     # -- reconciliation -----------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 ``render`` returns plain dicts (the API's JSON form), in the order they are applied:
 
 - a **Deployment** of ``eas-server`` pods: ``replicas`` = ``metadata.instance``; requests = limits
-  from ``metadata.cpu`` (cores) and ``metadata.memory`` (MB, EAS's unit, or a Kubernetes
-  quantity such as ``"4Gi"``); ``nvidia.com/gpu`` limits from ``metadata.gpu`` when above 0; a
+  from ``metadata.cpu`` (cores, default 1) and ``metadata.memory`` (MB, EAS's unit, or a
+  Kubernetes quantity such as ``"4Gi"``); ``nvidia.com/gpu`` limits from ``metadata.gpu`` when
+  above 0 (the ``DeploySpec`` has checked every value); a
   startup probe on ``/v2/health/live`` (models load before the port opens), liveness on
   ``/v2/health/live``, readiness on ``/v2/health/ready``; a grace period longer than the drain.
   The model comes from the repository's PersistentVolumeClaim, mounted read-only at the control
@@ -33,6 +34,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 
 from ..errors import InvalidRequest
+from ..schema import DeployMetadata, DeploySpec
 from ._settings import KubernetesSettings
 
 __all__ = [
@@ -56,7 +58,6 @@ CONFIG_DIR: Final = "/etc/autoai"
 _GRACE_MARGIN_S: Final = 15  # after the drain: uvicorn's shutdown, the runtime's close
 _STARTUP_PERIOD_S: Final = 5
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_QUANTITY = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
 
 def _shorten(text: str, limit: int = 63) -> str:
@@ -112,38 +113,21 @@ def labels(
     }
 
 
-def _int(metadata: Mapping[str, Any], key: str, default: int, low: int) -> int:
-    value = metadata.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InvalidRequest(
-            f"metadata.{key} is {value!r}, expected an integer >= {low}", {key: value}
-        )
-    return value
-
-
-def _memory(metadata: Mapping[str, Any], default: str) -> str:
-    value = metadata.get("memory")
+def _memory(value: int | str | None, default: str) -> str:
+    """MB (EAS's unit) as a quantity; a quantity as given."""
     if value is None:
         return default
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return f"{value}Mi"  # EAS gives MB
-    if isinstance(value, str) and _QUANTITY.match(value) and float(re.sub("[^0-9.]", "", value)):
-        return value
-    raise InvalidRequest(
-        f"metadata.memory is {value!r}, expected MB (an integer > 0) or a quantity like '4Gi'",
-        {"memory": value},
-    )
+    return f"{value}Mi" if isinstance(value, int) else value
 
 
-def _resources(metadata: Mapping[str, Any], settings: KubernetesSettings) -> dict[str, Any]:
+def _resources(metadata: DeployMetadata, settings: KubernetesSettings) -> dict[str, Any]:
     amounts: dict[str, Any] = {
-        "cpu": str(_int(metadata, "cpu", 1, 1)),
-        "memory": _memory(metadata, settings.default_memory),
+        "cpu": str(metadata.cpu or 1),
+        "memory": _memory(metadata.memory, settings.default_memory),
     }
     out: dict[str, Any] = {"requests": dict(amounts), "limits": dict(amounts)}
-    gpu = _int(metadata, "gpu", 0, 0)
-    if gpu > 0:  # an extended resource: its request defaults to the limit
-        out["limits"][GPU_RESOURCE] = str(gpu)
+    if metadata.gpu:  # an extended resource: its request defaults to the limit
+        out["limits"][GPU_RESOURCE] = str(metadata.gpu)
     return out
 
 
@@ -197,7 +181,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def _container(
     service: str,
     image: str,
-    metadata: Mapping[str, Any],
+    metadata: DeployMetadata,
     settings: KubernetesSettings,
     repo_dir: str,
     token_secret: str | None,
@@ -234,7 +218,7 @@ def render(
     service: str,
     processor: str,
     service_json: Mapping[str, Any],
-    spec: Mapping[str, Any],
+    spec: DeploySpec,
     settings: KubernetesSettings,
     repo_dir: str,
     owner_uid: str | None = None,
@@ -244,18 +228,16 @@ def render(
     Args:
         name, version, service, processor: the deployment (``service`` is ``name-version``).
         service_json: the eas-server service JSON (``model_path`` under ``repo_dir``).
-        spec: the deploy spec with EAS keys (``metadata.instance``, ``cpu``, ``memory``, ``gpu``).
+        spec: the deploy spec (``metadata.instance``, ``cpu``, ``memory``, ``gpu``).
         settings: namespace, images, Secret and claim names, drain time.
         repo_dir: where the repository is mounted, the control plane's ``repo_dir``.
         owner_uid: the applied Deployment's uid; its dependents then name it as their owner.
 
     Raises:
-        InvalidRequest: a malformed ``metadata`` value, or a model path outside ``repo_dir``.
+        InvalidRequest: a model path outside ``repo_dir``, or a name no label value can hold.
     """
-    metadata = spec.get("metadata") or {}
-    if not isinstance(metadata, Mapping):
-        raise InvalidRequest(f"metadata must be an object, got {metadata!r}")
-    replicas = _int(metadata, "instance", 1, 1)
+    metadata = spec.metadata
+    replicas = metadata.instance
     model_path = PurePosixPath(str(service_json.get("model_path", "")))
     if not model_path.is_absolute() or not model_path.is_relative_to(repo_dir):
         raise InvalidRequest(
@@ -263,7 +245,7 @@ def render(
             "model server pods mount",
             {"model_path": str(model_path), "repo_dir": repo_dir},
         )
-    gpu = _int(metadata, "gpu", 0, 0)
+    gpu = metadata.gpu or 0
     image = (settings.gpu_image or settings.image) if gpu > 0 else settings.image
     deployment = object_name(service)
     token = service_json.get("token")

@@ -1,8 +1,8 @@
 """Reading pods, Deployments, events and store registrations. Pure: JSON-form objects in, facts out.
 
 The adapter lists objects and hands their JSON form (what ``kubectl get -o json`` shows) here:
-which pods count, which of them registered in the store, what went wrong with one that will
-not start, and the rows ``health`` reports.
+which pods count, which of them registered in the store (``PodSlot``, the record's entries), what
+went wrong with one that will not start, and the rows ``health`` reports (``PodHealth``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from config_store import Instance
+
+from ..schema import PodHealth, PodSlot
 
 __all__ = [
     "FATAL_WAITING",
@@ -105,10 +107,8 @@ def deployment_problem(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
-def registered(
-    pods: Iterable[Mapping[str, Any]], instances: Iterable[Instance]
-) -> list[dict[str, Any]]:
-    """The pods whose IP registered in the store: ``{"pod", "ip", "port"}``, by pod name.
+def registered(pods: Iterable[Mapping[str, Any]], instances: Iterable[Instance]) -> list[PodSlot]:
+    """The pods whose IP registered in the store, by pod name.
 
     Registrations of other pods (one being deleted, a previous incarnation's lingering session)
     do not count."""
@@ -117,53 +117,52 @@ def registered(
     for pod in live_pods(pods):
         ip = (pod.get("status") or {}).get("podIP")
         if ip and ip in by_host:
-            out.append({"pod": _name(pod), "ip": ip, "port": by_host[ip].port})
+            out.append(PodSlot(pod=_name(pod), ip=ip, port=by_host[ip].port))
     return out
 
 
-def slots(found: Sequence[Mapping[str, Any]], count: int) -> list[dict[str, Any]]:
+def slots(found: Sequence[PodSlot], count: int) -> list[PodSlot]:
     """Exactly ``count`` record entries: the registered pods first, then unknown ones.
 
     The record's ``instances`` holds one entry per replica (``DeploymentService`` counts them);
     which pods serve is Kubernetes's to change, so ``health`` reads the live ones."""
-    entries = [dict(f) for f in found[:count]]
-    return entries + [{"pod": None, "ip": None, "port": None}] * (count - len(entries))
+    entries = list(found[:count])
+    return entries + [PodSlot(pod=None, ip=None, port=None)] * (count - len(entries))
 
 
 def health_rows(
     pods: Iterable[Mapping[str, Any]] | None,
     instances: Sequence[Instance],
     error: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[PodHealth]:
     """One row per pod (``alive``: running; ``ready``: registered in the store), then one per
     registration no live pod has (``alive`` False: its session has not expired yet). Without
     pods (the API unreachable: ``error``), the registrations alone, with the error."""
     if pods is None:
         return [
-            {"pod": None, "ip": i.host, "port": i.port, "alive": True, "ready": True,
-             "error": error}
+            PodHealth(pod=None, ip=i.host, port=i.port, alive=True, ready=True, error=error)
             for i in instances
-        ]  # fmt: skip
+        ]
     by_host = {i.host: i for i in instances}
     rows = []
     for pod in live_pods(pods):
         status = pod.get("status") or {}
         ip = status.get("podIP")
         rows.append(
-            {
-                "pod": _name(pod),
-                "ip": ip,
-                "port": by_host[ip].port if ip in by_host else None,
-                "node": (pod.get("spec") or {}).get("nodeName"),
-                "phase": status.get("phase"),
-                "restarts": sum(int(s.get("restartCount") or 0) for s in _statuses(pod)),
-                "alive": status.get("phase") == "Running",
-                "ready": ip in by_host,
-            }
+            PodHealth(
+                pod=_name(pod),
+                ip=ip,
+                port=by_host[ip].port if ip in by_host else None,
+                node=(pod.get("spec") or {}).get("nodeName"),
+                phase=status.get("phase"),
+                restarts=sum(int(s.get("restartCount") or 0) for s in _statuses(pod)),
+                alive=status.get("phase") == "Running",
+                ready=ip in by_host,
+            )
         )
-    seen = {r["ip"] for r in rows}
+    seen = {r.ip for r in rows}
     rows.extend(
-        {"pod": None, "ip": i.host, "port": i.port, "alive": False, "ready": True}
+        PodHealth(pod=None, ip=i.host, port=i.port, alive=False, ready=True)
         for i in instances
         if i.host not in seen
     )

@@ -7,7 +7,6 @@ becomes leader, then every ``interval`` seconds while it leads.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -16,7 +15,8 @@ from collections.abc import Callable
 
 from config_store import ConfigStore, ConfigStoreError
 
-from ..deployments import GROUP
+from ..deployments import GROUP, read_record
+from ..schema import OperationMarker
 from ._orchestrator import KubernetesError, KubernetesOrchestrator
 
 __all__ = ["Sweeper", "known_services"]
@@ -34,13 +34,16 @@ def known_services(store: ConfigStore, live_replicas: set[str]) -> set[str]:
     for key in store.keys(GROUP):
         if key.startswith("operation."):
             item = store.get(key, group=GROUP)
-            if item is not None and json.loads(item.content).get("replica") in live_replicas:
+            if (
+                item is not None
+                and OperationMarker.model_validate_json(item.content).replica in live_replicas
+            ):
                 known.add("-".join(key.removeprefix("operation.").rsplit(".", 1)))
     for key in store.keys(GROUP):  # listed again: a record written after the first listing
         if key.startswith("deployment."):
             item = store.get(key, group=GROUP)
             if item is not None:
-                known.add(str(json.loads(item.content)["service"]))
+                known.add(read_record(item.content).service)
     return known
 
 

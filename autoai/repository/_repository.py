@@ -4,23 +4,21 @@ Files live under ``root/blobs/sha256/<2 hex>/<64 hex>.onnx``, written to a tempo
 renamed, so a reader never sees half a file and the same bytes registered twice are stored once.
 A write that fails (a full disk is ``InsufficientStorage``, 507; any other write error
 ``Unavailable``, 503) removes its temporary file and records nothing.
-Each model's record (its versions, their digests and signatures) is one JSON document in the
-store's ``control`` group, key ``model.<name>``, updated with compare-and-swap: two control-plane
-replicas registering at once get versions N and N+1, never the same N.
+Each model's record (its versions, their digests and signatures: a ``ModelRecord``) is one JSON
+document in the store's ``control`` group, key ``model.<name>``, updated with compare-and-swap: two
+control-plane replicas registering at once get versions N and N+1, never the same N.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import stat
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -36,6 +34,7 @@ from ..errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from ..schema import ModelInfo, ModelRecord, ModelVersion, Signature, TensorSpec
 
 __all__ = [
     "MAX_MODEL_BYTES",
@@ -80,64 +79,29 @@ def validate_name(name: object) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered version.
-
-    Attributes:
-        name: the model.
-        version: ``"1"``, ``"2"``, ... in registration order.
-        sha256: digest of the ONNX file (its key in the repository).
-        size: bytes.
-        signature: ``{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}`` with OIP
-            datatypes and -1 for dynamic dimensions.
-        source: where it came from (upload file name or URI).
-        created: registration time (Unix seconds).
-        path: the stored file.
-    """
-
-    name: str
-    version: str
-    sha256: str
-    size: int
-    signature: dict[str, Any]
-    source: str
-    created: float
-    path: str
-
-    def json(self) -> dict[str, Any]:
-        return asdict(self)
+Model = ModelInfo
+"""A model and its versions, oldest first."""
 
 
-@dataclass(frozen=True)
-class Model:
-    """A model and its versions, oldest first."""
-
-    name: str
-    versions: tuple[ModelVersion, ...] = field(default=())
-
-    def json(self) -> dict[str, Any]:
-        return {"name": self.name, "versions": [v.json() for v in self.versions]}
-
-
-def _signature(path: Path) -> dict[str, Any]:
-    """Inputs and outputs with OIP datatypes, read from the graph."""
+def _signature(path: Path, shown_as: str) -> Signature:
+    """Inputs and outputs with OIP datatypes, read from the graph; errors name ``shown_as`` (what
+    the user registered), not the content-addressed file."""
     from blade import BladeError
     from blade._model import inspect_model
     from eas_client import datatype_of
 
     try:
-        info = inspect_model(path)
+        info = inspect_model(path, shown_as=shown_as)
     except BladeError as exc:
-        raise InvalidRequest(f"not a usable ONNX model: {exc}") from exc
+        raise InvalidRequest(str(exc)) from exc
 
-    def tensors(items: Any) -> list[dict[str, Any]]:
+    def tensors(items: Iterable[Any]) -> list[TensorSpec]:
         return [
-            {"name": t.name, "datatype": datatype_of(t.dtype), "shape": list(t.shape)}
+            TensorSpec(name=t.name, datatype=datatype_of(t.dtype), shape=tuple(t.shape))
             for t in items
         ]
 
-    return {"inputs": tensors(info.inputs), "outputs": tensors(info.outputs)}
+    return Signature(inputs=tensors(info.inputs), outputs=tensors(info.outputs))
 
 
 class ModelRepository:
@@ -243,11 +207,24 @@ class ModelRepository:
 
     # -- records --------------------------------------------------------------------------
 
-    def _record(self, name: str) -> tuple[dict[str, Any], int | None]:
+    def _record(self, name: str) -> tuple[ModelRecord, int | None]:
         item = self.store.get(f"model.{name}", group=GROUP)
         if item is None:
-            return {"schema_version": 1, "name": name, "versions": [], "next": 1}, None
-        return json.loads(item.content), item.revision
+            return ModelRecord(name=name), None
+        return ModelRecord.model_validate_json(item.content), item.revision
+
+    def _publish(self, record: ModelRecord, revision: int | None) -> bool:
+        """Write the record by compare-and-swap; False when it changed meanwhile."""
+        try:
+            self.store.publish(
+                f"model.{record.name}",
+                record.model_dump_json().encode(),
+                group=GROUP,
+                expected_revision=revision or 0,
+            )
+        except StoreConflict:
+            return False
+        return True
 
     def register(self, name: str, data: bytes | Path, *, source: str | None = None) -> ModelVersion:
         """Store a model file and record it as the model's next version.
@@ -272,13 +249,12 @@ class ModelRepository:
             except OSError as exc:
                 raise InvalidRequest(f"cannot read {file}: {exc.strerror}") from exc
         digest, path = self._store_bytes(data)
-        signature = _signature(path)
+        signature = _signature(path, source or "the uploaded file")
         for _ in range(_CAS_ATTEMPTS):
             record, revision = self._record(name)
             # Numbers are never reused, not even those of deleted versions: a number may still be
             # in a published route table's history.
-            number = int(record.get("next", 1))
-            record["next"] = number + 1
+            number = record.next
             version = ModelVersion(
                 name=name,
                 version=str(number),
@@ -289,17 +265,12 @@ class ModelRepository:
                 created=time.time(),
                 path=str(path),
             )
-            record["versions"].append(version.json())
-            try:
-                self.store.publish(
-                    f"model.{name}",
-                    json.dumps(record).encode(),
-                    group=GROUP,
-                    expected_revision=revision or 0,
-                )
-            except StoreConflict:
-                continue  # another replica registered meanwhile: take the next number
-            return version
+            updated = record.model_copy(
+                update={"next": number + 1, "versions": [*record.versions, version]}
+            )
+            if self._publish(updated, revision):
+                return version
+            # another replica registered meanwhile: take the next number
         raise Conflict(f"model {name!r} kept changing while registering; try again")
 
     def models(self) -> list[Model]:
@@ -320,8 +291,8 @@ class ModelRepository:
         item = self.store.get(f"model.{validate_name(name)}", group=GROUP)
         if item is None:
             raise NotFound(f"model {name!r} is not registered", {"name": name})
-        record = json.loads(item.content)
-        return Model(name, tuple(ModelVersion(**v) for v in record["versions"])), item.stale
+        record = ModelRecord.model_validate_json(item.content)
+        return ModelInfo(name=name, versions=tuple(record.versions)), item.stale
 
     def version(self, name: str, version: str) -> ModelVersion:
         """One version of a model.
@@ -362,17 +333,9 @@ class ModelRepository:
             )
         for _ in range(_CAS_ATTEMPTS):
             record, revision = self._record(name)
-            record["versions"] = [v for v in record["versions"] if v["version"] != version]
-            try:
-                self.store.publish(
-                    f"model.{name}",
-                    json.dumps(record).encode(),
-                    group=GROUP,
-                    expected_revision=revision,
-                )
-            except StoreConflict:
-                continue
-            break
+            kept = [v for v in record.versions if v.version != version]
+            if self._publish(record.model_copy(update={"versions": kept}), revision):
+                break
         else:
             raise Conflict(f"model {name!r} kept changing while deleting; try again")
         if not any(v.sha256 == target.sha256 for m in self.models() for v in m.versions):

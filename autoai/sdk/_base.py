@@ -11,7 +11,6 @@ revision or the new one, never a mix; the next call after the listener fired use
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ from eas_client import ClientMetrics
 
 from ._compare import compare_outputs
 from ._errors import InvalidRouteTable, ModelNotFound
-from ._routes import Route, RouteTable, parse_route_table
+from ._routes import Route, RouteTable, Signature, parse_route_table
 from ._selector import RouteSelector
 from ._signature import check_inputs
 
@@ -48,6 +47,7 @@ class _Routing:
 
     table: RouteTable
     selector: RouteSelector
+    signature: Signature  # table.signature, one slot read away on the call path
 
 
 class _Subscription:
@@ -148,7 +148,7 @@ class _BaseModelClient:
                 sub.error = exc
                 return
             old = sub.routing
-            sub.routing = _Routing(table, RouteSelector(table))
+            sub.routing = _Routing(table, RouteSelector(table), table.signature)
             sub.error = None
             self._export_revision(old.table if old else None, table)
             self._retire_stale(table)
@@ -191,15 +191,15 @@ class _BaseModelClient:
     ) -> tuple[_Routing, Route]:
         routing = self._routing(model)
         route = routing.table.route(version) if version is not None else routing.selector.pick(key)
-        check_inputs(routing.table.signature, inputs)
+        check_inputs(routing.signature, inputs)
         return routing, route
 
     # -- clients --------------------------------------------------------------------------
 
     @staticmethod
     def _key(model: str, route: Route) -> tuple[str, ...]:
-        blade = json.dumps(route.raw.get("blade"), sort_keys=True)
-        return (model, route.version, route.service, route.processor, blade)
+        # serving_key (version, service, processor, blade JSON) is computed at parse time.
+        return (model, *route.serving_key)
 
     def _client(self, table: RouteTable, route: Route) -> Any:
         """The client of a route, made once per (model, version, service, processor, blade)."""

@@ -1,10 +1,11 @@
 """Check a call's inputs against the model's signature before anything is sent.
 
 Runs on the call path. The common case (every input present and right) is one pass over the
-signature's inputs comparing dtype identity (numpy's built-in dtypes are singletons), rank and the
-precomputed fixed dims, with no allocation. Anything else takes the slow path, which decides with
-``eas_client.datatype_of`` (so a big-endian INT64 or a ``str_`` array for BYTES still passes) and
-reports every problem at once rather than the first.
+signature's precomputed ``input_checks`` (plain tuples built once per revision) comparing dtype
+identity (numpy's built-in dtypes are singletons), rank and the fixed dims, with no allocation.
+Anything else takes the slow path, which decides with ``eas_client.datatype_of`` (so a
+big-endian INT64 or a ``str_`` array for BYTES still passes) and reports every problem at once
+rather than the first.
 """
 
 from __future__ import annotations
@@ -39,29 +40,25 @@ def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray[Any, Any]
         InvalidInput: one or more inputs are missing, unknown, not arrays, or of the wrong
             datatype, rank or size; ``problems`` has one line for each.
     """
-    specs = signature.inputs
-    if not specs:
+    checks = signature.input_checks
+    if not checks:
         return
-    for spec in specs:
-        array = inputs.get(spec.name)
-        if (
-            type(array) is not _ndarray
-            or array.dtype is not spec.dtype
-            or array.ndim != len(spec.shape)
-        ):
+    for name, dtype, rank, fixed_dims in checks:
+        array = inputs.get(name)
+        if type(array) is not _ndarray or array.dtype is not dtype or array.ndim != rank:
             break
-        if spec.fixed_dims:
+        if fixed_dims:
             shape = array.shape
-            for axis, size in spec.fixed_dims:
+            for axis, size in fixed_dims:
                 if shape[axis] != size:
                     break
             else:
                 continue
             break  # a fixed dim differs (a loop, not any(): no generator on the call path)
     else:
-        if len(inputs) == len(specs):
+        if len(inputs) == len(checks):
             return
-    problems = _problems(specs, inputs)
+    problems = _problems(signature.inputs, inputs)
     if problems:
         raise InvalidInput(problems)
 

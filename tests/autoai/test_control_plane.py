@@ -49,7 +49,7 @@ def cleanup(tmp_path: Path, store_url: str) -> Iterator[list[ControlPlane]]:
             plane.kill()
     with open_store(store_url, snapshot_dir=False) as store:
         orchestrator = LocalOrchestrator(store, store_url, tmp_path / "run")
-        leftover = [InstanceRecord(pid, [], "", 0.0) for pid in orchestrator.processes()]
+        leftover = [InstanceRecord(pid=pid) for pid in orchestrator.processes()]
         for record in leftover:
             os.kill(record.pid, signal.SIGKILL)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import psutil
 import pytest
 
 from autoai.orchestrators import InstanceRecord, LocalOrchestrator, StartFailed, process_alive
@@ -56,10 +57,9 @@ def dummies() -> Iterator[Callable[[Path], int]]:
         code = "import time; time.sleep(300)"
         args = [sys.executable, "-c", code, "eas_server", "--config", str(config)]
         started.append(subprocess.Popen(args))
-        cmdline = Path(f"/proc/{started[-1].pid}/cmdline")
+        process = psutil.Process(started[-1].pid)
         # Popen may return while the child is still inside exec, its command line not yet set
-        wait(lambda: cmdline.read_bytes().split(b"\0")[:-1] == [a.encode() for a in args],
-             10, "the stand-in's command line")  # fmt: skip
+        wait(lambda: process.cmdline() == args, 10, "the stand-in's command line")
         return started[-1].pid
 
     yield start
@@ -205,7 +205,7 @@ def test_stop_leaves_a_process_that_reused_a_recorded_pid_alone(
 ) -> None:
     orchestrator = LocalOrchestrator(store, "unused", tmp_path / "run")
     pid = dummies(tmp_path / "elsewhere.json")
-    recorded = InstanceRecord(pid, [sys.executable, "-m", "eas_server", "--config", "x"], "", 0.0)
+    recorded = InstanceRecord(pid=pid, args=[sys.executable, "-m", "eas_server", "--config", "x"])
     orchestrator.stop([recorded], timeout=5)
     assert process_alive(pid)
 

@@ -4,15 +4,15 @@ scale up and down under traffic with no failed call."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from autoai.deployments import DeploymentService, operation_key
@@ -22,6 +22,14 @@ from autoai.orchestrators import InstanceRecord, LocalOrchestrator
 from autoai.reconciler import Reconciler
 from autoai.releases import ReleaseService
 from autoai.repository import ModelRepository
+from autoai.schema import (
+    DeploymentRecord,
+    DeployMetadata,
+    DeploySpec,
+    OperationMarker,
+    PublishRequest,
+    PublishRoute,
+)
 from config_store import ConfigStore, open_store
 from eas_client import EasClient
 from tests.fixtures import onnx_models
@@ -61,12 +69,13 @@ class Plane:
     def record(self, version: str = "1") -> list[InstanceRecord]:
         item = self.store.get(f"deployment.m.{version}", group="control")
         assert item is not None
-        return [InstanceRecord.from_json(r) for r in json.loads(item.content)["instances"]]
+        instances = DeploymentRecord.model_validate_json(item.content).instances
+        return [i for i in instances if isinstance(i, InstanceRecord)]
 
     def close(self) -> None:
         self.jobs.wait(60)
         self.orchestrator.stop(
-            [InstanceRecord(pid, [], "", 0.0) for pid in self.orchestrator.processes()],
+            [InstanceRecord(pid=pid) for pid in self.orchestrator.processes()],
             timeout=5,
         )
         self.store.close()
@@ -84,25 +93,31 @@ def plane(tmp_path: Path) -> Iterator[Plane]:
 
 
 def _done(job: Job) -> Job:
-    assert job.done.wait(120), job.json()
-    assert job.state == "succeeded", job.json()
+    assert job.done.wait(120), job.info()
+    assert job.state == "succeeded", job.info()
     return job
 
 
+def _routes(*routes: tuple[str, int]) -> PublishRequest:
+    return PublishRequest(routes=[PublishRoute(version=v, weight=w) for v, w in routes])
+
+
+def _spec(**metadata: int) -> DeploySpec:
+    return DeploySpec(metadata=DeployMetadata(**metadata))
+
+
 def _kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
+    """SIGKILL, then wait until it is gone or a zombie (its parent, init, reaps it later)."""
+    process = psutil.Process(pid)
+    process.kill()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-                break
-        except OSError:
-            break
-        time.sleep(0.02)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def test_adopts_live_instances_and_restarts_dead_ones_with_backoff(plane: Plane) -> None:
-    _done(plane.deployments.deploy("m", "1", {"metadata": {"instance": 2}}))
+    _done(plane.deployments.deploy("m", "1", _spec(instance=2)))
     first = plane.record()
     report = plane.reconciler.pass_once()
     assert report.adopted == 2 and not report.busy()
@@ -133,7 +148,7 @@ def test_adopts_live_instances_and_restarts_dead_ones_with_backoff(plane: Plane)
 
 
 def test_orphans_are_stopped_unless_a_live_replica_is_working_on_them(plane: Plane) -> None:
-    _done(plane.deployments.deploy("m", "1", {}))
+    _done(plane.deployments.deploy("m", "1", _spec()))
     recorded = plane.record()
     (orphan,) = plane.orchestrator.spawn("m-1", 1)  # started, never recorded
     report = plane.reconciler.pass_once()
@@ -142,8 +157,8 @@ def test_orphans_are_stopped_unless_a_live_replica_is_working_on_them(plane: Pla
     assert plane.orchestrator.running(recorded[0])
 
     # A deploy in flight on a live replica: its processes are not orphans.
-    marker = {"replica": "r2", "operation": "deploy", "started": time.time()}
-    plane.store.publish(operation_key("m", "2"), json.dumps(marker).encode(), group="control")
+    marker = OperationMarker(replica="r2", operation="deploy", started=time.time())
+    plane.store.publish(operation_key("m", "2"), marker.model_dump_json().encode(), group="control")
     plane.live.add("r2")
     plane.orchestrator.config_path("m-2").write_text(
         plane.orchestrator.config_path("m-1").read_text().replace('"1"', '"2"')
@@ -163,17 +178,17 @@ def test_orphans_are_stopped_unless_a_live_replica_is_working_on_them(plane: Pla
 
 
 def test_a_second_operation_on_a_version_is_a_conflict(plane: Plane) -> None:
-    job = plane.deployments.deploy("m", "1", {})
+    job = plane.deployments.deploy("m", "1", _spec())
     with pytest.raises(Conflict, match="still running"):
-        plane.deployments.deploy("m", "1", {})
+        plane.deployments.deploy("m", "1", _spec())
     _done(job)
     with pytest.raises(Conflict, match="already deployed"):
-        plane.deployments.deploy("m", "1", {})
+        plane.deployments.deploy("m", "1", _spec())
     assert plane.store.get(operation_key("m", "1"), group="control") is None
 
 
 def test_scale_up_and_down_under_traffic_fails_no_call(plane: Plane) -> None:
-    _done(plane.deployments.deploy("m", "1", {}))
+    _done(plane.deployments.deploy("m", "1", _spec()))
     stop = threading.Event()
     outcomes: list[str] = []
 
@@ -208,13 +223,15 @@ def test_scale_up_and_down_under_traffic_fails_no_call(plane: Plane) -> None:
     assert len(outcomes) > 50
     assert sorted(plane.orchestrator.processes()) == [kept.pid]
     item = plane.store.get("deployment.m.1", group="control")
-    assert item is not None and json.loads(item.content)["spec"]["metadata"]["instance"] == 1
+    assert item is not None
+    assert DeploymentRecord.model_validate_json(item.content).spec.metadata.instance == 1
+    assert json.loads(item.content)["spec"]["metadata"]["instance"] == 1  # as stored
 
 
 def test_undeploy_is_refused_while_the_table_sends_calls_to_the_version(plane: Plane) -> None:
-    _done(plane.deployments.deploy("m", "1", {}))
-    _done(plane.deployments.deploy("m", "2", {}))
-    plane.releases.publish("m", {"routes": [{"version": "1", "weight": 100}]})
+    _done(plane.deployments.deploy("m", "1", _spec()))
+    _done(plane.deployments.deploy("m", "2", _spec()))
+    plane.releases.publish("m", _routes(("1", 100)))
     with pytest.raises(Conflict, match="carries traffic"):
         plane.deployments.undeploy("m", "1")
     assert plane.deployments.is_deployed("m", "1")
@@ -227,12 +244,12 @@ def test_undeploy_is_refused_while_the_table_sends_calls_to_the_version(plane: P
 
 
 def test_rollback_to_a_table_routing_to_an_undeployed_version_is_refused(plane: Plane) -> None:
-    _done(plane.deployments.deploy("m", "1", {}))
-    _done(plane.deployments.deploy("m", "2", {}))
-    plane.releases.publish("m", {"routes": [{"version": "1", "weight": 100}]})
-    current = plane.releases.publish("m", {"routes": [{"version": "2", "weight": 100}]})
+    _done(plane.deployments.deploy("m", "1", _spec()))
+    _done(plane.deployments.deploy("m", "2", _spec()))
+    plane.releases.publish("m", _routes(("1", 100)))
+    current = plane.releases.publish("m", _routes(("2", 100)))
     plane.deployments.undeploy("m", "1")
     with pytest.raises(InvalidRequest, match="version '1' of 'm' is not deployed"):
         plane.releases.rollback("m")
     item = plane.store.get("m", group="models")
-    assert item is not None and item.revision == current["revision"]
+    assert item is not None and item.revision == current.revision

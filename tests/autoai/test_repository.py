@@ -29,7 +29,7 @@ def test_versions_are_numbered_and_files_stored_by_content(
     assert (first.version, second.version) == ("1", "2")
     assert first.sha256 == second.sha256 and first.path == second.path
     assert Path(first.path).read_bytes() == model.read_bytes()
-    assert first.signature == {
+    assert first.signature.model_dump(mode="json") == {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
         "outputs": [
             {"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
@@ -87,8 +87,10 @@ def test_bad_files_and_uris_are_refused_and_nothing_is_recorded(
 ) -> None:
     with pytest.raises(InvalidRequest, match="empty"):
         repo.register("m", b"")
-    with pytest.raises(InvalidRequest, match="not a usable ONNX model"):
+    with pytest.raises(InvalidRequest, match="^the uploaded file is not an ONNX model .* it is text"):
         repo.register("m", b"this is not a protobuf")
+    with pytest.raises(InvalidRequest, match="^notes.txt is not an ONNX model"):
+        repo.register("m", b"this is not a protobuf", source="notes.txt")
     with pytest.raises(InvalidRequest, match="unsupported URI scheme 's3'"):
         repo.read_uri("s3://bucket/model.onnx")
     with pytest.raises(InvalidRequest, match="cannot read"):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Body, Depends, status
+from fastapi import APIRouter, Depends, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, StrictInt
 
-from ...errors import InvalidRequest
+from ...schema import Deployment, DeploymentList, DeploySpec, JobAccepted, JobInfo, ScaleRequest
 from ..dependencies import Svc, require_read, require_write
 
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
@@ -19,23 +16,22 @@ router = APIRouter(prefix="/api/v1", tags=["deployments"])
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(require_write)],
 )
-async def deploy(
-    name: str, version: str, svc: Svc, spec: Annotated[dict[str, Any], Body()]
-) -> dict[str, Any]:
+async def deploy(name: str, version: str, svc: Svc, spec: DeploySpec) -> JobAccepted:
     """Deploy with an EAS-style spec (``processor`` or ``blade``, ``metadata.instance``,
-    ``metadata.rpc.*``, ``token``); poll ``/api/v1/jobs/{job}``."""
+    ``metadata.rpc.*``, ``token``; nested or dotted keys); poll ``/api/v1/jobs/{job}``."""
     job = await run_in_threadpool(svc.deployments.deploy, name, version, spec)
-    return {"job": job.id}
+    return JobAccepted(job=job.id)
 
 
 @router.get("/deployments", dependencies=[Depends(require_read)])
-async def list_deployments(svc: Svc) -> dict[str, Any]:
+async def list_deployments(svc: Svc) -> DeploymentList:
     """Every deployment with its instances (pid, alive, ready) and endpoints."""
-    return {"deployments": await run_in_threadpool(svc.deployments.list)}
+    return DeploymentList(deployments=await run_in_threadpool(svc.deployments.list))
 
 
 @router.get("/models/{name}/versions/{version}/deployment", dependencies=[Depends(require_read)])
-async def get_deployment(name: str, version: str, svc: Svc) -> dict[str, Any]:
+async def get_deployment(name: str, version: str, svc: Svc) -> Deployment:
+    """A deployment with its instances' health and endpoints."""
     return await run_in_threadpool(svc.deployments.get, name, version)
 
 
@@ -50,29 +46,19 @@ async def undeploy(name: str, version: str, svc: Svc, force: bool = False) -> No
     await run_in_threadpool(svc.deployments.undeploy, name, version, force=force)
 
 
-class ScaleRequest(BaseModel):
-    """Only ``metadata.instance`` changes; other keys need a new deployment."""
-
-    model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, StrictInt]
-
-
 @router.patch(
     "/models/{name}/versions/{version}/deployment",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(require_write)],
 )
-async def scale(name: str, version: str, svc: Svc, body: ScaleRequest) -> dict[str, Any]:
-    """Scale to ``metadata.instance`` instances without dropping calls; poll the job."""
-    if set(body.metadata) != {"instance"}:
-        raise InvalidRequest(
-            "only metadata.instance can change on a running deployment, got "
-            f"{sorted(body.metadata)}"
-        )
-    job = await run_in_threadpool(svc.deployments.scale, name, version, body.metadata["instance"])
-    return {"job": job.id}
+async def scale(name: str, version: str, svc: Svc, body: ScaleRequest) -> JobAccepted:
+    """Scale to ``metadata.instance`` instances without dropping calls; poll the job. Only
+    ``metadata.instance`` can change on a running deployment."""
+    job = await run_in_threadpool(svc.deployments.scale, name, version, body.metadata.instance)
+    return JobAccepted(job=job.id)
 
 
 @router.get("/jobs/{job_id}", dependencies=[Depends(require_read)])
-async def get_job(job_id: str, svc: Svc) -> dict[str, Any]:
-    return svc.jobs.get(job_id).json()
+async def get_job(job_id: str, svc: Svc) -> JobInfo:
+    """A job's state, progress, log, and its result or error."""
+    return svc.jobs.get(job_id).info()

@@ -4,7 +4,6 @@ of every registered instance of every deployment). Both are reads: open unless `
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
@@ -12,14 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config_store import Instance
 
+from ...schema import Deployment, TargetGroup
 from ..dependencies import Services, Svc, require_read
 
 router = APIRouter(tags=["observability"], dependencies=[Depends(require_read)])
 
 
 def target_groups(
-    deployments: Iterable[Mapping[str, Any]], instances: Mapping[str, Iterable[Instance]]
-) -> list[dict[str, Any]]:
+    deployments: Iterable[Deployment], instances: Mapping[str, Iterable[Instance]]
+) -> list[TargetGroup]:
     """One Prometheus target group per deployment with registered instances.
 
     Args:
@@ -32,7 +32,7 @@ def target_groups(
     """
     groups = []
     for deployment in deployments:
-        service = str(deployment["service"])
+        service = deployment.service
         targets = sorted(
             f"[{i.host}]:{i.port}" if ":" in i.host else i.address
             for i in instances.get(service, ())
@@ -40,19 +40,19 @@ def target_groups(
         if not targets:
             continue
         labels = {
-            "model": str(deployment["name"]),
-            "version": str(deployment["version"]),
-            "processor": str(deployment["processor"]),
+            "model": deployment.name,
+            "version": deployment.version,
+            "processor": deployment.processor,
             "service": service,
             "__metrics_path__": "/metrics",
         }
-        groups.append({"targets": targets, "labels": labels})
+        groups.append(TargetGroup(targets=targets, labels=labels))
     return groups
 
 
-def _discover(svc: Services) -> list[dict[str, Any]]:
+def _discover(svc: Services) -> list[TargetGroup]:
     deployments = svc.deployments.list()
-    registered = {d["service"]: svc.store.instances(d["service"]) for d in deployments}
+    registered = {d.service: svc.store.instances(d.service) for d in deployments}
     return target_groups(deployments, registered)
 
 
@@ -68,7 +68,7 @@ async def metrics(svc: Svc) -> Response:
 
 
 @router.get("/api/v1/sd/prometheus")
-async def prometheus_sd(svc: Svc) -> list[dict[str, Any]]:
+async def prometheus_sd(svc: Svc) -> list[TargetGroup]:
     """Every registered model-server instance as Prometheus HTTP service discovery target groups
     (``http_sd_configs``), labelled with model, version, processor and service."""
     return await run_in_threadpool(_discover, svc)

@@ -19,6 +19,7 @@ from autoai.api._metrics import ControlMetrics, instance_counts, instance_state
 from autoai.api.routers.observability import target_groups
 from autoai.errors import InvalidRequest
 from autoai.jobs import Job, JobRunner
+from autoai.schema import Deployment, JobResult, LocalInstanceHealth, PodHealth
 from config_store import Instance
 from config_store.testing import ZooKeeperServer
 from tests.fixtures import onnx_models
@@ -43,21 +44,30 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def _deployment(name: str, version: str, *states: tuple[bool, bool]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "version": version,
-        "processor": "onnx",
-        "service": f"{name}-{version}",
-        "instances": [{"pid": 1, "alive": alive, "ready": ready} for alive, ready in states],
-    }
+def _instance(alive: bool, ready: bool) -> LocalInstanceHealth:
+    return LocalInstanceHealth(pid=1, alive=alive, ready=ready)
+
+
+def _deployment(name: str, version: str, *states: tuple[bool, bool]) -> Deployment:
+    return Deployment(
+        name=name,
+        version=version,
+        processor="onnx",
+        service=f"{name}-{version}",
+        model_sha256="0" * 64,
+        created=0.0,
+        instances=[_instance(alive, ready) for alive, ready in states],
+        endpoints=[],
+    )
 
 
 def test_instance_states() -> None:
-    assert instance_state({"alive": True, "ready": True}) == "ready"
-    assert instance_state({"alive": False, "ready": True}) == "ready"  # registered is what counts
-    assert instance_state({"alive": True, "ready": False}) == "alive_not_ready"
-    assert instance_state({"alive": False, "ready": False}) == "dead"
+    assert instance_state(_instance(True, True)) == "ready"
+    assert instance_state(_instance(False, True)) == "ready"  # registered is what counts
+    assert instance_state(_instance(True, False)) == "alive_not_ready"
+    assert instance_state(_instance(False, False)) == "dead"
+    pod = PodHealth(pod=None, ip="10.0.0.1", port=8000, alive=False, ready=False)
+    assert instance_state(pod) == "dead"
     counts = instance_counts(
         [_deployment("a", "1", (True, True), (True, True), (False, False)), _deployment("b", "2")]
     )
@@ -77,7 +87,7 @@ def test_target_groups_one_per_deployment_with_instances() -> None:
         "a-1": [Instance("a-1", "h:2", "h", 2), Instance("a-1", "h:1", "h", 1)],
         "c-3": [Instance("c-3", "[::1]:5", "::1", 5)],
     }
-    assert target_groups(deployments, registered) == [
+    assert [g.model_dump() for g in target_groups(deployments, registered)] == [
         {
             "targets": ["h:1", "h:2"],
             "labels": {
@@ -102,7 +112,7 @@ def test_target_groups_one_per_deployment_with_instances() -> None:
 
 
 def test_job_and_publish_accounting_on_a_real_job_runner() -> None:
-    deployments: list[dict[str, Any]] = [_deployment("a", "1", (True, False))]
+    deployments = [_deployment("a", "1", (True, False))]
     runner: JobRunner
     metrics = ControlMetrics(
         CollectorRegistry(),
@@ -112,11 +122,11 @@ def test_job_and_publish_accounting_on_a_real_job_runner() -> None:
     )
     runner = JobRunner(on_finish=metrics.job_finished)
 
-    def slow(job: Job) -> dict[str, Any]:
+    def slow(job: Job) -> JobResult:
         time.sleep(0.05)
-        return {}
+        return JobResult()
 
-    def broken(job: Job) -> dict[str, Any]:
+    def broken(job: Job) -> JobResult:
         raise InvalidRequest("no")
 
     for work in (slow, slow, broken):
@@ -166,9 +176,9 @@ def test_a_failing_on_finish_neither_fails_the_job_nor_hangs_its_waiters(
         raise RuntimeError("observer bug")
 
     runner = JobRunner(on_finish=observer)
-    job = runner.submit("deploy", "d", lambda job: {"ok": True})
+    job = runner.submit("deploy", "d", lambda job: JobResult(report={"ok": True}))
     assert job.done.wait(10)
-    assert job.state == "succeeded" and job.result == {"ok": True}
+    assert job.state == "succeeded" and job.result == JobResult(report={"ok": True})
     assert "on_finish failed" in caplog.text
 
 

@@ -106,23 +106,33 @@ async def test_bad_publishes_change_nothing(client: httpx.AsyncClient, tmp_path:
     await _deploy(client, "1")
     await _deploy(client, "2")
     url = "/api/v1/models/tagger/publish"
+    one = {"version": "1", "weight": 1}
     cases = [
-        ({"routes": []}, "non-empty list"),
-        ({"routes": [{"version": "1", "weight": 1}, {"version": "1", "weight": 2}]}, "once"),
-        ({"routes": [{"version": "3", "weight": 1}]}, "'3' of 'tagger' is not deployed"),
-        ({"routes": [{"version": "1", "weight": 0}]}, "weight > 0"),
-        ({"routes": [{"version": "1", "weight": -1}]}, "integer >= 0"),
+        # malformed bodies: the schema refuses them (422, the field named) before the service
+        ({"routes": []}, 422, "body.routes: List should have at least 1 item"),
+        ({"routes": [one, {"version": "1", "weight": 2}]}, 422, "may appear once in routes"),
+        ({"routes": [{"version": "1", "weight": 0}]}, 422, "no route has a weight > 0"),
+        ({"routes": [{"version": "1", "weight": -1}]}, 422, "greater than or equal to 0"),
+        ({"routes": [{"version": "1", "weight": True}]}, 422, "valid integer"),
+        ({"routes": [one], "shadow": {"version": "1"}}, 422, "body.shadow.ratio: Field required"),
+        ({"routes": [one], "expected_revision": "x"}, 422, "body.expected_revision"),
+        ({"routes": [one], "sticky": "user"}, 422, "body.sticky: Extra inputs"),
+        # well-formed, refused by what is deployed (400) or by the route-table rules
+        ({"routes": [{"version": "3", "weight": 1}]}, 400, "'3' of 'tagger' is not deployed"),
+        ({"routes": [one, {"version": "2", "weight": 1}]}, 400, "other inputs"),
         (
-            {"routes": [{"version": "1", "weight": 1}, {"version": "2", "weight": 1}]},
-            "other inputs",
+            {"routes": [one], "shadow": {"version": "1", "ratio": 0.5}},
+            400,
+            "the route table is invalid: shadow.version: route '1' has weight 1",
         ),
-        ({"routes": [{"version": "1", "weight": 1}], "shadow": {"version": "1"}}, "shadow"),
-        ({"routes": [{"version": "1", "weight": 1}], "expected_revision": "x"}, "integer or null"),
     ]
-    for request, message in cases:
+    for request, status, message in cases:
         answer = await client.post(url, json=request, headers=AUTH)
-        assert answer.status_code in (400, 404), (request, answer.text)
+        assert answer.status_code == status, (request, answer.text)
         assert message in answer.json()["error"], (request, answer.json())
+    bad_rollback = {"revision": "1"}
+    answer = await client.post("/api/v1/models/tagger/rollback", json=bad_rollback, headers=AUTH)
+    assert answer.status_code == 422 and "body.revision" in answer.json()["error"]
     assert (await client.get("/api/v1/models/tagger/releases")).json()["releases"] == []
     assert (
         await client.post("/api/v1/models/tagger/rollback", json={}, headers=AUTH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from autoai.kubernetes import KubernetesSettings
+from autoai.schema import DeploySpec
 
 REPO: Final = "/var/lib/autoai/repo"
 VERSIONS: Final = ("1.30.0", "1.35.0")
@@ -28,7 +29,7 @@ def cpu_case() -> dict[str, Any]:
             "model_path": f"{REPO}/blobs/sha256/3f/3f2a9c.onnx",
             "metadata": {"rpc": {"max_batch_size": 32}, "intra_op_threads": 2},
         },
-        "spec": {"metadata": {"instance": 2, "cpu": 2, "memory": 4096}},
+        "spec": DeploySpec.model_validate({"metadata": {"instance": 2, "cpu": 2, "memory": 4096}}),
         "settings": SETTINGS,
         "repo_dir": REPO,
     }
@@ -49,10 +50,12 @@ def gpu_case() -> dict[str, Any]:
             "metadata": {"rpc": {"max_batch_size": 64, "max_batch_timeout": 10}},
             "token": "example-token-not-a-secret",
         },
-        "spec": {
-            "metadata": {"instance": 1, "cpu": 4, "memory": "16Gi", "gpu": 1},
-            "processor": "blade",
-        },
+        "spec": DeploySpec.model_validate(
+            {
+                "metadata": {"instance": 1, "cpu": 4, "memory": "16Gi", "gpu": 1},
+                "processor": "blade",
+            }
+        ),
         "settings": SETTINGS,
         "repo_dir": REPO,
     }

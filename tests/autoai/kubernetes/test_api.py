@@ -19,6 +19,7 @@ import pytest
 
 from autoai.kubernetes import KubernetesOrchestrator, KubernetesSettings, render
 from autoai.orchestrators import StartFailed
+from autoai.schema import DeploySpec, PodSlot
 from config_store import ConfigStore, open_store
 
 from ._cases import CASES, OWNER_UID, REPO, cpu_case
@@ -128,20 +129,20 @@ def test_launch_scale_health_teardown(api_client: Any, namespace: str, store: Co
     service = "k8s-test-1"
     service_json = {"name": "k8s-test", "version": "1", "processor": "onnx",
                     "model_path": env["AUTOAI_TEST_K8S_MODEL"], "metadata": {}}  # fmt: skip
-    fields = orchestrator.launch(service, service_json, {"metadata": {"instance": 1}}, 1)
+    spec = DeploySpec.model_validate({"metadata": {"instance": 1}})
+    placement = orchestrator.launch(service, service_json, spec, 1)
     try:
-        assert [i["pod"] is not None for i in fields["instances"]] == [True]
-        record = {"service": service, **fields}
+        assert [isinstance(i, PodSlot) and i.pod is not None for i in placement.instances] == [True]
         assert [
-            r["ready"] for r in orchestrator.health(service, record, store.instances(service))
+            r.ready for r in orchestrator.health(service, placement, store.instances(service))
         ] == [True]
-        bigger, finish = orchestrator.resize(service, record, 2)
+        bigger, finish = orchestrator.resize(service, placement, 2)
         finish()
         assert len(store.instances(service)) == 2
-        _, finish = orchestrator.resize(service, {**record, **bigger}, 1)
+        _, finish = orchestrator.resize(service, bigger, 1)
         assert len(store.instances(service)) == 2  # removed pods serve until finish()
         finish()
         assert len(store.instances(service)) == 1
     finally:
-        orchestrator.teardown(service, {"service": service, **fields})
+        orchestrator.teardown(service, placement)
     assert store.instances(service) == []

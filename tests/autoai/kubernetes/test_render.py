@@ -15,9 +15,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from hypothesis import given, settings as hypothesis_settings, strategies as st
+from pydantic import ValidationError
 
 from autoai.errors import InvalidRequest
 from autoai.kubernetes import KubernetesSettings, label_value, object_name, render
+from autoai.schema import DeploySpec
 from eas_server._settings import ServerSettings, load_service_json
 
 from ._cases import CASES, OWNER_UID, REPO, SETTINGS, VERSIONS, cpu_case
@@ -171,11 +173,10 @@ def test_a_model_outside_the_repository_is_refused() -> None:
     ("key", "value"),
     [("instance", 0), ("cpu", "2"), ("gpu", -1), ("memory", "lots"), ("memory", 0), ("cpu", True)],
 )
-def test_malformed_metadata_is_refused(key: str, value: object) -> None:
-    case = cpu_case()
-    case["spec"] = {"metadata": {**case["spec"]["metadata"], key: value}}
-    with pytest.raises(InvalidRequest, match=rf"metadata\.{key}"):
-        render(**case)
+def test_malformed_metadata_never_reaches_render(key: str, value: object) -> None:
+    metadata = {"instance": 2, "cpu": 2, "memory": 4096, key: value}
+    with pytest.raises(ValidationError, match=rf"metadata\.{key} is {re.escape(repr(value))}"):
+        DeploySpec.model_validate({"metadata": metadata})
 
 
 def test_long_names_are_shortened_stably() -> None:
@@ -243,7 +244,7 @@ def test_properties(
         service=service,
         processor=processor,
         service_json=service_json,
-        spec={"metadata": metadata},
+        spec=DeploySpec.model_validate({"metadata": metadata}),
         settings=SETTINGS,
         repo_dir=REPO,
         owner_uid=OWNER_UID,

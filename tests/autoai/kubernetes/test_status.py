@@ -14,6 +14,7 @@ from autoai.kubernetes._status import (
     registered,
     slots,
 )
+from autoai.schema import PodHealth, PodSlot
 from config_store import Instance
 
 
@@ -42,13 +43,13 @@ def test_only_live_pods_count() -> None:
 def test_registered_matches_pod_ips_only() -> None:
     pods = [pod("p1", "10.0.0.1"), pod("p2", "10.0.0.2"), pod("p3")]
     found = registered(pods, [instance("10.0.0.2"), instance("10.9.9.9")])  # 10.9.9.9: old pod
-    assert found == [{"pod": "p2", "ip": "10.0.0.2", "port": 8000}]
+    assert found == [PodSlot(pod="p2", ip="10.0.0.2", port=8000)]
 
 
 def test_slots_hold_one_entry_per_replica() -> None:
-    found = [{"pod": "p1", "ip": "10.0.0.1", "port": 8000}]
+    found = [PodSlot(pod="p1", ip="10.0.0.1", port=8000)]
     assert len(slots(found, 3)) == 3 and slots(found, 3)[0] == found[0]
-    assert slots(found, 3)[2] == {"pod": None, "ip": None, "port": None}
+    assert slots(found, 3)[2] == PodSlot(pod=None, ip=None, port=None)
     assert slots(found * 3, 2) == found * 2
 
 
@@ -133,12 +134,13 @@ def test_pending_summary_says_why() -> None:
 def test_health_rows() -> None:
     pods = [pod("p1", "10.0.0.1"), pod("p2", "10.0.0.2", "Pending")]
     rows = health_rows(pods, [instance("10.0.0.1"), instance("10.0.0.7")])
-    assert [(r["pod"], r["alive"], r["ready"]) for r in rows] == [
+    assert [(r.pod, r.alive, r.ready) for r in rows] == [
         ("p1", True, True),
         ("p2", False, False),
         (None, False, True),  # registered, no live pod: its session has not expired yet
     ]
-    assert rows[0]["port"] == 8000 and rows[0]["node"] == "node-a"
+    assert rows[0].port == 8000 and rows[0].node == "node-a"
     blind = health_rows(None, [instance("10.0.0.1")], "unreachable")
-    assert blind == [{"pod": None, "ip": "10.0.0.1", "port": 8000, "alive": True, "ready": True,
-                      "error": "unreachable"}]  # fmt: skip
+    assert blind == [
+        PodHealth(pod=None, ip="10.0.0.1", port=8000, alive=True, ready=True, error="unreachable")
+    ]

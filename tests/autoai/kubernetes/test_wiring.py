@@ -10,7 +10,6 @@ import socket
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import kubernetes
 import pytest
@@ -23,6 +22,7 @@ from autoai.cli import app as cli
 from autoai.errors import InvalidRequest
 from autoai.kubernetes import KubernetesError, KubernetesOrchestrator, Sweeper, known_services
 from autoai.orchestrators import StartFailed
+from autoai.schema import DeploymentRecord, KubernetesObjects, Placement, PodHealth
 from config_store import ConfigStore, open_store
 
 from ._cases import SETTINGS, cpu_case
@@ -137,26 +137,34 @@ def test_an_unreachable_api_server(orchestrator: KubernetesOrchestrator) -> None
     with pytest.raises(KubernetesError) as caught:
         orchestrator.reconcile(set)
     assert caught.value.detail == {"status": 0}
+    names = KubernetesObjects(
+        namespace="autoai",
+        deployment="eas-intent-cls-1",
+        service="eas-intent-cls-1",
+        configmap="eas-intent-cls-1",
+    )
     with pytest.raises(KubernetesError):
-        orchestrator.teardown("intent-cls-1", {"kubernetes": {"deployment": "eas-intent-cls-1"}})
-    orchestrator.abandon("intent-cls-1", {})  # logged, left to the sweep
+        orchestrator.teardown("intent-cls-1", Placement(kubernetes=names))
+    orchestrator.abandon("intent-cls-1", Placement())  # logged, left to the sweep
 
 
-def test_a_bad_spec_fails_before_any_call(orchestrator: KubernetesOrchestrator) -> None:
+def test_a_model_outside_the_repository_fails_before_any_call(
+    orchestrator: KubernetesOrchestrator,
+) -> None:
     case = cpu_case()
-    with pytest.raises(InvalidRequest, match=r"metadata\.memory"):
-        orchestrator.launch(
-            case["service"], case["service_json"], {"metadata": {"memory": "lots"}}, 1
-        )
+    service_json = {**case["service_json"], "model_path": "/home/me/model.onnx"}
+    with pytest.raises(InvalidRequest, match="not under the repository"):
+        orchestrator.launch(case["service"], service_json, case["spec"], 1)
 
 
 def test_health_falls_back_to_the_registrations(
     orchestrator: KubernetesOrchestrator, store: ConfigStore
 ) -> None:
     with store.register("intent-cls-1", "10.1.2.3", 8000, {"model": "intent-cls"}):
-        (row,) = orchestrator.health("intent-cls-1", {}, store.instances("intent-cls-1"))
-    assert row["ip"] == "10.1.2.3" and row["ready"] is True
-    assert "Kubernetes API" in row["error"]
+        (row,) = orchestrator.health("intent-cls-1", Placement(), store.instances("intent-cls-1"))
+    assert isinstance(row, PodHealth)
+    assert row.ip == "10.1.2.3" and row.ready is True
+    assert row.error is not None and "Kubernetes API" in row.error
 
 
 def test_a_sweep_that_cannot_list_deletes_nothing(orchestrator: KubernetesOrchestrator) -> None:
@@ -181,8 +189,10 @@ def _marker(store: ConfigStore, name: str, version: str, replica: str) -> None:
 
 
 def test_known_services(store: ConfigStore) -> None:
-    record: dict[str, Any] = {"service": "a-1", "instances": []}
-    store.publish("deployment.a.1", json.dumps(record).encode(), group="control")
+    record = DeploymentRecord(
+        name="a", version="1", service="a-1", processor="onnx", model_sha256="0" * 64, created=0.0
+    )
+    store.publish("deployment.a.1", record.model_dump_json().encode(), group="control")
     _marker(store, "b", "2", "live")  # a deploy running on a live replica
     _marker(store, "c", "3", "dead")  # its replica is gone: its objects are orphans
     _marker(store, "d-e", "12", "live")

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from pydantic import ValidationError
 
 from autoai.sdk._errors import InvalidRouteTable
 from autoai.sdk._routes import Route, RouteTable, Shadow
@@ -27,11 +28,18 @@ KEYS = [f"user-{i}" for i in range(10_000)]
 def _table(
     weights: Sequence[int], *, sticky_key: str | None = None, shadow_ratio: float | None = None
 ) -> RouteTable:
-    routes = tuple(Route(f"v{i}", w, f"svc-{i}", "onnx") for i, w in enumerate(weights))
+    routes = tuple(
+        Route(version=f"v{i}", weight=w, service=f"svc-{i}", processor="onnx")
+        for i, w in enumerate(weights)
+    )
     shadow = None
     if shadow_ratio is not None:
-        shadow = Shadow("shadow", shadow_ratio, Route("shadow", 0, "svc-shadow", "onnx"))
-    return RouteTable("m", 1, routes, sticky_key=sticky_key, shadow=shadow)
+        shadow = Shadow(
+            version="shadow", ratio=shadow_ratio, service="svc-shadow", processor="onnx"
+        )
+    return RouteTable(
+        schema_version=1, model="m", revision=1, routes=routes, sticky_key=sticky_key, shadow=shadow
+    )
 
 
 def _shares(weights: Sequence[int]) -> dict[str, float]:
@@ -109,8 +117,13 @@ def test_weight_sums_beyond_the_schedule_are_apportioned(weights: list[int]) -> 
 
 
 def test_a_table_without_positive_weight_is_refused():
+    with pytest.raises(ValidationError, match="no route has a weight > 0"):
+        _table([0, 0])  # the model refuses it; a table built around validation still is:
+    routes = tuple(Route(version=v, weight=0, service="s", processor="p") for v in "ab")
     with pytest.raises(InvalidRouteTable) as info:
-        RouteSelector(_table([0, 0]))
+        RouteSelector(
+            RouteTable.model_construct(schema_version=1, model="m", revision=1, routes=routes)
+        )
     assert info.value.field == "routes" and "weight > 0" in str(info.value)
 
 
@@ -213,8 +226,12 @@ _PICK_IN_CHILD = """
 import json, sys
 from autoai.sdk._routes import Route, RouteTable
 from autoai.sdk._selector import RouteSelector
-routes = tuple(Route(f"v{i}", w, "s", "p") for i, w in enumerate([50, 30, 20]))
-selector = RouteSelector(RouteTable("m", 1, routes, sticky_key="k"))
+routes = tuple(
+    Route(version=f"v{i}", weight=w, service="s", processor="p")
+    for i, w in enumerate([50, 30, 20])
+)
+table = RouteTable(schema_version=1, model="m", revision=1, routes=routes, sticky_key="k")
+selector = RouteSelector(table)
 print(json.dumps([selector.pick(f"user-{i}").version for i in range(300)]))
 """
 

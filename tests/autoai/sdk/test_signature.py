@@ -134,8 +134,10 @@ def test_a_tensor_spec_derives_its_dtype_and_fixed_dims():
     spec = TensorSpec("pixels", "FP32", (-1, 3, 4))
     assert spec.dtype == np.dtype("<f4") and spec.fixed_dims == ((1, 3), (2, 4))
     assert spec == TensorSpec("pixels", "FP32", (-1, 3, 4))
+    assert "dtype" in vars(spec)  # derived at construction, not on the first call
     with pytest.raises(ValueError, match="unknown datatype 'BF16'"):
         TensorSpec("x", "BF16", (1,))
+    assert TensorSpec(name="x", datatype="FP32", shape=[2]) == TensorSpec("x", "FP32", (2,))
 
 
 def test_array_subclasses_and_none_take_the_slow_path():
