@@ -204,6 +204,12 @@ class _Runner:
             )
         log.info("runtime plan: %s", cpu.reason)
         app = self.app = build_app(s, processor, inline=cpu.inline)
+        if s.store:  # before "listening on": a store that cannot be opened fails the start
+            try:
+                self.store = await asyncio.to_thread(_open_store, s.store)
+            except BaseException:
+                processor.close()
+                raise
         frontends = plan_frontends(s.frontends, processor.device, cpu.cores)
         if frontends > 1:
             return await self._run_with_frontends(app, processor, frontends)
@@ -238,8 +244,6 @@ class _Runner:
         return 0
 
     async def _register(self, port: int, kind: str, grpc_port: int | None = None) -> None:
-        from config_store import open_store
-
         s = self.settings
         payload = {
             "model": s.name,
@@ -251,8 +255,7 @@ class _Runner:
         }
         if grpc_port is not None:
             payload["grpc_port"] = grpc_port
-        assert s.store is not None
-        self.store = await asyncio.to_thread(open_store, s.store)
+        assert self.store is not None
         self.registration = await asyncio.to_thread(
             self.store.register, s.service_name, s.host, port, payload
         )
@@ -392,3 +395,11 @@ def serve(settings: ServerSettings) -> int:
         return uvloop.run(runner.run())
     except ImportError:  # pragma: no cover - uvloop is in the server extra
         return asyncio.run(runner.run())
+
+
+def _open_store(url: str) -> Any:
+    """The config store the instance registers in (imported here: a server without ``--store``
+    never loads config_store's backends)."""
+    from config_store import open_store
+
+    return open_store(url)
