@@ -23,6 +23,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._open import open_store
+from ._settings import default_store_url
 from ._store import ConfigStore
 from ._types import ConfigCallback, ConfigItem, Instance, InstanceCallback, Listener, Registration
 
@@ -46,5 +47,6 @@ __all__ = [
     "StoreClosed",
     "StoreState",
     "StoreUnavailable",
+    "default_store_url",
     "open_store",
 ]

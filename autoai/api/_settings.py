@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config_store._settings import default_store_url
+from config_store import default_store_url
 from eas_server import is_loopback
 
 from ..kubernetes import KubernetesSettings

@@ -362,7 +362,7 @@ def bench_command(
     """Load MODEL step by step and print QPS and RT as the client saw them next to what the
     instances' /metrics saw over the same window, and the generator's own CPU."""
     from autoai.bench import BenchConfig, BenchError, map_big_blocks, plot, run, to_document
-    from config_store._settings import default_store_url
+    from config_store import default_store_url
 
     console = Console()
     err = Console(stderr=True)

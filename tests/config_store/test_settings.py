@@ -7,8 +7,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from config_store import open_store
-from config_store._settings import StoreSettings, default_store_url
+from config_store import default_store_url, open_store
+from config_store._settings import StoreSettings
 
 
 def test_settings_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:

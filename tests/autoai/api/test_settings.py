@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from autoai.api import ControlSettings
-from config_store._settings import default_store_url
+from config_store import default_store_url
 
 TOKEN = "s3cret-admin-token"
 
