@@ -75,30 +75,31 @@ demo: install models
 demo-cluster: install zookeeper models
 	$(PY) scripts/demo_cluster.py
 
+# Benchmarks run as modules of the `benchmarks` package (python -m), from the repository root.
 bench-store: install-test zookeeper
-	$(PY) benchmarks/store_propagation.py
+	$(PY) -m benchmarks.store_propagation
 
 # Serving (benchmarks/serving/README.md): both MiniLM models, ours / naive / MLServer over HTTP (wrk)
 # and gRPC (h2load, apt-get installs nghttp2-client when missing), 3 interleaved rounds: ~26 min.
 bench-serving: install models
 	$(PIP) install -q -e '.[bench]'
-	$(PY) benchmarks/serving/run.py
+	$(PY) -m benchmarks.serving.run
 
 # SDK: route selection, overhead over a direct EasClient and throughput (needs tritonclient from the
 # test extras), publish-to-first-call with 100 SDK processes on both backends.
 bench-sdk: install-test zookeeper
-	$(PY) benchmarks/sdk/route_selection.py
-	$(PY) benchmarks/sdk/overhead.py
-	$(PY) benchmarks/sdk/propagation.py --json benchmarks/sdk/results/propagation.json
+	$(PY) -m benchmarks.sdk.route_selection
+	$(PY) -m benchmarks.sdk.overhead
+	$(PY) -m benchmarks.sdk.propagation --json benchmarks/sdk/results/propagation.json
 
 bench-blade: install models
-	$(PY) benchmarks/blade/cpu.py --full-length
+	$(PY) -m benchmarks.blade.cpu --full-length
 
 # One hour at 70 % of the measured max QPS, a publish every 10 s, an instance SIGKILLed every 5 min,
 # on a standalone ZooKeeper (Debian's package); SOAK_ARGS='--duration 120' for a smoke run.
 .PHONY: soak
 soak: install-test zookeeper
-	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,11 +1,11 @@
 """Soak: the assembled system under steady load, publishes and instance kills, for an hour.
 
-    python benchmarks/soak.py [--duration 3600] [--store zk|sqlite] [--instances 2] [--json PATH]
+    python -m benchmarks.soak [--duration 3600] [--store zk|sqlite] [--instances 2] [--json PATH]
 
 1. a fresh work directory (``--work-dir``, else a temporary one, removed afterwards): a standalone
    ZooKeeper from Debian's package (``config_store.testing``, ``--store zk``) or the embedded
    sqlite store (``--store sqlite``); ``autoai up`` on 127.0.0.1 in its own session;
-2. two versions of a tiny ONNX model (``tests/fixtures/onnx_models.tagged``, ``y = x + tag``)
+2. two versions of a tiny ONNX model (``autoai.testing.models.tagged``, ``y = x + tag``)
    registered and deployed, ``--instances`` eas-server processes each, published 50/50;
 3. the maximum QPS measured through the SDK with a short closed-loop ramp (``autoai.bench``,
    concurrency 1, 4, 16, 32); the soak's rate is ``--load`` (70 %) of the best step;
@@ -38,10 +38,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -51,8 +48,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-from soak_report import (
+from autoai.bench import BenchConfig, Step, map_big_blocks, run
+from autoai.control import ControlClient, ControlError
+from autoai.schema import LocalInstanceHealth
+from autoai.testing import ControlPlaneExited, ControlPlaneProcess, pids_naming, terminate
+from autoai.testing.models import tagged
+from config_store.testing import ZooKeeperServer, four_letter_word
+
+from .soak_report import (
     console,
     print_report,
     process_rows,
@@ -61,11 +64,6 @@ from soak_report import (
     window_rows,
 )
 
-from autoai.bench import BenchConfig, Step, run
-from autoai.orchestrators import process_alive
-from config_store.testing import ZooKeeperServer, four_letter_word
-
-REPO = Path(__file__).resolve().parents[1]
 MODEL = "soak"
 RAMP = (1, 4, 16, 32)
 RECOVERY_MARGIN_S = 30.0  # no instance is killed this near the end of the load
@@ -74,135 +72,55 @@ ZK_JVM = ("-Xms256m", "-Xmx256m", "-XX:+AlwaysPreTouch")
 starts at its working size, and what grows is not pages of a heap it already owned."""
 
 
-# --- processes -------------------------------------------------------------------------------
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def ours(mark: str) -> list[int]:
-    """PIDs of every process whose command line names ``mark`` (the run's work directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and mark in _cmdline(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+# --- processes ---------------------------------------------------------------------------------
 
 
 def stop_pids(pids: list[int], mark: str, timeout: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: only the PIDs whose command line names ``mark``
     (the work directory), so a reused PID is never signalled."""
-    ours = [p for p in pids if process_alive(p) and mark in _cmdline(p)]
-    for pid in ours:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(process_alive(p) for p in ours) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in ours:
-        if process_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    terminate(pids, timeout=timeout, mark=mark)
 
 
 # --- the control plane -----------------------------------------------------------------------
 
 
-class Api:
-    """The control plane's REST API with the admin token; errors raise ``SystemExit``."""
-
-    def __init__(self, url: str, token: str):
-        headers = {"Authorization": f"Bearer {token}"}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=30, trust_env=False)
-
-    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
-        answer = self.http.request(method, path, **kwargs)
-        if answer.is_error:
-            raise SystemExit(f"{method} {path}: {answer.status_code} {answer.text}")
-        return answer.json() if answer.content else None
-
-    def job(self, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self("GET", f"/api/v1/jobs/{job_id}")
-            if job["state"] == "succeeded":
-                return dict(job["result"])
-            if job["state"] == "failed":
-                raise SystemExit(f"job {job_id} failed: {job['error']}")
-            time.sleep(0.3)
-        raise SystemExit(f"job {job_id} did not finish within {timeout:.0f} s")
-
-    def instances(self) -> dict[str, list[dict[str, Any]]]:
-        """``{version: [instance, ...]}`` of the soak model's deployments."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for d in self("GET", "/api/v1/deployments")["deployments"]:
-            if d["name"] == MODEL:
-                out[str(d["version"])] = list(d["instances"])
-        return out
-
-    def publish(self, weights: dict[str, int], reason: str) -> int:
-        routes = [{"version": v, "weight": w} for v, w in weights.items()]
-        body = {"routes": routes, "reason": reason}
-        return int(self("POST", f"/api/v1/models/{MODEL}/publish", json=body)["revision"])
+def instances(control: ControlClient) -> dict[str, list[LocalInstanceHealth]]:
+    """``{version: [instance, ...]}`` of the soak model's deployments (local processes)."""
+    out: dict[str, list[LocalInstanceHealth]] = {}
+    for d in control.deployments():
+        if d.name == MODEL:
+            out[d.version] = [i for i in d.instances if isinstance(i, LocalInstanceHealth)]
+    return out
 
 
-def start_control_plane(
-    work: Path, store_url: str, token: str
-) -> tuple[subprocess.Popen[bytes], str]:
+def publish(control: ControlClient, weights: dict[str, int], reason: str) -> int:
+    routes = [{"version": v, "weight": w} for v, w in weights.items()]
+    return control.publish(MODEL, {"routes": routes, "reason": reason}).revision
+
+
+def start_control_plane(work: Path, store_url: str, token: str) -> ControlPlaneProcess:
     """``autoai up`` on a free loopback port, in its own session; waits for ``/healthz``.
 
     Raises:
         SystemExit: it exited or did not answer within 60 s.
     """
-    port = free_port()
-    log = work / "controlplane.log"
-    args = [
-        sys.executable, "-m", "autoai.cli", "up", "--host", "127.0.0.1", "--port", str(port),
-        "--store", store_url, "--repo", str(work / "repo"), "--run-dir", str(work / "instances"),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "AUTOAI_ADMIN_TOKEN": token}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, cwd=work,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise SystemExit(f"autoai up exited with {proc.returncode}:\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200:
-                return proc, url
-        time.sleep(0.2)
-    raise SystemExit(f"autoai up did not answer on {url} within 60 s; log: {log}")
+    plane = ControlPlaneProcess(
+        work, store_url=store_url, token=token, run_dir=work / "instances", detach=True
+    )
+    try:
+        return plane.start(timeout=60)
+    except ControlPlaneExited as exc:
+        raise SystemExit(str(exc)) from None
 
 
-def deploy_model(api: Api, work: Path, instances: int) -> None:
+def deploy_model(control: ControlClient, work: Path, instances: int) -> None:
     """Two versions of ``tagged`` (``y = x + 1`` and ``x + 2``), deployed, published 50/50."""
-    sys.path.insert(0, str(REPO))  # the repository root, for tests.fixtures
-    from tests.fixtures.onnx_models import tagged
-
     for tag in (1.0, 2.0):
         path = tagged(work / "models", tag)
-        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
-        version = api("POST", "/api/v1/models", data={"name": MODEL}, files=files)["version"]
+        version = control.register_model(MODEL, file=path).version
         spec = {"processor": "onnx", "metadata": {"instance": instances, "cpu": 1}}
-        job = api("POST", f"/api/v1/models/{MODEL}/versions/{version}/deploy", json=spec)["job"]
-        api.job(job)
-    api.publish({"1": 50, "2": 50}, "soak: start")
+        control.wait_job(control.deploy(MODEL, version, spec), timeout=180)
+    publish(control, {"1": 50, "2": 50}, "soak: start")
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -247,7 +165,7 @@ def sample_windows(
     def loop() -> None:
         k = 1
         while not stop.wait(max(0.0, began + k * every - time.monotonic())):
-            with contextlib.suppress(SystemExit, httpx.HTTPError, OSError):
+            with contextlib.suppress(ControlError, OSError):
                 out.append({"at_s": round(time.monotonic() - began), **take()})
             k += 1
 
@@ -268,7 +186,7 @@ class Restart:
 class Chaos:
     """Publishes and instance kills on their own thread while the load runs."""
 
-    api: Api
+    control: ControlClient
     publish_every: float
     restart_every: float
     duration: float
@@ -291,9 +209,9 @@ class Chaos:
             if now >= next_publish:
                 next_publish += self.publish_every
                 try:
-                    self.api.publish(next(weights), "soak: alternate")
+                    publish(self.control, next(weights), "soak: alternate")
                     self.publishes.append(now - self.began)
-                except (SystemExit, httpx.HTTPError) as exc:
+                except ControlError as exc:
                     self.publish_errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
             if now >= next_restart:
                 next_restart += self.restart_every
@@ -307,16 +225,16 @@ class Chaos:
     def _kill_one(self, k: int) -> None:
         """SIGKILL instance ``k`` (round robin), then wait for the reconciler's replacement."""
         try:
-            found = self.api.instances()
-        except (SystemExit, httpx.HTTPError) as exc:
+            found = instances(self.control)
+        except ControlError as exc:
             self.publish_errors["instances list: " + str(exc)[:80]] += 1
             return
         flat = [(v, i) for v in sorted(found) for i in found[v]]
         if not flat:
             return
         version, victim = flat[k % len(flat)]
-        pid = int(victim["pid"])
-        before = {int(i["pid"]) for i in found[version]}
+        pid = victim.pid
+        before = {i.pid for i in found[version]}
         t0 = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -324,12 +242,12 @@ class Chaos:
         self.restarts.append(event)
         deadline = t0 + 120
         while not self.stop.is_set() and time.monotonic() < deadline:
-            with contextlib.suppress(SystemExit, httpx.HTTPError):
-                now = self.api.instances().get(version, [])
-                self.seen_pids.update(int(i["pid"]) for i in now)
-                fresh = [int(i["pid"]) for i in now if int(i["pid"]) not in before]
+            with contextlib.suppress(ControlError):
+                now = instances(self.control).get(version, [])
+                self.seen_pids.update(i.pid for i in now)
+                fresh = [i.pid for i in now if i.pid not in before]
                 # recovered: as many instances as before, the killed one replaced, all ready
-                if fresh and len(now) == len(before) and all(i.get("ready") for i in now):
+                if fresh and len(now) == len(before) and all(i.ready for i in now):
                     event.new_pid = fresh[0]
                     event.recovery_s = time.monotonic() - t0
                     return
@@ -339,14 +257,14 @@ class Chaos:
 # --- the report ------------------------------------------------------------------------------
 
 
-def processes(api: Api, cp_pid: int, zk: ZooKeeperServer | None) -> dict[str, int]:
+def processes(control: ControlClient, cp_pid: int, zk: ZooKeeperServer | None) -> dict[str, int]:
     """Role -> PID of every process of the system, the load generator (this process) included."""
     out = {"control plane": cp_pid, "load generator (soak.py)": os.getpid()}
     if zk is not None and zk.pid is not None:
         out["zookeeper"] = zk.pid
-    for version, found in sorted(api.instances().items()):
+    for version, found in sorted(instances(control).items()):
         for n, instance in enumerate(found):
-            out[f"eas-server v{version}#{n}"] = int(instance["pid"])
+            out[f"eas-server v{version}#{n}"] = instance.pid
     return out
 
 
@@ -380,8 +298,8 @@ def measure_max(store_url: str) -> float:
 def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     zk: ZooKeeperServer | None = None
-    cp: subprocess.Popen[bytes] | None = None
-    api: Api | None = None
+    cp: ControlPlaneProcess | None = None
+    control: ControlClient | None = None
     chaos: Chaos | None = None
     pids: set[int] = set()
     try:
@@ -391,11 +309,11 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             store_url = f"zk://{zk.address}/autoai-soak"
         else:
             store_url = f"sqlite://{work / 'store.db'}"
-        cp, url = start_control_plane(work, store_url, token)
-        console.print(f"store {store_url}; autoai up {url} (pid {cp.pid}); work dir {work}")
-        api = Api(url, token)
-        deploy_model(api, work, args.instances)
-        roles = processes(api, cp.pid, zk)
+        cp = start_control_plane(work, store_url, token)
+        console.print(f"store {store_url}; autoai up {cp.url} (pid {cp.pid}); work dir {work}")
+        control = cp.client(trust_env=False)
+        deploy_model(control, work, args.instances)
+        roles = processes(control, cp.pid, zk)
         pids.update(roles.values())
         console.print(f"deployed: {roles}")
         max_qps = measure_max(store_url)
@@ -405,7 +323,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         window = 600.0 if args.duration >= 1200 else 60.0
         n = max(1, math.ceil(args.duration / window - 1e-9))
         window = args.duration / n
-        chaos = Chaos(api, args.publish_every, args.restart_every, args.duration)
+        chaos = Chaos(control, args.publish_every, args.restart_every, args.duration)
         loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
         store_start = store_size(args.store, zk, work / "store.db")
         start = snapshot(roles)
@@ -419,7 +337,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             chaos.stop,
             window,
             lambda: {
-                "usage": snapshot(processes(api, cp.pid, zk)),
+                "usage": snapshot(processes(control, cp.pid, zk)),
                 "store": store_size(args.store, zk, store_db),
             },
         )
@@ -432,7 +350,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         thread.join(timeout=30)
         for killer in chaos.killers:
             killer.join(timeout=5)
-        end_roles = processes(api, cp.pid, zk)
+        end_roles = processes(control, cp.pid, zk)
         pids.update(end_roles.values())
         end = snapshot(end_roles)
         store_end = store_size(args.store, zk, store_db)
@@ -470,17 +388,16 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if chaos is not None:
             chaos.stop.set()
             pids.update(chaos.seen_pids, (r.new_pid for r in chaos.restarts if r.new_pid))
-        if api is not None:
-            with contextlib.suppress(SystemExit, httpx.HTTPError):
-                for found in api.instances().values():
-                    pids.update(int(i["pid"]) for i in found)
-            api.http.close()
+        if control is not None:
+            with contextlib.suppress(ControlError):
+                for found in instances(control).values():
+                    pids.update(i.pid for i in found)
+            control.close()
         if cp is not None:  # first, so that its reconciler restarts nothing we stop
-            stop_pids([cp.pid], str(work), timeout=15)
-            cp.wait(5)
+            cp.stop(timeout=15)
         # and any instance the reconciler started after the last listing: its command line
         # names the work directory, which only this run's processes do
-        pids.update(p for p in ours(str(work)) if p != os.getpid())
+        pids.update(p for p in pids_naming(str(work)) if p != os.getpid())
         stop_pids(sorted(p for p in pids if p != os.getpid()), str(work), timeout=20)
         if zk is not None:
             zk.stop()
@@ -499,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="autoai-soak-"))
     work.mkdir(parents=True, exist_ok=True)
+    map_big_blocks()  # the generator's heap as `autoai bench` runs it (docs/reliability.md)
     try:
         with sigterm_as_interrupt():
             doc = soak(args, work)

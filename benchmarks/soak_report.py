@@ -1,41 +1,22 @@
-"""The soak's measurements and report: process usage from ``/proc``, rows per window and per
-process, and the printed tables (``benchmarks/soak.py`` runs the system and calls these)."""
+"""The soak's measurements and report: process usage (``autoai.testing.usage``: RSS and open
+descriptors), rows per window and per process, and the printed tables (``benchmarks.soak`` runs
+the system and calls these)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from autoai.bench import BenchReport
+from autoai.testing import Usage, usage
 
 GROWTH_FLAG_PERCENT = 10.0
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One process's resident memory and open file descriptors at one moment."""
-
-    pid: int
-    rss_kib: int
-    fds: int
-
-
-def usage(pid: int) -> Usage | None:
-    """From ``/proc``; None when the process is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-    rss = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
-    return Usage(pid, rss, fds)
 
 
 def snapshot(roles: dict[str, int]) -> dict[str, Usage | None]:

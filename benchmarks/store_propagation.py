@@ -1,6 +1,6 @@
 """Publish-to-listener latency and publish throughput of ``config_store``, on ZooKeeper and SQLite.
 
-Run: ``.venv/bin/python benchmarks/store_propagation.py [--backends zk,sqlite]
+Run: ``.venv/bin/python -m benchmarks.store_propagation [--backends zk,sqlite]
 [--listeners 1,100,1000] [--publishes 50] [--processes N] [--pace isolated|fixed]
 [--json results.json]``; ``--help`` lists the rest.
 
@@ -63,6 +63,7 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
+from autoai.testing import cpu_model, cpu_seconds, machine_cpu_seconds
 from config_store import ConfigItem, ConfigStore, open_store
 from config_store.testing import ZooKeeperServer, four_letter_word
 
@@ -399,33 +400,16 @@ class _CpuMeter:
 
     def __init__(self, pids: Sequence[int]):
         self._pids = list(pids)
-        self._machine = self._machine_jiffies()
-        self._ours = self._ours_jiffies()
-
-    @staticmethod
-    def _machine_jiffies() -> tuple[float, float]:
-        """(busy, total) from /proc/stat (user .. steal)."""
-        with open("/proc/stat") as f:
-            values = [float(v) for v in f.readline().split()[1:9]]
-        idle = values[3] + values[4]
-        return sum(values) - idle, sum(values)
-
-    def _ours_jiffies(self) -> float:
-        total = 0.0
-        for pid in self._pids:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += float(fields[11]) + float(fields[12])  # utime + stime, all threads
-        return total
+        self._machine = machine_cpu_seconds()
+        self._ours = cpu_seconds(self._pids)
 
     def percent(self) -> tuple[float, float]:
         """(machine busy %, ours %) since construction."""
-        busy, total = self._machine_jiffies()
+        busy, total = machine_cpu_seconds()
         elapsed = total - self._machine[1]
         if elapsed <= 0:
             return math.nan, math.nan
-        ours = self._ours_jiffies() - self._ours
+        ours = cpu_seconds(self._pids) - self._ours
         return 100.0 * (busy - self._machine[0]) / elapsed, 100.0 * ours / elapsed
 
 
@@ -461,14 +445,8 @@ def code_info() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

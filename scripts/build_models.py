@@ -100,8 +100,9 @@ _SENTENCES = [
 
 
 def default_out() -> Path:
-    cache = os.environ.get("AUTOAI_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "autoai") / "models"
+    from autoai.testing import models_dir  # the one lookup of the models cache
+
+    return models_dir()
 
 
 def _sentences(model_dir: Path) -> list[str]:
@@ -303,8 +304,7 @@ def build_tiny_bert(out: Path, force: bool) -> None:
     if not force and path.exists() and npz_path.exists():
         print(f"exists   {path} (generated BERT-like stand-in; --force rebuilds)")
         return
-    sys.path.insert(0, str(REPO))
-    from tests.fixtures.onnx_models import tiny_bert
+    from autoai.testing.models import tiny_bert
 
     vocab, hidden = 30522, 128
     built = tiny_bert(out, vocab=vocab, hidden=hidden, layers=4, max_seq=512, name="tiny-bert")

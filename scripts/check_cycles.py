@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import grimp
-
-# This checkout's packages, whatever else is installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PACKAGES = (
     "config_store",

@@ -25,18 +25,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from demo_controlplane import admin_token, free_port, port_free, save_state, start, stop_previous
+from demo_controlplane import admin_token, save_state, start, stop_previous
 from demo_traffic import Fleet, Load, ServerDelta, add_rows, percentile_ms, scrape_all, step_table
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autoai.cli._blade import _table as blade_table
+from autoai.control import ControlClient, ControlError, JobFailed
+from autoai.schema import Deployment, JobInfo, LocalInstanceHealth
+from autoai.testing import free_port, models_dir, port_free
 from config_store import open_store
 
-CACHE = Path(os.environ.get("AUTOAI_CACHE", Path.home() / ".cache" / "autoai")) / "models"
+CACHE = models_dir()
 HOME = Path(os.environ.get("AUTOAI_DEMO_HOME", Path.home() / ".autoai" / "demo"))
 MODEL = "minilm"
 RPC = {"batching": True, "max_batch_size": 32, "max_batch_timeout": 5}
@@ -58,57 +60,52 @@ def example_model() -> tuple[Path, dict[str, np.ndarray], str]:
     raise SystemExit(f"no example model in {CACHE}: run `make models` first")
 
 
-class Api:
-    """The control plane's REST API; an error answer ends the demo with its message."""
-
-    def __init__(self, url: str, token: str):
-        self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300
-        )
-
-    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
-        if response.is_error:
-            raise SystemExit(f"{method} {path}: {response.status_code} {response.text}")
-        return response.json() if response.content else None
-
-    def follow(self, job_id: str, title: str) -> dict[str, Any]:
-        """Poll a job with a progress bar, printing its log lines; its result, or exit."""
-        printed = 0
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
-        with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task(title, total=1.0)
-            while True:
-                job = self("GET", f"/api/v1/jobs/{job_id}")
-                for line in job["log"][printed:]:
-                    bar.console.print(f"  [dim]{line}[/]")
-                printed = len(job["log"])
-                bar.update(task, completed=job["progress"], description=f"{title}: {job['step']}")
-                if job["state"] in ("succeeded", "failed"):
-                    break
-                time.sleep(0.3)
-        if job["state"] == "failed":
-            tail = "\n".join((job["error"].get("detail") or {}).get("log", []))
-            raise SystemExit(f"{title} failed: {job['error']['error']}\n{tail}")
-        result: dict[str, Any] = job["result"]
-        return result
+def connect(url: str, token: str) -> ControlClient:
+    """The control plane's REST API (``autoai.control``); an error ends the demo in ``main``."""
+    return ControlClient(url, token=token, timeout=300)
 
 
-def deploy(api: Api, version: str, spec: dict[str, Any], title: str) -> dict[str, Any]:
-    job = api("POST", f"/api/v1/models/{MODEL}/versions/{version}/deploy", json=spec)["job"]
-    result = api.follow(job, title)
-    if result.get("report"):
-        console.print(blade_table(result["report"]))
-    d = result["deployment"]
-    pids = [i["pid"] for i in d["instances"]]
-    console.print(f"v{version}: processor {d['processor']}, instances {pids}, {d['endpoints']}\n")
-    return dict(d)
+def follow(control: ControlClient, job_id: str, title: str) -> JobInfo:
+    """Follow a job with a progress bar, printing its log lines; the finished job, or exit."""
+    printed = 0
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(title, total=1.0)
+
+        def progress(job: JobInfo) -> None:
+            nonlocal printed
+            for line in job.log[printed:]:
+                bar.console.print(f"  [dim]{line}[/]")
+            printed = len(job.log)
+            bar.update(task, completed=job.progress, description=f"{title}: {job.step}")
+
+        try:
+            return control.wait_job(job_id, poll=0.3, on_progress=progress)
+        except JobFailed as exc:
+            failed: JobInfo = exc.job
+            tail = "\n".join((failed.error.detail if failed.error else {}).get("log", []))
+            raise SystemExit(f"{title} failed: {exc.error}\n{tail}") from None
 
 
-def publish(api: Api, weights: dict[str, int], reason: str) -> int:
+def deploy(control: ControlClient, version: str, spec: dict[str, Any], title: str) -> Deployment:
+    job = follow(control, control.deploy(MODEL, version, spec), title)
+    if job.result is None or job.result.deployment is None:
+        raise SystemExit(f"{title}: the job succeeded without a deployment: {job}")
+    if job.result.report:
+        console.print(blade_table(job.result.report))
+    d = job.result.deployment
+    pids = pids_of(d)
+    console.print(f"v{version}: processor {d.processor}, instances {pids}, {d.endpoints}\n")
+    return d
+
+
+def pids_of(deployment: Deployment) -> list[int]:
+    return [i.pid for i in deployment.instances if isinstance(i, LocalInstanceHealth)]
+
+
+def publish(control: ControlClient, weights: dict[str, int], reason: str) -> int:
     routes = [{"version": v, "weight": w} for v, w in weights.items()]
-    body = {"routes": routes, "reason": reason}
-    revision = int(api("POST", f"/api/v1/models/{MODEL}/publish", json=body)["revision"])
+    revision = control.publish(MODEL, {"routes": routes, "reason": reason}).revision
     console.print(f"published revision {revision}: {weights} ({reason})")
     return revision
 
@@ -144,6 +141,13 @@ def goodbye(cp_pid: int, url: str, token_from: str, log: Path, versions: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except ControlError as exc:  # a refusal or no answer: what the control plane said, no trace
+        raise SystemExit(f"the control plane at {exc.url}: {exc}") from None
+
+
+def run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=int(os.environ.get("AUTOAI_DEMO_PORT", 8080)))
     parser.add_argument("--seconds", type=float, default=8.0, help="traffic per step")
@@ -166,14 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"port {args.port} is taken by something else: using {port}")
     cp = start(HOME, port, token)
     console.print(f"autoai up: {cp.url} (pid {cp.pid}, store {cp.store_url})\n")
-    api = Api(cp.url, token)
+    api = connect(cp.url, token)
 
     # Register the same file twice: version 1 is served plain, version 2 blade-optimized.
     blob = path.read_bytes()
     for _ in range(2):
-        files = {"file": (path.name, blob, "application/octet-stream")}
-        v = api("POST", "/api/v1/models", data={"name": MODEL}, files=files)
-        console.print(f"registered {MODEL} version {v['version']} (sha256 {v['sha256'][:12]})")
+        v = api.register_model(MODEL, file=blob, filename=path.name)
+        console.print(f"registered {MODEL} version {v.version} (sha256 {v.sha256[:12]})")
     test_data = cp.run_dir / "blade-test-data.npz"
     np.savez(test_data, input_ids=data["input_ids"], attention_mask=data["attention_mask"])
     # One core per instance (EAS `cpu`: the server's intra-op threads): two instances and the
@@ -188,19 +191,19 @@ def main(argv: list[str] | None = None) -> int:
             "deploy v2 blade",
         ),
     }  # fmt: skip
-    pids = [i["pid"] for d in deployments.values() for i in d["instances"]]
+    pids = [p for d in deployments.values() for p in pids_of(d)]
     save_state(HOME, cp, pids)
-    processors = {v: str(d["processor"]) for v, d in deployments.items()}
-    endpoints = {v: list(d["endpoints"]) for v, d in deployments.items()}
+    processors = {v: d.processor for v, d in deployments.items()}
+    endpoints = {v: list(d.endpoints) for v, d in deployments.items()}
     traffic(api, cp.store_url, cp.run_dir, data, processors, endpoints, args)
 
-    releases = api("GET", f"/api/v1/models/{MODEL}/releases")["releases"]
+    releases = api.releases(MODEL)
     table = Table(title=f"releases of {MODEL} (GET .../releases)", title_justify="left")
     for col in ("revision", "routes", "by", "reason"):
         table.add_column(col)
     for r in releases:
-        routes = ", ".join(f"v{v} {w}" for v, w in r["routes"].items())
-        table.add_row(str(r["revision"]), routes, str(r["published_by"]), str(r["reason"]))
+        routes = ", ".join(f"v{v} {w}" for v, w in r.routes.items())
+        table.add_row(str(r.revision), routes, str(r.published_by), str(r.reason))
     console.print(table)
     console.print(f"demo took {time.monotonic() - began:.0f} s\n")
     goodbye(cp.pid, cp.url, token_from, cp.log, list(deployments))
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def traffic(
-    api: Api,
+    api: ControlClient,
     store_url: str,
     run_dir: Path,
     data: dict[str, np.ndarray],
@@ -265,7 +268,7 @@ def traffic(
         promoted = publish(api, {"2": 100, "1": 0}, "promote blade to 100 %")
         fleet.wait_revision(promoted)
         step(f"revision {promoted}: v2 promoted to 100 % (v1 at 0 %: its fallback)", args.seconds)
-        rolled = int(api("POST", f"/api/v1/models/{MODEL}/rollback", json={})["revision"])
+        rolled = api.rollback(MODEL)
         console.print(f"rolled back: revision {rolled} republishes revision {first}'s table")
         fleet.wait_revision(rolled)
         step(f"revision {rolled}: rolled back to v1 90 % / v2 10 %", args.seconds)

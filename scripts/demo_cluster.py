@@ -31,20 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from demo import Api, console, deploy, example_model, publish
-from demo_controlplane import (
-    ControlPlane,
-    admin_token,
-    free_port,
-    port_free,
-    save_state,
-    start,
-    stop_previous,
-)
+from demo import connect as connect_api, console, deploy, example_model, pids_of, publish
+from demo_controlplane import ControlPlane, admin_token, save_state, start, stop_previous
 from demo_traffic import Fleet, Load, percentile_ms
 from rich.table import Table
 
-from autoai.orchestrators import process_alive
+from autoai.control import ControlClient, ControlError
+from autoai.testing import alive, free_port, port_free
 from config_store import open_store
 from config_store.testing import four_letter_word
 
@@ -70,7 +63,7 @@ class Node:
             pid = int((self.dir / "pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if process_alive(pid) else None
+        return pid if alive(pid) else None
 
     def mode(self) -> str:
         """leader, follower, or down."""
@@ -189,7 +182,10 @@ def phase_table(phases: list[Phase], concurrency: int) -> Table:
 
 
 def traffic(
-    api: Api, cp: ControlPlane, rows: list[dict[str, np.ndarray]], args: argparse.Namespace
+    api: ControlClient,
+    cp: ControlPlane,
+    rows: list[dict[str, np.ndarray]],
+    args: argparse.Namespace,
 ) -> list[Phase]:
     """The four phases; the kill happens a second into the second one.
 
@@ -275,6 +271,13 @@ def stop_all(token: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except ControlError as exc:  # what the control plane said (everything was stopped), no trace
+        raise SystemExit(f"the control plane at {exc.url}: {exc}") from None
+
+
+def run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=int(os.environ.get("AUTOAI_DEMO_PORT", 8080)))
     parser.add_argument("--seconds", type=float, default=4.0, help="traffic per phase")
@@ -306,21 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cp = start_control_plane(port, token, store_url)
         console.print(f"autoai up: {cp.url} (pid {cp.pid}, store {store_url})\n")
-        api = Api(cp.url, token)
-        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
-        v = api("POST", "/api/v1/models", data={"name": "minilm"}, files=files)
-        console.print(f"registered minilm version {v['version']} (sha256 {v['sha256'][:12]})")
+        api = connect_api(cp.url, token)
+        v = api.register_model("minilm", file=path)
+        console.print(f"registered minilm version {v.version} (sha256 {v.sha256[:12]})")
         metadata = {"instance": 2, "cpu": 1, "rpc": RPC}
         d = deploy(api, "1", {"processor": "onnx", "metadata": metadata}, "deploy v1, 2 instances")
-        save_state(HOME, cp, [i["pid"] for i in d["instances"]])
+        save_state(HOME, cp, pids_of(d))
 
         rows = [{k: a[i : i + 1] for k, a in data.items()} for i in range(len(data["input_ids"]))]
         phases = traffic(api, cp, rows, args)
         console.print(phase_table(phases, args.concurrency))
-        after = api("GET", "/api/v1/models/minilm/versions/1/deployment")
-        ready = sum(bool(i.get("ready")) for i in after["instances"])
+        after = api.deployment("minilm", "1")
+        ready = sum(i.ready for i in after.instances)
         console.print(
-            f"instances ready after the kill: {ready} of {len(after['instances'])} "
+            f"instances ready after the kill: {ready} of {len(after.instances)} "
             "(registered in ZooKeeper, as the control plane reads it now)"
         )
         sent = sum(len(p.calls) + p.load.errors for p in phases)

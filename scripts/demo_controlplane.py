@@ -17,19 +17,14 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from autoai.orchestrators import process_alive
+from autoai.control import ControlClient, ControlError, Unreachable
+from autoai.schema import LocalInstanceHealth
+from autoai.testing import ControlPlaneExited, ControlPlaneProcess, alive, cmdline, terminate
 
 __all__ = ["ControlPlane", "admin_token", "start", "stop_previous"]
 
@@ -43,26 +38,6 @@ class ControlPlane:
     run_dir: Path
     store_url: str
     log: Path
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _terminate(pids: Iterable[int], timeout: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``: only the PIDs given."""
-    pids = [p for p in pids if process_alive(p)]
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        if process_alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def admin_token(home: Path) -> tuple[str, str]:
@@ -95,29 +70,27 @@ def stop_previous(home: Path, token: str) -> list[str]:
     run_dir = str(state.get("run_dir", "//nothing//"))
     instances = {int(p) for p in state.get("instances", [])}
     pid = int(state.get("pid", 0))
-    if pid and process_alive(pid) and run_dir in _cmdline(pid):
-        headers = {"Authorization": f"Bearer {token}"}
+    if pid and alive(pid) and run_dir in cmdline(pid):
         try:
-            with httpx.Client(base_url=state["url"], headers=headers, timeout=90) as api:
-                for d in api.get("/api/v1/deployments").raise_for_status().json()["deployments"]:
-                    instances.update(i["pid"] for i in d["instances"])
-                    answer = api.delete(
-                        f"/api/v1/models/{d['name']}/versions/{d['version']}/deploy",
-                        params={"force": "true"},
-                    )
-                    what = f"{d['name']} version {d['version']}"
-                    said.append(
-                        f"undeployed {what} (REST)"
-                        if answer.is_success
-                        else f"undeploy {what}: {answer.status_code} {answer.text}"
-                    )
-        except httpx.HTTPError as exc:
+            with ControlClient(state["url"], token=token, timeout=90) as control:
+                for d in control.deployments():
+                    local = (i for i in d.instances if isinstance(i, LocalInstanceHealth))
+                    instances.update(i.pid for i in local)
+                    what = f"{d.name} version {d.version}"
+                    try:
+                        control.undeploy(d.name, d.version, force=True)
+                        said.append(f"undeployed {what} (REST)")
+                    except Unreachable:
+                        raise
+                    except ControlError as exc:
+                        said.append(f"undeploy {what}: {exc}")
+        except ControlError as exc:
             said.append(f"could not undeploy through REST ({exc}); stopping instances by PID")
-        _terminate([pid], timeout=15)
+        terminate([pid], timeout=15, mark=run_dir)
         said.append(f"stopped the previous control plane (pid {pid})")
-    left = [p for p in instances if process_alive(p) and run_dir in _cmdline(p)]
+    left = [p for p in instances if alive(p) and run_dir in cmdline(p)]
     if left:
-        _terminate(left, timeout=40)
+        terminate(left, timeout=40, mark=run_dir)
         said.append(f"stopped instances {sorted(left)} by PID")
     for old in sorted(home.glob("run-*")):
         shutil.rmtree(old, ignore_errors=True)
@@ -126,62 +99,32 @@ def stop_previous(home: Path, token: str) -> list[str]:
     return said
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A port free now (it could be taken before ``autoai up`` binds it: then start fails and
-    says so)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start(home: Path, port: int, token: str, store_url: str | None = None) -> ControlPlane:
     """Start ``autoai up`` in its own session on 127.0.0.1:``port``, on a fresh run directory,
-    and wait for ``/healthz``. ``store_url``: default, an embedded store in the run directory.
+    and wait for ``/healthz`` (``autoai.testing.ControlPlaneProcess``). ``store_url``: default,
+    an embedded store in the run directory.
 
     Raises:
         SystemExit: it exited or did not answer within 60 s (with its log's last lines).
     """
     run_dir = home / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
-    store_url = store_url or f"sqlite://{run_dir / 'store.db'}"
-    log = run_dir / "controlplane.log"
-    args = [
-        sys.executable, "-m", "autoai.cli", "up", "--port", str(port), "--store", store_url,
-        "--repo", str(run_dir / "repo"), "--run-dir", str(run_dir / "instances"),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "AUTOAI_ADMIN_TOKEN": token}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, cwd=run_dir,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    cp = ControlPlane(proc.pid, url, run_dir, store_url, log)
-    save_state(home, cp, [])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise SystemExit(f"autoai up exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return cp
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    _terminate([proc.pid], timeout=5)
-    raise SystemExit(f"autoai up did not answer on {url} within 60 s; log: {log}")
+    plane = ControlPlaneProcess(
+        run_dir,
+        store_url=store_url,
+        token=token,
+        port=port,
+        run_dir=run_dir / "instances",
+        detach=True,
+    )
+    plane.spawn()
+    cp = ControlPlane(plane.pid, plane.url, run_dir, plane.store_url, plane.log)
+    save_state(home, cp, [])  # a --stop finds it even while it starts
+    try:
+        plane.wait_ready(timeout=60)
+    except ControlPlaneExited as exc:
+        raise SystemExit(str(exc)) from None
+    return cp
 
 
 def save_state(home: Path, cp: ControlPlane, instances: list[int]) -> None:

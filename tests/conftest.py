@@ -1,5 +1,5 @@
-"""Shared test setup: real ZooKeeper fixtures, and a HOME of the test's own so that nothing is read
-from or written to the developer's ~/.autoai."""
+"""Shared test setup: real ZooKeeper fixtures, the control plane as a process, and a HOME of the
+test's own so that nothing is read from or written to the developer's ~/.autoai."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["config_store.testing.plugin", "tests.fixtures.servers"]
+pytest_plugins = [
+    "config_store.testing.plugin",
+    "autoai.testing.plugin",
+    "tests.fixtures.servers",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,9 @@ PACKAGES = [
     "autoai.sdk",
     "autoai.api",
     "autoai.repository",
+    "autoai.schema",
+    "autoai.control",
+    "autoai.testing",
 ]
 
 

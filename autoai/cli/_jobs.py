@@ -1,10 +1,10 @@
-"""Following a control-plane job (deploy, scale): poll ``GET /api/v1/jobs/{id}``, show a progress
-bar with the current step and each new log line, and end with its result or ``JobFailed``.
+"""Following a control-plane job (deploy, scale): ``ControlClient.wait_job`` polls it; this module
+shows a progress bar with the current step and each new log line, and ends with its result or
+the CLI's ``JobFailed``.
 ``autoai job ID`` shows (or follows) one job, for deploys started with ``--no-wait``."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
@@ -19,13 +19,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from .. import control
+from ..schema import JobInfo
 from ._common import DEFAULT_URL, AsJson, TokenFile, Url, connect, emit_json, fail_on_errors
 from ._errors import JobFailed
 from ._rest import RestClient
 
 __all__ = ["follow_job", "job_command", "new_log_lines"]
 
-_DONE: Final = ("succeeded", "failed")
 _TAIL: Final = 15
 
 
@@ -39,22 +40,23 @@ def new_log_lines(seen: Sequence[str], log: Sequence[str]) -> list[str]:
     return list(log)
 
 
-def failure_message(job: dict[str, Any]) -> str:
+def failure_message(job: JobInfo) -> str:
     """``<title> failed: <error>`` and the tail of the job's and the instance's logs."""
-    error = job.get("error") or {}
-    lines = [f"{job.get('title') or job.get('kind', 'job')} failed: {error.get('error', '?')}"]
-    instance_log = (error.get("detail") or {}).get("log") or []
+    error = job.error.error if job.error else "?"
+    lines = [f"{job.title or job.kind or 'job'} failed: {error}"]
+    instance_log = (job.error.detail.get("log") if job.error else None) or []
     if instance_log:
         lines += ["instance log (last lines):", *(f"  {line}" for line in instance_log[-_TAIL:])]
-    lines += ["job log (last lines):", *(f"  {line}" for line in job.get("log", [])[-_TAIL:])]
+    lines += ["job log (last lines):", *(f"  {line}" for line in job.log[-_TAIL:])]
     return "\n".join(lines)
 
 
 def follow_job(api: RestClient, job_id: str, *, show: bool, poll_s: float = 0.2) -> dict[str, Any]:
-    """Poll the job until it ends; with ``show``, a progress bar and its log lines on stdout.
+    """Follow the job until it ends (``ControlClient.wait_job``); with ``show``, a progress bar
+    and its log lines on stdout.
 
     Returns:
-        The job's final state (``state`` ``succeeded``).
+        The job's final state (``state`` ``succeeded``), as JSON.
 
     Raises:
         JobFailed: the job failed (its final state is in ``job``).
@@ -71,21 +73,22 @@ def follow_job(api: RestClient, job_id: str, *, show: bool, poll_s: float = 0.2)
         disable=not show,
     ) as bar:
         task = bar.add_task(f"job {job_id}", total=1.0)
-        while True:
-            job: dict[str, Any] = api.get(f"/api/v1/jobs/{job_id}")
-            log = job.get("log") or []
+
+        def progress(job: JobInfo) -> None:
+            nonlocal seen
             if show:
-                for line in new_log_lines(seen, log):
+                for line in new_log_lines(seen, job.log):
                     bar.console.print(line, markup=False, highlight=False)
-            seen = list(log)
-            step = job.get("step") or job.get("state", "")
-            bar.update(task, completed=float(job.get("progress") or 0.0), description=step)
-            if job.get("state") in _DONE:
-                break
-            time.sleep(poll_s)
-    if job["state"] == "failed":
-        raise JobFailed(failure_message(job), job)
-    return job
+            seen = list(job.log)
+            bar.update(task, completed=job.progress, description=job.step or job.state)
+
+        with api.errors():
+            try:
+                done = api.control.wait_job(job_id, poll=poll_s, on_progress=progress)
+            except control.JobFailed as exc:
+                job: JobInfo = exc.job
+                raise JobFailed(failure_message(job), job.model_dump(mode="json")) from None
+    return done.model_dump(mode="json")
 
 
 def job_command(
@@ -105,7 +108,8 @@ def job_command(
                     emit_json(exc.job)
                 raise
         else:
-            job = api.get(f"/api/v1/jobs/{job_id}")
+            with api.errors():
+                job = api.control.job(job_id).model_dump(mode="json")
         if as_json:
             emit_json(job)
             return

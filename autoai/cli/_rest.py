@@ -1,47 +1,34 @@
-"""A small synchronous REST client for the control plane (and, for ``predict``, a model server).
+"""The CLI's REST client: ``autoai.control.ControlClient`` with the CLI's messages and errors
+(and, for ``predict``, the same transport to a model server).
 
 ```python
 with RestClient("http://127.0.0.1:8080", token=token) as api:
-    api.get("/api/v1/models")                         # parsed JSON
+    api.control.deployments()                         # the typed client, errors converted below
     api.post("/api/v1/models/m/publish", json={...})  # ApiError on 4xx/5xx, Unreachable: no answer
 ```
-Error bodies (``{"error": ..., "detail": ...}``, the same shape on both servers) become
-``ApiError``; httpx's transport errors become ``Unreachable``; both are converted here only.
+``ControlClient``'s errors become the CLI's here only: ``Unreachable`` (nothing answered) names
+``what`` and a hint, an error status becomes ``ApiError`` with the server's ``{"error", "detail"}``
+(and, for 401/403, how to pass the token).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Final
 
 import httpx
 
-from ._errors import ApiError, BadUsage, Unreachable
+from .. import control
+from ..control import ControlClient, ControlError
+from ._errors import ApiError, BadUsage, CliError, Unreachable
 
 __all__ = ["DEFAULT_URL", "RestClient"]
 
-DEFAULT_URL: Final = "http://127.0.0.1:8080"
+DEFAULT_URL: Final = control.DEFAULT_URL
 _CONTROL_HINT: Final = "is `autoai up` running?"
 _AUTH_HINT: Final = "set AUTOAI_TOKEN or pass --token-file"
-
-
-def _error(response: httpx.Response, auth_hint: str | None) -> ApiError:
-    """The ``ApiError`` of an error answer, whatever its body (JSON of ours, FastAPI's, or text)."""
-    message, detail = response.reason_phrase or "error", None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        found = body.get("error", body.get("detail"))
-        if isinstance(found, str) and found:
-            message = found
-        if isinstance(body.get("detail"), dict):
-            detail = body["detail"]
-    elif response.text.strip():
-        message = response.text.strip().splitlines()[0][:200]
-    hint = auth_hint if response.status_code in (401, 403) else None
-    return ApiError(response.status_code, message, detail, hint=hint)
 
 
 class RestClient:
@@ -55,6 +42,9 @@ class RestClient:
         auth_hint: appended to the message of a 401 or 403.
         timeout: seconds for each request (connect, read, write, pool).
         transport: an httpx transport (tests may pass ``httpx.ASGITransport``).
+
+    Attributes:
+        control: the ``ControlClient`` underneath; call it inside ``errors()``.
 
     Raises:
         BadUsage: ``base_url`` is not an ``http(s)://`` URL.
@@ -72,19 +62,39 @@ class RestClient:
         transport: httpx.BaseTransport | None = None,
     ):
         try:
-            url = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise BadUsage(f"{base_url!r} is not a URL: {exc}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise BadUsage(f"{base_url!r} is not an http:// or https:// URL")
-        self.base_url = base_url.rstrip("/")
+            self.control = ControlClient(
+                base_url, token=token, timeout=timeout, transport=transport
+            )
+        except ValueError as exc:
+            raise BadUsage(str(exc)) from None
+        self.base_url = self.control.base_url
         self.what = what
         self.hint = hint
         self.auth_hint = auth_hint
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+
+    def converted(self, exc: ControlError) -> CliError:
+        """The CLI's error for a ``ControlError`` of this client."""
+        if isinstance(exc, control.Unreachable):
+            if exc.timed_out:
+                kind = type(exc.__cause__).__name__ if exc.__cause__ else "timeout"
+                message = f"{self.what} at {self.base_url} did not answer in time ({kind})"
+                return Unreachable(message, self.base_url)
+            why = f" ({self.hint})" if self.hint else ""
+            return Unreachable(
+                f"cannot reach {self.what} at {self.base_url}{why}: {exc.reason}", self.base_url
+            )
+        if exc.status is None:
+            return Unreachable(f"{self.what} at {self.base_url}: {exc}", self.base_url)
+        auth = self.auth_hint if exc.status in (401, 403) else None
+        return ApiError(exc.status, exc.error, exc.detail, hint=auth)
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Convert the ``ControlError`` raised inside to the CLI's (``converted``), chained."""
+        try:
+            yield
+        except ControlError as exc:
+            raise self.converted(exc) from exc
 
     def request(
         self,
@@ -105,23 +115,12 @@ class RestClient:
             ApiError: the answer's status is 4xx or 5xx.
         """
         try:
-            response = self._http.request(
+            return self.control.request(
                 method, path, json=json, params=params, files=files, data=data, content=content,
                 headers=headers,
             )  # fmt: skip
-        except httpx.TimeoutException as exc:
-            raise Unreachable(
-                f"{self.what} at {self.base_url} did not answer in time ({type(exc).__name__})",
-                self.base_url,
-            ) from exc
-        except httpx.TransportError as exc:
-            hint = f" ({self.hint})" if self.hint else ""
-            raise Unreachable(
-                f"cannot reach {self.what} at {self.base_url}{hint}: {exc}", self.base_url
-            ) from exc
-        if response.status_code >= 400:
-            raise _error(response, self.auth_hint)
-        return response
+        except ControlError as exc:
+            raise self.converted(exc) from exc
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
@@ -151,7 +150,7 @@ class RestClient:
         return self._json("DELETE", path, params=params or None)
 
     def close(self) -> None:
-        self._http.close()
+        self.control.close()
 
     def __enter__(self) -> RestClient:
         return self

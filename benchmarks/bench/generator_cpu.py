@@ -18,7 +18,7 @@ the machine used over the same window (other engineers' work spoils a row when i
 The target: less than 25 % of one core for ``--url`` at concurrency 32 while the server's QPS is
 within 10 % of wrk's.
 
-    python benchmarks/bench/generator_cpu.py [--seconds 8] [--warmup 2] [--rounds 2]
+    python -m benchmarks.bench.generator_cpu [--seconds 8] [--warmup 2] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -37,28 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvloop
 
-HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parents[2]))  # the repository root, for tests.fixtures
-sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/, for serving.loadgen
+from autoai.bench import BenchReport, ServerSnapshot, Step, StepResult
+from autoai.bench._direct import DirectTarget
+from autoai.bench._runner import Target, run_steps
+from autoai.bench._scrape import Scraper
+from autoai.bench._sdk import SdkTarget
+from autoai.testing import machine_busy_seconds, models as onnx_models, tree_cpu_seconds
+from config_store import open_store
+from eas_client import AsyncEasClient, encode_request
 
-import uvloop  # noqa: E402
-from serving.bodies import Body  # noqa: E402
-from serving.loadgen import (  # noqa: E402
-    machine_cpu,
-    process_tree_cpu,
-    run as wrk_run,
-    write_lua,
-)
-
-from autoai.bench import BenchReport, ServerSnapshot, Step, StepResult  # noqa: E402
-from autoai.bench._direct import DirectTarget  # noqa: E402
-from autoai.bench._runner import Target, run_steps  # noqa: E402
-from autoai.bench._scrape import Scraper  # noqa: E402
-from autoai.bench._sdk import SdkTarget  # noqa: E402
-from config_store import open_store  # noqa: E402
-from eas_client import AsyncEasClient, encode_request  # noqa: E402
-from tests.fixtures import onnx_models  # noqa: E402
+from ..serving.bodies import Body
+from ..serving.loadgen import run as wrk_run, write_lua
 
 MODEL = "cls"
 
@@ -96,7 +87,7 @@ class CpuScraper(Scraper):
         self.marks: list[tuple[float, float]] = []
 
     async def scrape(self, urls: Sequence[str]) -> tuple[dict[str, ServerSnapshot], list[str]]:
-        self.marks.append((process_tree_cpu(self.pid), machine_cpu()))
+        self.marks.append((tree_cpu_seconds(self.pid), machine_busy_seconds()))
         return await super().scrape(urls)
 
 

@@ -2,7 +2,7 @@
 plain ORT vs the artifact blade.optimize picks, with the accuracy it verified.
 
     python scripts/build_models.py            # once: the models and real tokenized sentences
-    python benchmarks/blade/cpu.py [--models DIR] [--full-length]
+    python -m benchmarks.blade.cpu [--models DIR] [--full-length]
 
 Inputs are 32 real sentences tokenized to seq 128 (right-padded, as tokenizers do by default);
 ``--full-length`` also runs inputs with every token real (no padding), where padding cannot be
@@ -14,28 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
+from autoai.testing import cpu_model, models_dir
 from blade import optimize
-
-
-def _models_dir() -> Path:
-    cache = os.environ.get("AUTOAI_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "autoai") / "models"
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +42,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models", type=Path, default=_models_dir())
+    p.add_argument("--models", type=Path, default=models_dir())
     p.add_argument("--work", type=Path, default=Path("/tmp/blade-cpu-bench"))
     p.add_argument("--rows", type=int, default=32)
     p.add_argument("--full-length", action="store_true", help="also inputs without padding")
@@ -87,7 +73,7 @@ def main() -> int:
             rows.append(
                 {"model": model, "inputs": case, **_summary(result.report), "report": result.report}
             )
-    print(f"\nblade on CPU: {_cpu()}, {os.cpu_count()} cores, seq 128 (median latency, ms)")
+    print(f"\nblade on CPU: {cpu_model()}, {os.cpu_count()} cores, seq 128 (median latency, ms)")
     cols = ("model", "inputs", "plain b1", "blade b1", "ratio", "plain b32", "blade b32", "ratio")
     widths = (10, 15, 9, 9, 6, 10, 10, 6)
     head = (

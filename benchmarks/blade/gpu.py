@@ -2,8 +2,8 @@
 
 Runs on the GPU machine in two phases (each one command, well inside 10 minutes):
 
-    python benchmarks/blade/gpu.py optimize --models DIR --work DIR [--inputs NPZ]
-    python benchmarks/blade/gpu.py serve    --models DIR --work DIR
+    python -m benchmarks.blade.gpu optimize --models DIR --work DIR [--inputs NPZ]
+    python -m benchmarks.blade.gpu serve    --models DIR --work DIR
 
 ``optimize`` builds nothing itself (run scripts/build_models.py --only bert-base first), then runs
 blade.optimize on full-length inputs (every token real: the BERT-base "shape" case) and, when
@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from blade import optimize, render_report
 from blade._inputs import synthesize
@@ -144,9 +142,9 @@ def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], str]:
 
 
 def phase_serve(args: argparse.Namespace) -> dict[str, Any]:
-    from loadgen import closed_loop
-
     from eas_client import encode_request
+
+    from .loadgen import closed_loop
 
     out: dict[str, Any] = {
         "torch_eager_ms": torch_eager(args.device) if args.device == "cuda" else {}

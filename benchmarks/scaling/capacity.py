@@ -1,6 +1,6 @@
 """How far one control plane, one ZooKeeper ensemble and the SDK watch scale: measure, then compute.
 
-Run: ``.venv/bin/python benchmarks/scaling/capacity.py [--watchers 20] [--churn 100] [--json F]``
+Run: ``.venv/bin/python -m benchmarks.scaling.capacity [--watchers 20] [--churn 100] [--json F]``
 
 Part 1 measures, on a real standalone ZooKeeper started here (Debian's package), what
 docs/benchmarks.md does not have yet: instance churn. One store registers and deregisters

@@ -10,7 +10,7 @@ Throughput: 32 threads for ``--seconds`` each: ``ModelClient`` against two insta
 classifier, and ``tritonclient.http`` against one URL of the same model (the single-URL client
 anchors the comparison), and ``EasClient`` against that one URL.
 
-    python benchmarks/sdk/overhead.py [--calls 2000] [--rounds 5] [--seconds 10]
+    python -m benchmarks.sdk.overhead [--calls 2000] [--rounds 5] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from prometheus_client import CollectorRegistry
 
 from autoai.sdk import ModelClient
+from autoai.testing import models as onnx_models
 from config_store import open_store
 from eas_client import EasClient
-from tests.fixtures import onnx_models
 
 
 class Server:

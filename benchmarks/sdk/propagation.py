@@ -7,7 +7,7 @@ by it (the swap is one assignment the call path reads), so publish -> swap is pu
 call on the new revision, without 100 processes' worth of inference traffic distorting a 2-core
 machine. Prints p50/p99/max per backend.
 
-    python benchmarks/sdk/propagation.py --processes 100 --publishes 30
+    python -m benchmarks.sdk.propagation --processes 100 --publishes 30
 """
 
 from __future__ import annotations

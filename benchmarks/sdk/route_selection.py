@@ -1,6 +1,6 @@
 """Cost of the SDK's per-call routing: ``RouteSelector.pick``, ``shadow_due`` and ``check_inputs``.
 
-Run: ``.venv/bin/python benchmarks/sdk/route_selection.py [--calls 100000] [--repeats 7]``.
+Run: ``.venv/bin/python -m benchmarks.sdk.route_selection [--calls 100000] [--repeats 7]``.
 
 Each row times ``--calls`` calls in a plain ``for`` loop over precomputed keys (one distinct key per
 call for sticky picks), ``--repeats`` times, and prints the median and the best per call; the
@@ -16,19 +16,16 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from autoai.sdk._routes import Route, RouteTable, Shadow, Signature, TensorSpec
 from autoai.sdk._selector import RouteSelector
 from autoai.sdk._signature import check_inputs
+from autoai.testing import cpu_model
 
 TARGET_NS = 5_000
 
@@ -36,11 +33,15 @@ TARGET_NS = 5_000
 def _table(routes: int, *, sticky: bool) -> RouteTable:
     weights = [90, 10] if routes == 2 else [10 * (i + 1) for i in range(routes)]
     return RouteTable(
-        "bench",
-        1,
-        tuple(Route(str(i), w, f"svc-{i}", "onnx") for i, w in enumerate(weights)),
+        schema_version=1,
+        model="bench",
+        revision=1,
+        routes=tuple(
+            Route(version=str(i), weight=w, service=f"svc-{i}", processor="onnx")
+            for i, w in enumerate(weights)
+        ),
         sticky_key="user_id" if sticky else None,
-        shadow=Shadow("shadow", 0.05, Route("shadow", 0, "svc-shadow", "onnx")),
+        shadow=Shadow(version="shadow", ratio=0.05, service="svc-shadow", processor="onnx"),
     )
 
 
@@ -82,16 +83,6 @@ def _time(body: Callable[[], None], calls: int, repeats: int) -> tuple[float, fl
     return statistics.median(per_call), min(per_call)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,8 +111,8 @@ def main() -> int:
 
     signature = Signature(
         inputs=(
-            TensorSpec("input_ids", "INT64", (-1, -1)),
-            TensorSpec("attention_mask", "INT64", (-1, 128)),
+            TensorSpec(name="input_ids", datatype="INT64", shape=(-1, -1)),
+            TensorSpec(name="attention_mask", datatype="INT64", shape=(-1, 128)),
         )
     )
     inputs = {
@@ -140,8 +131,9 @@ def main() -> int:
             label = f"build RouteSelector, {routes} routes, {'sticky' if sticky else 'weighted'}"
             builds.append((label, *_time(_each(RouteSelector, [table]), 1, max(3, repeats // 2))))
 
+    cpu = cpu_model()
     print(
-        f"\nroute selection on {_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"\nroute selection on {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
         f" ({calls:,} calls x {repeats} runs; target <= {TARGET_NS / 1000:g} µs per selection)"
     )
     head = f"{'operation':<44} {'median':>10} {'best':>10}"

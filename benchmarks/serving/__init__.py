@@ -1,3 +1,3 @@
 """The serving benchmark of issues 3 and 16: ours vs a naive FastAPI server, a batching peer and
 the in-process onnxruntime ceiling, over HTTP and gRPC. Run it as
-`python benchmarks/serving/run.py --help`."""
+`python -m benchmarks.serving.run --help`."""

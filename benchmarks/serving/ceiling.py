@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from serving.loadgen import machine_cpu
+from autoai.testing import machine_busy_seconds
 
 Tensors = Mapping[str, npt.NDArray[Any]]
 
@@ -86,7 +86,7 @@ class InProcess:
                 self._sess.run(self._names, feed)  # warm-up: first runs allocate and plan
         rate = dict.fromkeys(batches, 0.0)
         latency = dict.fromkeys(batches, float("inf"))
-        machine_before, own_before = machine_cpu(), time.process_time()
+        machine_before, own_before = machine_busy_seconds(), time.process_time()
         began_all = time.perf_counter()
         for _ in range(passes):
             for size in batches:
@@ -104,7 +104,7 @@ class InProcess:
                 latency[size] = min(latency[size], (now - began) / runs)
         elapsed = time.perf_counter() - began_all
         own = time.process_time() - own_before
-        other = max(0.0, machine_cpu() - machine_before - own) / elapsed
+        other = max(0.0, machine_busy_seconds() - machine_before - own) / elapsed
         return Ceiling(self.threads, rate, latency, other)
 
 

@@ -1,4 +1,4 @@
-"""`python benchmarks/serving/run.py`: the whole benchmark in one run, tables and JSON last."""
+"""`python -m benchmarks.serving.run`: the whole benchmark in one run, tables and JSON last."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from typing import Any, NoReturn
 import numpy as np
 import onnxruntime as ort
 
-from serving import bodies, ceiling, grpc_load, harness, loadgen, models, report, rounds
-from serving.results import ModelResult
+from autoai.testing import cpu_model, machine_busy_seconds, models_dir
+
+from . import bodies, ceiling, grpc_load, harness, loadgen, models, report, rounds
+from .results import ModelResult
 
 HERE = Path(__file__).resolve().parent
 REQUESTS = 64  # distinct prepared bodies (real sentences) that wrk cycles through
@@ -28,7 +30,7 @@ RUN_COST_S = 1.5  # what a run adds to its duration: probes, start, the wait for
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="benchmarks/serving/run.py", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving.run", description=__doc__)
     p.add_argument("--models", default="fast,slow", help="comma-separated: fast, slow")
     p.add_argument("--model", type=Path, default=None, help="one other model instead of --models")
     p.add_argument("--inputs", type=Path, default=None, help="--model's rows (<stem>.inputs.npz)")
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _specs(args: argparse.Namespace) -> list[models.ModelSpec]:
     if args.model is not None:
         return [models.custom(args.model, args.inputs, args.seq)]
-    known = models.builtin(models.cache_models())
+    known = models.builtin(models_dir())
     keys = [k for k in args.models.split(",") if k]
     unknown = [k for k in keys if k not in known]
     if unknown or not keys:
@@ -83,14 +85,7 @@ def _meta(
     duration: float,
     n_rounds: int,
 ) -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu": cpu,
@@ -116,8 +111,7 @@ def _meta(
 def _overhead_group(plan: rounds.Plan, duration: float) -> rounds.Group:
     """naive and ours on an identity model (FP32 [1, 4]) at concurrency 1: the request path
     alone, HTTP and gRPC."""
-    sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for tests.fixtures
-    from tests.fixtures.onnx_models import identity
+    from autoai.testing.models import identity
 
     model = identity(plan.workdir, "FP32", n=4)
     x = [{"x": np.arange(4, dtype=np.float32).reshape(1, 4)}]
@@ -168,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     tools = ", ".join(t for t in (meta["wrk"], meta["h2load"]) if t)
     print(f"{meta['cpu']}, {meta['cores']} cores; onnxruntime {meta['onnxruntime']}; {tools}")
     meta["loadavg_start"] = os.getloadavg()[0]
-    busy = loadgen.machine_cpu()
+    busy = machine_busy_seconds()
     time.sleep(1.0)
-    meta["busy_cores_before"] = busy = loadgen.machine_cpu() - busy
+    meta["busy_cores_before"] = busy = machine_busy_seconds() - busy
     if busy > 0.2:
         print(
             f"warning: {busy:.2f} cores busy before the run: other work on this machine distorts"

@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """eas-server on one GPU (issue 16, points 2 and 5), in three phases of one device command each.
 
-    python3 benchmarks/serving/gpu.py optimize --work /root/work --out $OUT   # ~4 min on an H100
-    python3 benchmarks/serving/gpu.py serve    --work /root/work --out $OUT   # ~4 min
-    python3 benchmarks/serving/gpu.py seed     --work /root/work --out $OUT   # ~8 min
-    python3 benchmarks/serving/gpu.py inputs   # rewrites gpu_inputs.npz from minilm-l6.inputs.npz
+    python3 -m benchmarks.serving.gpu optimize --work /root/work --out $OUT   # ~4 min on an H100
+    python3 -m benchmarks.serving.gpu serve    --work /root/work --out $OUT   # ~4 min
+    python3 -m benchmarks.serving.gpu seed     --work /root/work --out $OUT   # ~8 min
+    python3 -m benchmarks.serving.gpu inputs   # rewrites gpu_inputs.npz from minilm-l6.inputs.npz
 
 On the GPU machine each phase runs through ``gpu_lease.sh PHASE`` (it installs the wheels).
 ``--smoke`` runs the same code on a CPU-only machine: tiny-bert, CPU providers, 1-2 s windows,
@@ -23,25 +22,19 @@ Every phase prints its tables (titled with the GPU and CPU) and writes ``PHASE.j
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# `serving` is this directory as a package: put its parent on the path when run as a script, and
-# the repository after it, so that `blade` is the project's package and not benchmarks/blade/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from serving.gpu_meter import Nvml
-from serving.gpu_report import Sink
-from serving.gpu_setup import INPUTS, REPO, Paths, machine, profile, write_inputs
+from .gpu_meter import Nvml
+from .gpu_report import Sink
+from .gpu_setup import INPUTS, REPO, Paths, machine, profile, write_inputs
 
 PHASES = ("optimize", "serve", "seed", "inputs")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="benchmarks/serving/gpu.py",
+        prog="python -m benchmarks.serving.gpu",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_inputs(args.minilm_inputs)} from {args.minilm_inputs}")
         return 0
     if not INPUTS.is_file():
-        raise SystemExit(f"{INPUTS} is missing: run `python benchmarks/serving/gpu.py inputs`")
+        raise SystemExit(f"{INPUTS} is missing: run `python -m benchmarks.serving.gpu inputs`")
     prof = profile(args.smoke)
     args.work.mkdir(parents=True, exist_ok=True)
     paths = Paths(args.work, prof.model)
@@ -90,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     # Imported here: the generator processes (spawned: they import this module again) need none.
     if args.phase == "optimize":
-        from serving import gpu_optimize
+        from . import gpu_optimize
 
         gpu_optimize.run(prof, paths, sink, where)
     elif args.phase == "serve":
-        from serving import gpu_serve
+        from . import gpu_serve
 
         gpu_serve.run(prof, paths, sink, where, nvml, args.loadgen_mp)
     else:
-        from serving import gpu_seed
+        from . import gpu_seed
 
         gpu_seed.run(prof, paths, sink, where, nvml)
     sink.record("elapsed_s", round(time.monotonic() - t0, 1))

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.gpu_report import Table
-from serving.gpu_setup import OUTPUT
+from .gpu_report import Table
+from .gpu_setup import OUTPUT
 
 __all__ = ["InProcess", "Timing", "measure", "table"]
 

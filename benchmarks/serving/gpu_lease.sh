@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device command of the GPU benchmark (issue 16): bash benchmarks/serving/gpu_lease.sh PHASE [ARGS]
-# PHASE: optimize | serve | seed (in that order, on one warm machine; ARGS go to gpu.py).
+# PHASE: optimize | serve | seed (in that order, on one warm machine; ARGS go to benchmarks.serving.gpu).
 #
 # Once per machine (skipped while /root/site exists) it installs, with no network:
 # - onnxruntime-gpu from the chunks the lead engineer copied to /root/c (part.0, part.1, ... as
@@ -8,7 +8,7 @@
 # - the wheels of .whl/ (carried: orjson, pydantic, pydantic-core, pydantic-settings, python-dotenv,
 #   annotated-types, typing-inspection, typing-extensions, uvicorn, httptools, tritonclient),
 # into /root/site, first on PYTHONPATH (before the preinstalled CPU onnxruntime). Then it prints the
-# GPU and CPU and runs benchmarks/serving/gpu.py PHASE --work /root/work --out $OUT, the output also
+# GPU and CPU and runs python -m benchmarks.serving.gpu PHASE --work /root/work --out $OUT, the output also
 # in $OUT/PHASE.txt. Overrides (for a dry run elsewhere): GPU_LEASE_SITE, GPU_LEASE_CHUNKS,
 # GPU_LEASE_WORK, PYTHON.
 set -euo pipefail
@@ -62,4 +62,4 @@ export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   echo "cores: $(nproc); setup $(( $(date +%s) - started )) s"
   "$py" -c 'import onnxruntime as o; print("onnxruntime", o.__version__, o.get_available_providers())'
 } 2>&1 | tee -a "$log"
-"$py" benchmarks/serving/gpu.py "$phase" --work "$work" --out "$out" "$@" 2>&1 | tee -a "$log"
+"$py" -m benchmarks.serving.gpu "$phase" --work "$work" --out "$out" "$@" 2>&1 | tee -a "$log"

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from serving.bodies import Body
+from .bodies import Body
 
 __all__ = ["LoadResult", "closed_loop", "http_messages"]
 

@@ -1,5 +1,6 @@
-"""What a server used over a measured window: CPU cores of its process tree (utime + stime from
-/proc), GPU utilisation (NVML, sampled every 100 ms, mean) and GPU memory.
+"""What a server used over a measured window: CPU cores of its process tree (user + system time,
+``autoai.testing.tree_cpu_seconds``), GPU utilisation (NVML, sampled every 100 ms, mean) and GPU
+memory.
 
 NVML comes from ``nvidia-ml-py`` (``import pynvml``) where it is installed; without it, or
 without a GPU, the GPU figures are None and the tables show ``-``. Per-process GPU memory is
@@ -14,28 +15,12 @@ import importlib
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from serving.loadgen import process_tree_cpu
+from autoai.testing import tree_cpu_seconds, tree_pids
 
 MIB = 1 << 20
-
-
-def tree_pids(pid: int) -> set[int]:
-    """``pid`` and its live descendants."""
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        found.add(current)
-    return found
 
 
 class Nvml:
@@ -116,7 +101,7 @@ class Watch:
     def __enter__(self) -> Watch:
         self._samples.clear()
         self._stop.clear()
-        self._t0, self._cpu0 = time.monotonic(), process_tree_cpu(self._pid)
+        self._t0, self._cpu0 = time.monotonic(), tree_cpu_seconds(self._pid)
         if self._nvml.available:
             self._thread = threading.Thread(target=self._sample, name="nvml", daemon=True)
             self._thread.start()
@@ -128,7 +113,7 @@ class Watch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cpu, seconds = process_tree_cpu(self._pid) - self._cpu0, time.monotonic() - self._t0
+        cpu, seconds = tree_cpu_seconds(self._pid) - self._cpu0, time.monotonic() - self._t0
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
@@ -166,7 +151,7 @@ class Sampler:
 
     def _run(self) -> None:
         while True:
-            cpu = process_tree_cpu(self._pid)
+            cpu = tree_cpu_seconds(self._pid)
             self._samples.append((time.monotonic(), cpu, self._nvml.utilization()))
             if self._stop.wait(0.1):
                 return

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from blade import render_report
-from serving import gpu_inprocess
-from serving.gpu_report import Sink, Table
-from serving.gpu_setup import (
+
+from . import gpu_inprocess
+from .gpu_report import Sink, Table
+from .gpu_setup import (
     REPO,
     Paths,
     Profile,

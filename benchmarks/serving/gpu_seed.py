@@ -32,13 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from autoai.schema import BladeMeta, PublishRoute, RouteEntry, RouteTable, Signature
 from blade_aspect import on_publish
 from config_store import open_store
-from serving.gpu_meter import Nvml, Sampler, WindowStats
-from serving.gpu_report import Sink, Table, fmt
-from serving.gpu_serve import server_command
-from serving.gpu_setup import NAME, Paths, Profile, load_inputs, python
-from serving.servers import ServerStartError, start_listening
+
+from .gpu_meter import Nvml, Sampler, WindowStats
+from .gpu_report import Sink, Table, fmt
+from .gpu_serve import server_command
+from .gpu_setup import NAME, Paths, Profile, load_inputs, python
+from .servers import ServerStartError, start_listening
 
 __all__ = ["run"]
 
@@ -146,15 +148,19 @@ def publish(
         meta = json.loads(response.read())
     keys = ("name", "datatype", "shape")
     signature = {k: [{f: t[f] for f in keys} for t in meta[k]] for k in ("inputs", "outputs")}
-    deployment: dict[str, Any] = {"service": service, "processor": processor}
-    if processor == "blade":
-        deployment["blade"] = blade_meta(model, max_batch)
-    entry = on_publish({"version": "1", "weight": 100}, deployment)
-    table = {"schema_version": 1, "model": NAME, "revision": 0, "routes": [entry]}
-    table |= {"sticky_key": None, "shadow": None, "signature": signature}
+    blade = BladeMeta.model_validate(blade_meta(model, max_batch)) if processor == "blade" else None
+    served = RouteEntry(version="1", weight=100, service=service, processor=processor, blade=blade)
+    entry = on_publish(PublishRoute(version="1", weight=100), served)
+    table = RouteTable(
+        schema_version=1,
+        model=NAME,
+        revision=0,
+        routes=(entry,),
+        signature=Signature.model_validate(signature),
+    )
     store = open_store(store_url, snapshot_dir=False, failover_dir=False)
     try:
-        store.publish(NAME, json.dumps(table).encode(), group="models")
+        store.publish(NAME, table.model_dump_json().encode(), group="models")
         deadline = time.monotonic() + 30
         while not store.instances(service) and time.monotonic() < deadline:
             time.sleep(0.2)  # the instance registers once ready

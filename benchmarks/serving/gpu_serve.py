@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from serving import bodies, gpu_inprocess
-from serving.gpu_load import LoadResult, closed_loop, http_messages
-from serving.gpu_meter import Nvml, Watch, WindowStats, tree_pids
-from serving.gpu_report import Sink, Table, fmt
-from serving.gpu_setup import NAME, OUTPUT, Paths, Profile, load_inputs, python
-from serving.servers import Server, ServerStartError, start_listening
+from autoai.testing import tree_pids
+
+from . import bodies, gpu_inprocess
+from .gpu_load import LoadResult, closed_loop, http_messages
+from .gpu_meter import Nvml, Watch, WindowStats
+from .gpu_report import Sink, Table, fmt
+from .gpu_setup import NAME, OUTPUT, Paths, Profile, load_inputs, python
+from .servers import Server, ServerStartError, start_listening
 
 __all__ = ["run"]
 

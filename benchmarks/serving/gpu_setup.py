@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from autoai.testing import cpu_model
+
 REPO = Path(__file__).resolve().parents[2]
 INPUTS = Path(__file__).with_name("gpu_inputs.npz")
 NAME = "bert"
@@ -128,16 +130,6 @@ class Paths:
 
     def test_data(self, seq: int) -> Path:
         return self.work / f"test-{seq}.npz"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def machine(gpu: str | None) -> str:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.bodies import GRPC_HEADERS, GRPC_PATH
-from serving.loadgen import LoadResult, ensure_tool, measured
+from .bodies import GRPC_HEADERS, GRPC_PATH
+from .loadgen import LoadResult, ensure_tool, measured
 
 
 @dataclass(frozen=True)

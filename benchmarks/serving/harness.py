@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving import bodies, loadgen, mlserver_peer
-from serving.grpc_load import Counts
-from serving.servers import Server, ServerStartError, start_listening
+from autoai.testing import machine_busy_seconds, tree_cpu_seconds
+
+from . import bodies, mlserver_peer
+from .grpc_load import Counts
+from .servers import Server, ServerStartError, start_listening
 
 HERE = Path(__file__).resolve().parent
 SERVERS = ("naive", "ours", "mlserver")
@@ -190,17 +192,17 @@ def wait_quiet(
     deadline = time.monotonic() + timeout_s
     waited = False
     while True:
-        machine, own = loadgen.machine_cpu(), time.process_time()
-        in_servers = sum(loadgen.process_tree_cpu(s.pid) for s in servers)
+        machine, own = machine_busy_seconds(), time.process_time()
+        in_servers = sum(tree_cpu_seconds(s.pid) for s in servers)
         time.sleep(window_s)
-        busy = (loadgen.machine_cpu() - machine - (time.process_time() - own)) / window_s
+        busy = (machine_busy_seconds() - machine - (time.process_time() - own)) / window_s
         if busy < threshold:
             return True
         if not waited and time.monotonic() > deadline - timeout_s + 5:  # a short wait is normal
             waited = True
             print(f"waiting  for a quiet machine ({busy:.2f} cores busy)")
         if time.monotonic() > deadline:
-            in_servers = sum(loadgen.process_tree_cpu(s.pid) for s in servers) - in_servers
+            in_servers = sum(tree_cpu_seconds(s.pid) for s in servers) - in_servers
             print(
                 f"warning: still {busy:.2f} cores busy after {timeout_s:.0f} s"
                 f" ({in_servers / window_s:.2f} in the servers): going on"

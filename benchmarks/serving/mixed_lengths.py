@@ -2,7 +2,7 @@
 batches pay? (issue 16, point 3)
 
     python -m benchmarks.serving.mixed_lengths [--duration 10] [--rounds 1]
-    python benchmarks/serving/mixed_lengths.py --help
+    python -m benchmarks.serving.mixed_lengths --help
 
 Real sentences tokenized for all-MiniLM-L6-v2 (`minilm-l6.onnx` and `minilm-l6.inputs.npz` from
 `make models`), one sentence per request, sent by wrk (closed loop, one thread, bodies cycled by
@@ -42,12 +42,11 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-# `serving` is this directory as a package, as its other modules import it (run.py does the same).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from autoai.testing import models_dir
 
-from serving import bodies, ceiling, harness, loadgen
-from serving.report import _table
-from serving.servers import Server, start_listening
+from . import bodies, ceiling, harness, loadgen
+from .report import _table
+from .servers import Server, start_listening
 
 NAME = "minilm"
 OUTPUT = "sentence_embedding"
@@ -66,16 +65,11 @@ class Case:
     runs: list[tuple[loadgen.LoadResult, float]] = field(default_factory=list)  # (run, batch)
 
 
-def _cache_models() -> Path:
-    cache = os.environ.get("AUTOAI_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "autoai") / "models"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.serving.mixed_lengths", description=__doc__
     )
-    p.add_argument("--model", type=Path, default=_cache_models() / "minilm-l6.onnx")
+    p.add_argument("--model", type=Path, default=models_dir() / "minilm-l6.onnx")
     p.add_argument("--inputs", type=Path, default=None, help="default: <model stem>.inputs.npz")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each run")

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from serving.servers import Server, free_port, start_polling
+from autoai.testing import free_port
+
+from .servers import Server, start_polling
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-mlserver"

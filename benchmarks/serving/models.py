@@ -14,7 +14,6 @@ measured, since that is what the server overheads compare with.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,6 @@ class ModelSpec:
     def name(self) -> str:
         """The name the servers serve it under (the file's stem)."""
         return self.path.stem
-
-
-def cache_models() -> Path:
-    cache = os.environ.get("AUTOAI_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "autoai") / "models"
 
 
 def builtin(directory: Path) -> dict[str, ModelSpec]:

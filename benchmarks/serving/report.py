@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from serving.ceiling import Ceiling
-from serving.results import (
+from .ceiling import Ceiling
+from .results import (
     BUSY_LIMIT,
     CEILING_TARGET,
     NAIVE_TARGET,

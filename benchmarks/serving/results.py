@@ -14,8 +14,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from serving.ceiling import Ceiling
-from serving.loadgen import LoadResult
+from .ceiling import Ceiling
+from .loadgen import LoadResult
 
 # Issue 3's targets on this 2-core machine.
 CEILING_TARGET = 0.9  # req/s at the highest concurrency vs the best-batch in-process ceiling

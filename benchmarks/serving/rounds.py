@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from serving import bodies, grpc_load, harness, loadgen
-from serving.ceiling import Ceiling, InProcess
-from serving.harness import Skip
-from serving.loadgen import LoadResult
-from serving.results import BUSY_LIMIT, Row
-from serving.servers import Server
+from . import bodies, grpc_load, harness, loadgen
+from .ceiling import Ceiling, InProcess
+from .harness import Skip
+from .loadgen import LoadResult
+from .results import BUSY_LIMIT, Row
+from .servers import Server
 
 T = TypeVar("T")
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """The serving benchmark of issues 3 and 16, in one run on this machine.
 
-    python benchmarks/serving/run.py [--models fast,slow] [--formats json,binary,grpc]
+    python -m benchmarks.serving.run [--models fast,slow] [--formats json,binary,grpc]
                                      [--concurrency 1,8,32] [--duration 8] [--rounds 3] [--quick]
 
 Compares, on two models from `scripts/build_models.py`'s cache (fast: MiniLM cut to 3 layers at
@@ -13,13 +12,7 @@ identity model. All servers stay up and are measured in interleaved rounds (`--r
 drift of the machine's speed hits them alike. See README.md.
 """
 
-import sys
-from pathlib import Path
-
-# `serving` is this directory as a package: put its parent on the path when run as a script.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from serving.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

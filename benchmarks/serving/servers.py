@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -59,18 +58,6 @@ class Server:
                 self.proc.wait(timeout=5)
         if self._drain is not None:
             self._drain.join(timeout=5)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago, for servers that must be told a port number (MLServer).
-
-    Servers that accept `--port 0` and print their port are preferred: this close-then-reuse
-    pattern can race with another process on a busy machine.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(log: Path, lines: int = 15) -> str:

@@ -87,7 +87,9 @@ def test_bad_files_and_uris_are_refused_and_nothing_is_recorded(
 ) -> None:
     with pytest.raises(InvalidRequest, match="empty"):
         repo.register("m", b"")
-    with pytest.raises(InvalidRequest, match="^the uploaded file is not an ONNX model .* it is text"):
+    with pytest.raises(
+        InvalidRequest, match="^the uploaded file is not an ONNX model .* it is text"
+    ):
         repo.register("m", b"this is not a protobuf")
     with pytest.raises(InvalidRequest, match="^notes.txt is not an ONNX model"):
         repo.register("m", b"this is not a protobuf", source="notes.txt")

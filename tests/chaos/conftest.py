@@ -34,8 +34,9 @@ from prometheus_client import CollectorRegistry
 
 from autoai.orchestrators import InstanceRecord, LocalOrchestrator
 from autoai.sdk import ModelClient
+from autoai.testing import free_port
 from config_store import ConfigStore, open_store
-from config_store.testing import ZooKeeperEnsemble, free_ports
+from config_store.testing import ZooKeeperEnsemble
 from config_store.testing.plugin import _require_zookeeper
 from tests.fixtures import disks, onnx_models
 from tests.fixtures.system import ControlPlane, Traffic, records, wait
@@ -154,7 +155,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         store = open_store(store_url, snapshot_dir=False)
         orchestrator = LocalOrchestrator(store, store_url, root / "run")
         bert, blade_options = _blade_wins(root)
-        plane = ControlPlane(store_url, root, free_ports(1)[0], env=_env(root))
+        plane = ControlPlane(store_url, root, free_port(), env=_env(root))
         plane.wait(plane.leads, 30, "the control plane to lead")
         sys_ = System(root, ensemble, store_url, store, plane, orchestrator, refused)
         models = {

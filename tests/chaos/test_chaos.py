@@ -14,18 +14,20 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from autoai.api.dependencies import CONTROL_SERVICE
+from autoai.control import ControlClient, ControlError, Unavailable, Unreachable
+from autoai.schema import PublishResult
 from autoai.sdk import ModelClient
+from autoai.testing import alive
 from config_store import ConfigStore
 from config_store._keys import instances_path
 from tests.fixtures import disks, onnx_models
@@ -103,17 +105,57 @@ def test_3_kill_the_control_plane_and_restart_it(chaos: Chaos, figures: Any) -> 
     assert sorted(running) == sorted(p for pids in after.values() for p in pids)  # no orphan
 
 
+def _refusal(call: Callable[[], object]) -> ControlError:
+    """The error status the control plane answered ``call`` with (no answer: raised)."""
+    try:
+        answer = call()
+    except ControlError as exc:
+        if exc.status is None:
+            raise
+        return exc
+    raise AssertionError(f"expected an error status, got {answer!r}")
+
+
+def _status(call: Callable[[], object]) -> int:
+    """200 when ``call`` succeeds, else the error status it was answered."""
+    try:
+        call()
+    except ControlError as exc:
+        if exc.status is None:
+            raise
+        return exc.status
+    return 200
+
+
+def _published(
+    control: ControlClient, model: str, body: dict[str, Any]
+) -> tuple[int, PublishResult | None]:
+    """(200, the answer), or (the error status, None), or (0, None) when the publish timed out."""
+    try:
+        return 200, control.publish(model, body)
+    except Unreachable as exc:
+        if not exc.timed_out:
+            raise
+        return 0, None
+    except ControlError as exc:
+        return exc.status or 0, None
+
+
 def _publish_code(chaos: Chaos, model: str, reason: str) -> tuple[int, Any]:
     body = {"routes": [{"version": "1", "weight": 100}], "reason": reason}
-    answer = chaos.system.plane.http.post(f"/api/v1/models/{model}/publish", json=body)
-    return answer.status_code, answer.json()
+    try:
+        return 200, chaos.system.plane.control.publish(model, body).model_dump(mode="json")
+    except ControlError as exc:
+        if exc.status is None:
+            raise
+        return exc.status, {"error": exc.error, "detail": exc.detail}
 
 
 OUTAGE_S = 60.0
 
 
 def _session(store: ConfigStore) -> int | None:
-    session: int | None = store.session_id  # type: ignore[attr-defined]
+    session: int | None = store.session_id
     return session
 
 
@@ -175,9 +217,9 @@ def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
     spare = onnx_models.tagged(system.root / f"b-spare-{time.monotonic_ns()}", 2.0)
     body = {"name": "b", "uri": f"file://{spare}"}
     undeployed = plane.call("POST", "/api/v1/models", 201, json=body)["version"]
-    seen = plane.http.get(f"/api/v1/models/b/versions/{undeployed}").status_code
+    seen = _status(lambda: plane.control.get_version("b", undeployed))
     wait(
-        lambda: plane.http.get(f"/api/v1/models/b/versions/{undeployed}").status_code == 200,
+        lambda: _status(lambda: plane.control.get_version("b", undeployed)) == 200,
         10,
         "the control plane to read its own registration back",
     )
@@ -190,9 +232,9 @@ def test_4_the_whole_ensemble_down(chaos: Chaos, figures: Any) -> None:
         down = time.monotonic()
         # Writes fail cleanly while the store is away, and change nothing.
         code, doc = _publish_code(chaos, "b", "during the outage")
-        deploy = plane.http.post(f"/api/v1/models/b/versions/{undeployed}/deploy", json={})
-        assert (code, deploy.status_code) == (503, 503), (doc, deploy.text)
-        assert deploy.headers.get("Retry-After")
+        deploy = _refusal(lambda: plane.control.deploy("b", undeployed, {}))
+        assert (code, deploy.status) == (503, 503), (doc, deploy)
+        assert isinstance(deploy, Unavailable) and deploy.retry_after
         wait(lambda: time.monotonic() - down > OUTAGE_S, OUTAGE_S + 5, "the outage", step=1)
         served = chaos.load.sent - during
         for server in system.ensemble:
@@ -349,11 +391,7 @@ def test_2_rolling_sigterm_restart_of_every_instance(chaos: Chaos, figures: Any)
 
 
 def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
+    return not alive(pid)  # a zombie (exited, not yet reaped) is gone
 
 
 def _replaced(system: System, model: str, version: str, pid: int) -> bool:
@@ -451,21 +489,18 @@ def test_5_zookeeper_leader_killed_during_a_stream_of_publishes(chaos: Chaos, fi
                 last[n] = table.revision
             time.sleep(0.002)
 
-    def publish(weights: dict[str, int], http: httpx.Client) -> None:
+    def publish(weights: dict[str, int], control: ControlClient) -> None:
         body = {"routes": [{"version": v, "weight": w} for v, w in weights.items()]}
         started = time.monotonic()
-        try:
-            answer = http.post("/api/v1/models/a/publish", json=body)
+        status, answer = _published(control, "a", body)
+        if status:  # 0: timed out, outcome unknown: neither acknowledged nor assumed lost
             took.append(time.monotonic() - started)
-        except httpx.TimeoutException:
-            refused[0] += 1  # outcome unknown: neither acknowledged nor assumed lost
-            return
-        if answer.status_code == 200:
-            acked[answer.json()["revision"]] = weights
+        if answer is not None:
+            acked[answer.revision] = weights
         else:
-            refused[answer.status_code] += 1
+            refused[status] += 1
 
-    http = httpx.Client(base_url=system.plane.url, headers=system.plane.http.headers, timeout=20)
+    http = system.plane.process.client(timeout=20)
     sampler = threading.Thread(target=sample, daemon=True)
     killed_at = restarted_at = 0.0
     try:
@@ -559,11 +594,8 @@ def test_9_disk_full_during_register(chaos: Chaos, figures: Any) -> None:
     filler = disks.fill(repo, leave=128 << 10)
     try:
         files = _repo_files(repo)
-        with model.open("rb") as f:
-            upload = plane.http.post(
-                "/api/v1/models", data={"name": "b"}, files={"file": ("c.onnx", f)}
-            )
-        by_uri = plane.http.post("/api/v1/models", json={"name": "b", "uri": f"file://{model}"})
+        upload = _refusal(lambda: plane.control.register_model("b", file=model, filename="c.onnx"))
+        by_uri = _refusal(lambda: plane.control.register_model("b", uri=f"file://{model}"))
         after = _repo_files(repo)
         kept = [v["version"] for v in plane.call("GET", "/api/v1/models/b")["versions"]]
     finally:
@@ -578,14 +610,14 @@ def test_9_disk_full_during_register(chaos: Chaos, figures: Any) -> None:
         "9 disk full during register",
         calls_sent=sent,
         calls_failed=sum(failed.values()),
-        upload_status=upload.status_code,
-        uri_status=by_uri.status_code,
+        upload_status=upload.status,
+        uri_status=by_uri.status,
         files_left_behind=len(set(after) - set(files)),
         versions_added=len(kept) - len(versions),
     )
-    assert (upload.status_code, by_uri.status_code) == (507, 507), (upload.text, by_uri.text)
-    assert "no room" in upload.json()["error"]
-    assert upload.json()["detail"]["errno"] == "ENOSPC"
+    assert (upload.status, by_uri.status) == (507, 507), (upload, by_uri)
+    assert "no room" in upload.error
+    assert upload.detail["errno"] == "ENOSPC"
     assert after == files  # no temporary file, no blob
     assert kept == versions  # no partial version
     assert int(registered["version"]) > max(int(v) for v in versions)

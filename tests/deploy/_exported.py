@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from autoai.api._metrics import ControlMetrics
+from autoai.schema import Deployment
 from eas_client import ClientMetrics
 from eas_server._metrics import ServerMetrics
 
@@ -51,7 +52,16 @@ def exported() -> dict[str, dict[str, tuple[str, frozenset[str]]]]:
     """Per component (``eas-server``, ``control plane``, ``sdk``): sample name -> (family type,
     label names)."""
     server = ServerMetrics(CollectorRegistry(), model="m", version="1", processor="onnx")
-    deployment = {"name": "m", "version": "1", "processor": "onnx", "service": "m-1"}
+    deployment = Deployment(
+        name="m",
+        version="1",
+        service="m-1",
+        processor="onnx",
+        model_sha256="0" * 64,
+        created=0.0,
+        instances=[],
+        endpoints=[],
+    )
     control = ControlMetrics(
         CollectorRegistry(), jobs=dict, deployments=lambda: [deployment], version="0"
     )

@@ -20,16 +20,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from autoai.api import ControlSettings
-from autoai.orchestrators import process_alive
+from autoai.control import ControlClient, ControlError
 from autoai.sdk import ModelClient
+from autoai.testing import alive, cmdline
 from config_store import open_store
 from config_store.testing import ZooKeeperNotInstalled, four_letter_word, zookeeper_classpath
 from tests.fixtures import onnx_models
@@ -40,7 +39,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.zk]
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "local-ensemble.sh"
 TOKEN = "ensemble-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _require_zookeeper() -> None:
@@ -70,11 +68,10 @@ class Node:
         """The PID the script recorded, when that process is alive and is this node's JVM."""
         try:
             pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        ours = str(self.pid_file.parent / "zoo.cfg").encode() in cmdline
-        return pid if ours and process_alive(pid) else None
+        ours = str(self.pid_file.parent / "zoo.cfg") in cmdline(pid).split(" ")
+        return pid if ours and alive(pid) else None
 
     def mode(self) -> str | None:
         try:
@@ -138,7 +135,7 @@ def ensemble(tmp_path: Path) -> Iterator[Ensemble]:
         left = set(ens.started_pids)  # the script stopped all it started
 
         def all_gone() -> bool:
-            left.difference_update([p for p in left if not process_alive(p)])
+            left.difference_update([p for p in left if not alive(p)])
             return not left
 
         _wait(all_gone, f"ZooKeeper PIDs {sorted(left)} to exit", 15)
@@ -201,7 +198,7 @@ class Calls:
     ok: list[float]
     """When each successful call ended (monotonic)."""
     failed: list[str]
-    sessions: tuple[int, int] | None = None
+    sessions: tuple[int | None, int | None] | None = None
     """The SDK store's ZooKeeper session id before and after the traffic."""
 
 
@@ -231,37 +228,33 @@ def _traffic(store_url: str, stop: threading.Event, calls: Calls, threads: int =
         except Exception as exc:
             calls.failed.append(f"the first call: {exc!r}")
             return
-        session = store.session_id  # type: ignore[attr-defined]
+        session = store.session_id
         workers = [threading.Thread(target=work, args=(client,)) for _ in range(threads)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
         # the SDK reconnected to a surviving node within its session timeout: same session
-        calls.sessions = (session, store.session_id)  # type: ignore[attr-defined]
+        calls.sessions = (session, store.session_id)
 
 
 @contextlib.contextmanager
-def _control_plane(store_url: str, root: Path) -> Iterator[httpx.Client]:
+def _control_plane(store_url: str, root: Path) -> Iterator[ControlClient]:
     settings = ControlSettings(
         store_url=store_url, repo_dir=root / "repo", run_dir=root / "run", admin_token=TOKEN
     )
     try:
-        with control_plane_in_thread(settings) as url:
-            http = httpx.Client(base_url=url, headers=AUTH, timeout=60)
+        with (
+            control_plane_in_thread(settings) as url,
+            ControlClient(url, token=TOKEN, timeout=60) as control,
+        ):
             try:
-                yield http
+                yield control
             finally:
-                with contextlib.suppress(httpx.HTTPError):
-                    http.delete("/api/v1/models/tagger/versions/1/deploy?force=true")
-                http.close()
+                with contextlib.suppress(ControlError):
+                    control.undeploy("tagger", "1", force=True)
     finally:
         kill_recorded_instances(store_url)
-
-
-def _ok(answer: httpx.Response, code: int = 200) -> Any:
-    assert answer.status_code == code, f"{answer.request.url}: {answer.status_code} {answer.text}"
-    return answer.json()
 
 
 @pytest.mark.timeout(120)
@@ -269,22 +262,14 @@ def test_leader_killed_during_sdk_traffic_fails_no_call(ensemble: Ensemble, tmp_
     began = time.monotonic()
     connect = ",".join(f"127.0.0.1:{n.port}" for n in ensemble.nodes())
     store_url = f"zk://{connect}/autoai"
-    with _control_plane(store_url, tmp_path / "control") as http:
+    with _control_plane(store_url, tmp_path / "control") as control:
         model = onnx_models.tagged(tmp_path, 1.0)
-        _ok(http.post("/api/v1/models", json={"name": "tagger", "uri": f"file://{model}"}), 201)
+        control.register_model("tagger", uri=f"file://{model}")
         spec = {"processor": "onnx", "metadata": {"instance": 2, "cpu": 1}}
-        job = _ok(http.post("/api/v1/models/tagger/versions/1/deploy", json=spec), 202)["job"]
-        _wait(
-            lambda: http.get(f"/api/v1/jobs/{job}").json()["state"] in ("succeeded", "failed"),
-            "the deploy",
-            60,
-        )
-        doc = http.get(f"/api/v1/jobs/{job}").json()
-        assert doc["state"] == "succeeded", doc
-        table = {"routes": [{"version": "1", "weight": 100}]}
-        _ok(http.post("/api/v1/models/tagger/publish", json=table))
-        deployment = _ok(http.get("/api/v1/models/tagger/versions/1/deployment"))
-        assert len(deployment["endpoints"]) == 2
+        control.wait_job(control.deploy("tagger", "1", spec), timeout=60)
+        control.publish("tagger", {"routes": [{"version": "1", "weight": 100}]})
+        deployment = control.deployment("tagger", "1")
+        assert len(deployment.endpoints) == 2
 
         calls = Calls([], [])
         stop = threading.Event()
@@ -314,9 +299,9 @@ def test_leader_killed_during_sdk_traffic_fails_no_call(ensemble: Ensemble, tmp_
 
         # the instances kept their registrations (their sessions moved to surviving nodes) and
         # the control plane still answers and sees both ready
-        assert http.get("/healthz").status_code == 200
-        deployment = _ok(http.get("/api/v1/models/tagger/versions/1/deployment"))
-        assert len(deployment["endpoints"]) == 2
-        assert [bool(i["ready"]) for i in deployment["instances"]] == [True, True]
+        assert control.healthz().status == "ok"
+        deployment = control.deployment("tagger", "1")
+        assert len(deployment.endpoints) == 2
+        assert [i.ready for i in deployment.instances] == [True, True]
         assert ensemble.run("status").returncode == 1  # the killed node is down
     assert time.monotonic() - began < 90

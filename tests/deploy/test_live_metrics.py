@@ -11,14 +11,12 @@ calls: names, types and label sets are those the components' metric classes defi
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoai.api import ControlSettings
+from autoai.control import ControlClient, ControlError
 from tests.fixtures import onnx_models
 from tests.fixtures.system import control_plane_in_thread, kill_recorded_instances, wait
 
@@ -35,7 +34,6 @@ from ._promtool import REPO, run_promtool
 pytestmark = pytest.mark.slow
 
 TOKEN = "live-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CALLS = 40
 ROWS = 2  # rows per call (_sdk_app sends a [2, 4] tensor)
 
@@ -142,7 +140,7 @@ class SdkApp:
 class Live:
     url: str
     """The control plane."""
-    http: httpx.Client
+    control: ControlClient
     sdk: SdkApp
     revision: int
     before: Scrape
@@ -150,40 +148,25 @@ class Live:
 
     def instances(self) -> dict[str, str]:
         """Version -> the /metrics URL of its one instance, from the control plane's HTTP SD."""
-        groups = self.http.get("/api/v1/sd/prometheus").json()
+        groups = self.control.prometheus_targets()
         return {
-            g["labels"]["version"]: f"http://{t}{g['labels']['__metrics_path__']}"
+            g.labels["version"]: f"http://{t}{g.labels['__metrics_path__']}"
             for g in groups
-            for t in g["targets"]
+            for t in g.targets
         }
 
 
-def _ok(answer: httpx.Response, code: int = 200) -> Any:
-    assert answer.status_code == code, f"{answer.request.url}: {answer.status_code} {answer.text}"
-    return answer.json()
-
-
-def _ended(http: httpx.Client, job: str) -> bool:
-    return http.get(f"/api/v1/jobs/{job}").json()["state"] in ("succeeded", "failed")
-
-
-def _deploy(http: httpx.Client, tmp: Path) -> int:
+def _deploy(control: ControlClient, tmp: Path) -> int:
     """Register versions 1 and 2 of `tagger`, deploy both, publish 1 with 2 as full shadow."""
     for tag in (1.0, 2.0):
         model = onnx_models.tagged(tmp, tag)
-        _ok(http.post("/api/v1/models", json={"name": "tagger", "uri": f"file://{model}"}), 201)
+        control.register_model("tagger", uri=f"file://{model}")
     spec = {"processor": "onnx", "metadata": {"instance": 1}}
-    jobs = [
-        _ok(http.post(f"/api/v1/models/tagger/versions/{v}/deploy", json=spec), 202)["job"]
-        for v in ("1", "2")
-    ]
+    jobs = [control.deploy("tagger", v, spec) for v in ("1", "2")]
     for job in jobs:
-        _wait(functools.partial(_ended, http, job), "the deploys", 120)
-        doc = http.get(f"/api/v1/jobs/{job}").json()
-        assert doc["state"] == "succeeded", doc
+        control.wait_job(job, timeout=120)
     table = {"routes": [{"version": "1", "weight": 100}], "shadow": {"version": "2", "ratio": 1.0}}
-    revision: int = _ok(http.post("/api/v1/models/tagger/publish", json=table))["revision"]
-    return revision
+    return control.publish("tagger", table).revision
 
 
 @pytest.fixture(scope="module")
@@ -201,21 +184,22 @@ def _live(root: Path) -> Iterator[Live]:
         store_url=store_url, repo_dir=root / "repo", run_dir=root / "run", admin_token=TOKEN
     )
     try:
-        with control_plane_in_thread(settings) as url:
-            http = httpx.Client(base_url=url, headers=AUTH, timeout=30)
+        with (
+            control_plane_in_thread(settings) as url,
+            ControlClient(url, token=TOKEN, timeout=30) as control,
+        ):
             sdk: SdkApp | None = None
             try:
                 before = Scrape.get(f"{url}/metrics")
-                revision = _deploy(http, root)
+                revision = _deploy(control, root)
                 sdk = SdkApp(store_url, "tagger")
-                yield Live(url, http, sdk, revision, before)
+                yield Live(url, control, sdk, revision, before)
             finally:
                 if sdk is not None:
                     sdk.stop()
                 for version in ("1", "2"):  # drain and stop; what is left is killed below
-                    with contextlib.suppress(httpx.HTTPError):
-                        http.delete(f"/api/v1/models/tagger/versions/{version}/deploy?force=true")
-                http.close()
+                    with contextlib.suppress(ControlError):
+                        control.undeploy("tagger", version, force=True)
     finally:
         kill_recorded_instances(store_url)
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from autoai.orchestrators import LocalOrchestrator
+from autoai.testing import cmdline
 from config_store import PermissionDenied, open_store
 from tests.fixtures import onnx_models
 from tests.fixtures.servers import StartServer
@@ -19,16 +20,13 @@ SERVICE_TOKEN = "svc-91d4-never-logged"
 GOOD = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 
 
-def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-
-
 def test_model_server_token_401_and_never_logged_nor_in_argv(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     model = onnx_models.identity(tmp_path)
     server = start_server(model, "--log-level", "debug", env={"EAS_TOKEN": SERVICE_TOKEN})
-    assert SERVICE_TOKEN not in _cmdline(server.proc.pid)
+    argv = cmdline(server.proc.pid)
+    assert argv and SERVICE_TOKEN not in argv
     infer = f"{server.url}/v2/models/m/infer"
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{server.url}/v2/health/ready").status_code == 200  # health stays open
@@ -75,7 +73,8 @@ def test_local_instances_get_secrets_from_owner_only_files_and_env_not_argv(
                 assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0
             assert json.loads(config.read_text())["token"] == SERVICE_TOKEN
             for record in records:
-                argv = _cmdline(record.pid)
+                argv = cmdline(record.pid)
+                assert argv, f"instance pid {record.pid} is gone"
                 for secret in ("w-secret", "r-secret", SERVICE_TOKEN):
                     assert secret not in argv, argv
                 assert SERVICE_TOKEN not in Path(record.log).read_text()

@@ -1,0 +1,1 @@
+"""How far one ZooKeeper carries the store (`python -m benchmarks.scaling.capacity`)."""
