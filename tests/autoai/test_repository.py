@@ -88,10 +88,10 @@ def test_bad_files_and_uris_are_refused_and_nothing_is_recorded(
     with pytest.raises(InvalidRequest, match="empty"):
         repo.register("m", b"")
     with pytest.raises(
-        InvalidRequest, match="^the uploaded file is not an ONNX model .* it is text"
+        InvalidRequest, match=r"^the uploaded file is not an ONNX model .* it is text"
     ):
         repo.register("m", b"this is not a protobuf")
-    with pytest.raises(InvalidRequest, match="^notes.txt is not an ONNX model"):
+    with pytest.raises(InvalidRequest, match=r"^notes\.txt is not an ONNX model"):
         repo.register("m", b"this is not a protobuf", source="notes.txt")
     with pytest.raises(InvalidRequest, match="unsupported URI scheme 's3'"):
         repo.read_uri("s3://bucket/model.onnx")

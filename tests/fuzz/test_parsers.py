@@ -14,11 +14,12 @@ from typing import Any
 import hypothesis
 import pytest
 from hypothesis import HealthCheck, given, strategies as st
+from pydantic import ValidationError
 
 import blade_aspect
-from autoai.deployments import _first_port, _instances, _resources
 from autoai.errors import InvalidRequest
 from autoai.repository import validate_name
+from autoai.schema import DeploySpec
 from autoai.sdk._errors import InvalidRouteTable
 from autoai.sdk._routes import parse_route_table
 from config_store import InvalidKey, InvalidUrl
@@ -258,8 +259,6 @@ def test_deploy_spec_checks_raise_only_their_errors(spec: dict[str, Any]) -> Non
     except blade_aspect.InvalidDeploySpec:
         pass
     try:
-        instances = _instances(spec)
-        _first_port(spec, instances)
-        _resources(spec)
-    except InvalidRequest:
-        pass
+        DeploySpec.model_validate(spec)
+    except ValidationError:
+        pass  # refused with the field at fault, never another exception
