@@ -72,6 +72,7 @@ def build_app(
         padding=processor.padding,
         observer=metrics,
         inline=inline and processor.workers == 1,
+        ahead=processor.device != "cpu",  # keep the device fed (see DynamicBatcher)
     )
     model = ModelInfo(
         name=settings.name,

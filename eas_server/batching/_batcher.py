@@ -123,6 +123,14 @@ class DynamicBatcher:
         inline: run batches on the event loop's thread (``workers`` must be 1): the loop does
             nothing else while a batch runs, and the requests that arrive meanwhile form the
             next batch.
+
+        ahead: with worker threads, let one full batch wait ahead of busy workers: a worker
+            that finishes takes it at once instead of idling until the event loop has handed
+            back the results and formed the next batch (on a GPU that round trip is
+            milliseconds under load, and the device idles through it). Only a full batch goes
+            ahead, so under light load batches still form as late and as full as they can. The
+            price: its requests are committed early, so a later request of higher priority can
+            overtake them by at most that one batch, and their queue timeout stops at that point.
     """
 
     def __init__(
@@ -140,6 +148,7 @@ class DynamicBatcher:
         padding: Padding | None = None,
         observer: BatchObserver | None = None,
         inline: bool = False,
+        ahead: bool = False,
     ):
         if inline and workers != 1:
             raise ValueError("inline runs one batch at a time: workers must be 1")
@@ -165,6 +174,8 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._with_deadline = 0
         self._free = workers
+        self._ahead = 1 if ahead and not inline else 0
+        """Full batches that may wait for a busy worker (``_free`` goes down to ``-_ahead``)."""
         self._inflight_rows = 0
         self._demand = 1
         self._closing = False
@@ -371,10 +382,13 @@ class DynamicBatcher:
             while True:
                 now = time.monotonic()
                 nearest_deadline = self._expire(now)  # also while every worker is busy
-                if self._free == 0 or self._queued == 0:
+                if self._free <= -self._ahead or self._queued == 0:
                     self._arm(nearest_deadline)
                     return
                 batch, rows, oldest, chunk = self._candidate()
+                if self._free <= 0 and rows < self.max_batch_size:
+                    self._arm(nearest_deadline)  # only a full batch waits ahead of the workers
+                    return
                 trigger = self._trigger(rows, oldest, chunk, now)
                 if trigger is None:
                     wake_at = oldest + self.max_delay_s
@@ -482,6 +496,7 @@ class DynamicBatcher:
     # ----------------------------------------------------------------------- worker thread
 
     def _run_job(self, job: _Job, worker: int) -> tuple[float, list[_Outcome]]:
+        job.started = time.monotonic()  # a batch that waited ahead was queued until now
         wanted: frozenset[str] | None = frozenset()
         for e in job.batch:
             wanted = None if wanted is None or e.outputs is None else wanted | e.outputs

@@ -341,3 +341,43 @@ def test_inline_runs_on_the_loop_thread_and_batches_what_arrived_meanwhile() -> 
 def test_inline_needs_exactly_one_worker() -> None:
     with pytest.raises(ValueError, match="workers must be 1"):
         DynamicBatcher(FakeProcessor().run, workers=2, inline=True)
+
+
+def test_ahead_a_full_batch_waits_for_a_busy_worker_and_a_partial_one_does_not() -> None:
+    async def body() -> None:
+        proc, obs = FakeProcessor(), Observer()
+        batcher = make(proc, obs, max_delay_s=10.0, ahead=True)
+        blocker = await _hold(proc, batcher)
+        full = [asyncio.create_task(batcher.infer(rows(i + 1))) for i in range(8)]
+        await asyncio.sleep(0)  # every request of the full batch is queued
+        # The full batch left the queue for the worker's hand (it waits ahead of it) ...
+        assert batcher.queue_depth == 0
+        partial = [asyncio.create_task(batcher.infer(rows(10 + i))) for i in range(3)]
+        await asyncio.sleep(0)
+        # ... but a partial batch stays queued, free to fill, while no worker is free.
+        assert batcher.queue_depth == 3
+        proc.gate.set()
+        done = await asyncio.gather(*full)
+        await blocker
+        # The full batch ran next, as one batch; its queue time ends when the worker took it.
+        assert [len(b) for b in proc.batches[:2]] == [1, 8]
+        assert all(r.batch_rows == 8 for r in done)
+        rest = await asyncio.gather(*partial)
+        assert all(r.batch_rows == 3 for r in rest)
+        assert [b[0] for b in obs.batches] == [1, 8, 3]
+        await batcher.close()
+
+    run(body)
+
+
+def test_inline_never_forms_a_batch_ahead() -> None:
+    async def body() -> None:
+        proc = FakeProcessor()
+        batcher = make(proc, inline=True, ahead=True, max_delay_s=10.0)
+        tasks = [asyncio.create_task(batcher.infer(rows(i + 1))) for i in range(16)]
+        results = await asyncio.gather(*tasks)
+        assert [len(b) for b in proc.batches] == [8, 8]
+        assert {r.batch_rows for r in results} == {8}
+        await batcher.close()
+
+    run(body)
