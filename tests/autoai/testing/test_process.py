@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,12 +89,17 @@ def test_gone_processes_read_as_gone(tmp_path: Path) -> None:
 def test_terminate_signals_only_the_marked_pids_and_kills_what_ignores_sigterm(
     tmp_path: Path,
 ) -> None:
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    marked = subprocess.Popen([sys.executable, "-c", stubborn, str(tmp_path)])
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring', flush=True); time.sleep(60)"
+    )
+    marked = subprocess.Popen(
+        [sys.executable, "-c", stubborn, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        wait(lambda: str(tmp_path) in cmdline(marked.pid), 10, "the marked process")
-        time.sleep(0.3)  # let it install its handler
+        assert marked.stdout is not None
+        assert marked.stdout.readline() == "ignoring\n"  # its handler is in place
         signalled = terminate([marked.pid, other.pid], timeout=1, mark=str(tmp_path))
         assert signalled == [marked.pid]
         assert marked.wait(5) == -signal.SIGKILL  # SIGTERM ignored: killed after the timeout
@@ -107,6 +111,8 @@ def test_terminate_signals_only_the_marked_pids_and_kills_what_ignores_sigterm(
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+        if marked.stdout is not None:
+            marked.stdout.close()
 
 
 def test_ports() -> None:
