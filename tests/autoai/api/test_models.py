@@ -56,7 +56,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"json": {"name": "Bad Name", "uri": "file:///x"}}, "cannot read"),
     ({"json": {"name": "m", "uri": "ftp://x/y.onnx"}}, "unsupported URI scheme"),
     ({"content": b"{not json", "type": "application/json"}, "expected"),
-    ({"data": {"name": "m"}, "files": {"file": ("m.onnx", b"garbage")}}, "m.onnx is not an ONNX model"),
+    (
+        {"data": {"name": "m"}, "files": {"file": ("m.onnx", b"garbage")}},
+        "m.onnx is not an ONNX model",
+    ),
     ({"data": {"name": "m"}, "files": {"other": ("m.onnx", b"x")}}, "'file'"),
 ]
 
