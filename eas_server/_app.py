@@ -37,7 +37,7 @@ from ._metrics import ServerMetrics
 from ._model import ModelInfo, plan_request
 from .batching import BatchResult, DynamicBatcher
 
-__all__ = ["EasApp", "OipApp"]
+__all__ = ["EasApp", "OipApp", "respond", "respond_error", "status_of"]
 
 log = logging.getLogger("eas_server")
 
@@ -62,8 +62,32 @@ _JSON = b"application/json"
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
-def _status_of(exc: EasServerError) -> tuple[int, str]:
+def status_of(exc: EasServerError) -> tuple[int, str]:
+    """The HTTP status and outcome label of an error (``_STATUS``)."""
     return next((status, outcome) for cls, status, outcome in _STATUS if isinstance(exc, cls))
+
+
+async def respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a whole response (JSON unless ``headers`` say otherwise)."""
+    hdrs = headers if headers is not None else [(b"content-type", _JSON)]
+    hdrs.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_error(send: Send, status: int, message: str, exc: Exception | None) -> None:
+    """``{"error": message}``, with Retry-After on 503s and WWW-Authenticate on 401s."""
+    headers = [(b"content-type", _JSON)]
+    if isinstance(exc, Unavailable):
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    elif isinstance(exc, Unauthorized):
+        headers.append((b"www-authenticate", b"Bearer"))
+    try:
+        await respond(send, status, encode_error(message), headers)
+    except Exception:  # the response had started, or the client left: nothing more to say
+        log.debug("could not send error %d", status, exc_info=True)
 
 
 class _ClientGone(Exception):
@@ -137,6 +161,10 @@ class OipApp(abc.ABC):
         self._config = orjson.dumps(
             self._model_config(max_batch_size, dynamic_batching, instance_group)
         )
+
+    def server_document(self) -> dict[str, Any]:
+        """``GET /v2``'s document."""
+        return dict(orjson.loads(self._server))
 
     def documents(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """The server metadata, model metadata and model config documents, as ``GET /v2``,
@@ -234,7 +262,7 @@ class OipApp(abc.ABC):
         except _ClientGone:
             return
         except EasServerError as exc:
-            status, outcome = _status_of(exc)
+            status, outcome = status_of(exc)
             if scope["path"].endswith("/infer"):
                 self.on_failure(outcome, time.perf_counter() - started)
             await self._error(send, status, str(exc), exc)
@@ -407,23 +435,12 @@ class OipApp(abc.ABC):
         content_type: bytes = _JSON,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        hdrs = headers if headers is not None else [(b"content-type", content_type)]
-        hdrs.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, body, headers or [(b"content-type", content_type)])
 
     async def _error(
         self, send: Send, status: int, message: str, exc: EasServerError | None
     ) -> None:
-        headers = [(b"content-type", _JSON)]
-        if isinstance(exc, Unavailable):
-            headers.append((b"retry-after", str(exc.retry_after).encode()))
-        elif isinstance(exc, Unauthorized):
-            headers.append((b"www-authenticate", b"Bearer"))
-        try:
-            await self._send(send, status, encode_error(message), headers=headers)
-        except Exception:  # the response had started, or the client left: nothing more to say
-            log.debug("could not send error %d", status, exc_info=True)
+        await respond_error(send, status, message, exc)
 
 
 class EasApp(OipApp):
@@ -439,6 +456,20 @@ class EasApp(OipApp):
         super().__init__(**options)
         self.batcher = batcher
         self.metrics = metrics
+
+    # the catalog that the gRPC front end reads (a repository app has the same three)
+
+    def find(self, name: str, version: str | None) -> EasApp:
+        """This app, if it serves ``name``/``version`` (None: any); else ModelNotFound."""
+        self.model.check_address(name, version)
+        return self
+
+    def apps(self) -> list[EasApp]:
+        return [self]
+
+    def record_failure(self, name: str, outcome: str, total_s: float) -> None:
+        """A failed infer call addressed to ``name`` (counted here whatever the name)."""
+        self.on_failure(outcome, total_s)
 
     async def submit(
         self,

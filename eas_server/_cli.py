@@ -1,4 +1,4 @@
-"""``eas-server``: serve one model version over the Open Inference Protocol.
+"""``eas-server``: serve model versions over the Open Inference Protocol.
 
 A start that fails (bad flags, a missing or non-ONNX model file, a busy port, a store that cannot
 be opened) ends in one line on stderr, ``eas-server: ...``, and exit status 2; once serving, the
@@ -34,13 +34,20 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="eas-server",
-        description="Serve one ONNX model version over the Open Inference Protocol (KServe v2, "
-        "with Triton's binary tensors, /config and /stats) with dynamic batching. Prints "
+        description="Serve ONNX model versions over the Open Inference Protocol (KServe v2, "
+        "with Triton's binary tensors, /config, /stats and repository extension) with dynamic "
+        "batching: one (--model, --name) or a repository of many (--model-repository). Prints "
         "'listening on http://HOST:PORT' once ready.",
         epilog="Precedence: flags > EAS_* environment > --config service JSON > defaults.",
     )
     a = p.add_argument
     a("--model", help="model path (.onnx file, or a blade artifact directory)")
+    a(
+        "--model-repository",
+        help="serve every model of this directory (DIR/NAME/VERSION/model.onnx or a blade "
+        "artifact there; optional DIR/NAME/config.json service JSON) and take Triton's "
+        "repository API (load, unload, index) for more; --model may be served beside them",
+    )
     a("--name", help="model name clients address")
     a("--version", help="model version (default 1)")
     a("--processor", help="runtime: onnx (default) or blade")
@@ -209,7 +216,10 @@ def _explain(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            where = ".".join(str(p) for p in err["loc"])
+            if not where:  # a rule across several settings: the message names the flags
+                parts.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             flag = "--" + where.replace("_", "-")
             parts.append(f"{flag}: {err['msg']}")
         return "; ".join(parts)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["OUTCOMES", "TRIGGERS", "ServerMetrics"]
+__all__ = ["OUTCOMES", "TRIGGERS", "MetricFamilies", "ServerMetrics"]
 
 _LATENCY_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
 _LATENCY_BUCKETS += (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -49,8 +49,49 @@ class _Stats:
     batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
 
 
+class MetricFamilies:
+    """The metric families of one registry, shared by every model version an instance hosts
+    (one family per name in an exposition; each model version is a set of labels in it)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        labels = ("model", "version", "processor")
+        self.registry = registry
+        self.request_duration = Histogram(
+            "eas_request_duration_seconds", "Time from request received to response ready",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.queue_duration = Histogram(
+            "eas_queue_duration_seconds", "Time a request waited in the batcher's queue",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.compute_duration = Histogram(
+            "eas_compute_duration_seconds", "Runtime time of the batch that carried a request",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "eas_batch_size", "Rows per runtime call", labels, registry=registry,
+            buckets=_BATCH_BUCKETS,
+        )  # fmt: skip
+        self.requests = Counter(
+            "eas_requests", "Requests by outcome", (*labels, "outcome"), registry=registry
+        )
+        self.batches = Counter(
+            "eas_batches", "Batches by what fired them", (*labels, "trigger"), registry=registry
+        )
+        self.queue_depth = Gauge(
+            "eas_queue_depth", "Requests waiting in the queue", labels, registry=registry
+        )
+        self.build = Gauge(
+            "eas_build_info",
+            "Always 1: the server's version, and whether it serves beyond loopback without a "
+            "token (--insecure)",
+            (*labels, "server_version", "insecure"),
+            registry=registry,
+        )
+
+
 class ServerMetrics:
-    """The server's metrics and statistics; also the batcher's ``BatchObserver``.
+    """One model version's metrics and statistics; also its batcher's ``BatchObserver``.
 
     Args:
         registry: where they are registered (one per server; never the global registry).
@@ -58,6 +99,8 @@ class ServerMetrics:
         server_version: ``eas_build_info``'s ``server_version`` (the installed package's).
         insecure: ``eas_build_info``'s ``insecure`` label: it serves beyond loopback without a
             token, as ``--insecure`` allowed.
+        families: the registry's families when the instance hosts several model versions
+            (``MetricFamilies(registry)`` once); None: created here.
     """
 
     def __init__(
@@ -69,49 +112,46 @@ class ServerMetrics:
         processor: str,
         server_version: str = "0",
         insecure: bool = False,
+        families: MetricFamilies | None = None,
     ):
-        labels = ("model", "version", "processor")
-        values = (model, version, processor)
+        f = self.families = families if families is not None else MetricFamilies(registry)
+        values = self._values = (model, version, processor)
+        self._build = (*values, server_version, "true" if insecure else "false")
         self.registry = registry
-        self.request_duration = Histogram(
-            "eas_request_duration_seconds", "Time from request received to response ready",
-            labels, registry=registry, buckets=_LATENCY_BUCKETS,
-        ).labels(*values)  # fmt: skip
-        self.queue_duration = Histogram(
-            "eas_queue_duration_seconds", "Time a request waited in the batcher's queue",
-            labels, registry=registry, buckets=_LATENCY_BUCKETS,
-        ).labels(*values)  # fmt: skip
-        self.compute_duration = Histogram(
-            "eas_compute_duration_seconds", "Runtime time of the batch that carried a request",
-            labels, registry=registry, buckets=_LATENCY_BUCKETS,
-        ).labels(*values)  # fmt: skip
-        self.batch_size = Histogram(
-            "eas_batch_size",
-            "Rows per runtime call",
-            labels,
-            registry=registry,
-            buckets=_BATCH_BUCKETS,
-        ).labels(*values)
-        requests = Counter(
-            "eas_requests", "Requests by outcome", (*labels, "outcome"), registry=registry
-        )
-        self.requests = {o: requests.labels(*values, o) for o in OUTCOMES}
-        batches = Counter(
-            "eas_batches", "Batches by what fired them", (*labels, "trigger"), registry=registry
-        )
-        self.batches = {t: batches.labels(*values, t) for t in TRIGGERS}
-        self.queue_depth = Gauge(
-            "eas_queue_depth", "Requests waiting in the queue", labels, registry=registry
-        ).labels(*values)
-        build = Gauge(
-            "eas_build_info",
-            "Always 1: the server's version, and whether it serves beyond loopback without a "
-            "token (--insecure)",
-            (*labels, "server_version", "insecure"),
-            registry=registry,
-        )
-        build.labels(*values, server_version, "true" if insecure else "false").set(1)
+        self.request_duration = f.request_duration.labels(*values)
+        self.queue_duration = f.queue_duration.labels(*values)
+        self.compute_duration = f.compute_duration.labels(*values)
+        self.batch_size = f.batch_size.labels(*values)
+        self.requests = {o: f.requests.labels(*values, o) for o in OUTCOMES}
+        self.batches = {t: f.batches.labels(*values, t) for t in TRIGGERS}
+        self.queue_depth = f.queue_depth.labels(*values)
+        f.build.labels(*self._build).set(1)
         self._stats = _Stats()
+        self.memory: list[dict[str, Any]] = []
+        """Triton's ``memory_usage`` entries (``{"type": "CPU"|"GPU", "id", "byte_size"}``):
+        what loading this model version added, when the instance measured it."""
+
+    @property
+    def inference_count(self) -> int:
+        """Rows run so far."""
+        return self._stats.inference_count
+
+    def remove(self) -> None:
+        """Drop this model version's series (it was unloaded)."""
+        f, values = self.families, self._values
+        for family in (
+            f.request_duration,
+            f.queue_duration,
+            f.compute_duration,
+            f.batch_size,
+            f.queue_depth,
+        ):
+            family.remove(*values)
+        for outcome in OUTCOMES:
+            f.requests.remove(*values, outcome)
+        for trigger in TRIGGERS:
+            f.batches.remove(*values, trigger)
+        f.build.remove(*self._build)
 
     # batcher observer
     def on_queue_depth(self, depth: int) -> None:
@@ -173,5 +213,5 @@ class ServerMetrics:
             "batch_stats": [
                 {"batch_size": size, **phases(d)} for size, d in sorted(s.batches.items())
             ],
-            "memory_usage": [],
+            "memory_usage": list(self.memory),
         }

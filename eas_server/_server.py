@@ -6,120 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import os
 import signal
 import socket
 import time
-from importlib import metadata
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from prometheus_client import CollectorRegistry
 
 from ._app import EasApp
+from ._build import app_options, build_app
 from ._cpu import plan_runtime, usable_cores
 from ._http import uvicorn_config
-from ._metrics import ServerMetrics
-from ._model import ModelInfo
 from ._settings import ServerSettings
-from .batching import DynamicBatcher
 from .frontends import FrontendHub
 from .processors import Processor, create_processor
-from .processors._padding import padding_json
 
 __all__ = ["build_app", "serve"]
 
 log = logging.getLogger("eas_server")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("autoai")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
-def build_app(
-    settings: ServerSettings,
-    processor: Processor,
-    registry: CollectorRegistry | None = None,
-    *,
-    inline: bool = False,
-) -> EasApp:
-    """Wire a loaded processor into an ASGI app (used by ``serve`` and by in-process tests);
-    ``inline`` runs batches on the event loop's thread (``_cpu.plan_runtime``)."""
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = ServerMetrics(
-        registry,
-        model=settings.name,
-        version=settings.version,
-        processor=processor.kind,
-        server_version=_version(),
-        insecure=settings.open_on_purpose,
-    )
-    max_batch = settings.max_batch_size
-    batcher = DynamicBatcher(
-        processor.run,
-        max_batch_size=max_batch,
-        max_delay_s=settings.max_batch_timeout_ms / 1000 if settings.batching else 0.0,
-        merge=settings.batching,
-        max_queue_size=settings.max_queue_size,
-        workers=processor.workers,
-        batchable=processor.batchable,
-        priority_levels=settings.priority_levels,
-        padding=processor.padding,
-        observer=metrics,
-        inline=inline and processor.workers == 1,
-        ahead=processor.device != "cpu",  # keep the device fed (see DynamicBatcher)
-    )
-    model = ModelInfo(
-        name=settings.name,
-        version=settings.version,
-        inputs=tuple(processor.inputs),
-        outputs=tuple(processor.outputs),
-        batchable=processor.batchable,
-        max_request_rows=settings.max_request_rows,
-        platform=processor.platform,
-        backend=processor.backend,
-    )
-    options = app_options(settings, processor)
-    return EasApp(model=model, batcher=batcher, metrics=metrics, **options)
-
-
-def app_options(settings: ServerSettings, processor: Processor) -> dict[str, Any]:
-    """``OipApp``'s options other than the model (plain JSON: front end processes get them too)."""
-    max_batch = settings.max_batch_size
-    levels = settings.priority_levels
-    return {
-        "token": settings.token.get_secret_value() if settings.token else None,
-        "max_body_bytes": int(settings.max_body_mb * (1 << 20)),
-        "max_batch_size": max_batch,
-        "dynamic_batching": {
-            "preferred_batch_size": [],
-            "max_queue_delay_microseconds": int(settings.max_batch_timeout_ms * 1000),
-            "preserve_ordering": False,
-            "priority_levels": levels,
-            "default_priority_level": levels,
-            "default_queue_policy": {
-                "timeout_action": "REJECT",
-                "default_timeout_microseconds": 0,
-                "allow_timeout_override": True,
-                "max_queue_size": settings.max_queue_size,
-            },
-        },
-        "instance_group": [
-            {
-                "name": settings.name,
-                "kind": "KIND_GPU" if processor.device == "gpu" else "KIND_CPU",
-                "count": processor.workers,
-                "gpus": [0] if processor.device == "gpu" else [],
-            }
-        ],
-        "server_version": _version(),
-        "parameters": {"padding": padding_json(processor.padding)},
-    }
 
 
 def plan_frontends(asked: int, device: str, cores: int) -> int:
@@ -169,6 +78,10 @@ class _Runner:
         self._drain_task: asyncio.Task[None] | None = None
         self.grpc: Any = None
         """The gRPC server (``--grpc-port``), or None."""
+        self.host: Any = None
+        """The hosted model versions (``--model-repository``), or None."""
+        self.front: Any = None
+        """The repository's app (``--model-repository``), or None."""
         self.hub: FrontendHub | None = None
         """The front end processes (``--frontends`` > 1), or None."""
         self._done = asyncio.Event()
@@ -176,6 +89,8 @@ class _Runner:
 
     async def run(self) -> int:
         s = self.settings
+        if s.model_repository is not None:
+            return await self._run_repository()
         cpu = plan_runtime(
             usable_cores(),
             workers=s.workers,
@@ -244,9 +159,85 @@ class _Runner:
                 await asyncio.to_thread(self.store.close)
         return 0
 
-    async def _register(self, port: int, kind: str, grpc_port: int | None = None) -> None:
+    async def _run_repository(self) -> int:
+        """Serve a repository of model versions (``--model-repository``) from this process."""
+        from prometheus_client import CollectorRegistry
+
+        from .repository import ModelHost, RepositoryApp
+
         s = self.settings
-        payload = {
+        host = self.host = ModelHost(s, CollectorRegistry())
+        front = self.front = RepositoryApp(
+            host, token=s.token.get_secret_value() if s.token else None
+        )
+        try:
+            if s.store:  # before "listening on": a store that cannot be opened fails the start
+                self.store = await asyncio.to_thread(_open_store, s.store)
+            await host.load_repository()
+            if s.model:  # a single model beside the repository's
+                config = {"model_path": s.model, "version": s.version, "processor": s.processor}
+                if s.service:
+                    config["service"] = s.service
+                await host.load(s.name, json.dumps(config))
+            sock = _bind(s.host, s.port)
+            port = sock.getsockname()[1]
+            config_ = uvicorn_config(
+                front, log_level=s.log_level, drain_timeout_s=s.drain_timeout_s
+            )
+            server = self.server = _Server(config_, self._start_drain)
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                    return 1
+                await asyncio.sleep(0.01)
+            host.start()
+            grpc_port = await self._start_grpc(front)
+            front.ready = True
+            print(f"listening on http://{s.host}:{port}", flush=True)
+            if grpc_port is not None:
+                print(f"grpc listening on {s.host}:{grpc_port}", flush=True)
+            if s.store:
+                host.announce = functools.partial(self._register_model, port, grpc_port)
+                host.withdraw = _withdraw
+                if s.service and not s.model:  # the instance itself: what orchestrators wait for
+                    await self._register(port, "repository", grpc_port, pool=True)
+                await host.register_all()
+            await serving
+        finally:
+            front.ready = False
+            if self.grpc is not None:
+                await self.grpc.stop(0)
+            await host.close()
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        return 0
+
+    async def _register_model(self, port: int, grpc_port: int | None, hosted: Any) -> Any:
+        """Register one hosted model version under its own service (the instance's address)."""
+        ms = hosted.settings
+        payload: dict[str, Any] = {
+            "model": ms.name,
+            "version": ms.version,
+            "processor": hosted.processor.kind,
+            "weight": ms.weight,
+            "started": time.time(),
+            "pid": os.getpid(),
+        }
+        if grpc_port is not None:
+            payload["grpc_port"] = grpc_port
+        assert self.store is not None
+        registration = await asyncio.to_thread(
+            self.store.register, ms.service_name, self.settings.host, port, payload
+        )
+        log.info("registered %s/%s:%d", ms.service_name, self.settings.host, port)
+        return registration
+
+    async def _register(
+        self, port: int, kind: str, grpc_port: int | None = None, *, pool: bool = False
+    ) -> None:
+        s = self.settings
+        payload: dict[str, Any] = {
             "model": s.name,
             "version": s.version,
             "processor": kind,
@@ -254,6 +245,9 @@ class _Runner:
             "started": time.time(),
             "pid": os.getpid(),
         }
+        if pool:  # a repository instance: its models register on their own
+            payload = {"pool": True, "processor": kind, "started": payload["started"],
+                       "pid": payload["pid"]}  # fmt: skip
         if grpc_port is not None:
             payload["grpc_port"] = grpc_port
         assert self.store is not None
@@ -301,7 +295,7 @@ class _Runner:
                 await asyncio.to_thread(self.store.close)
         return self._status
 
-    async def _start_grpc(self, app: EasApp) -> int | None:
+    async def _start_grpc(self, app: Any) -> int | None:
         """Serve gRPC too (``--grpc-port``), before anything says the instance listens: a busy
         port fails the start instead of leaving an instance half up."""
         s = self.settings
@@ -350,33 +344,45 @@ class _Runner:
 
     async def _drain(self) -> None:
         """Deregister, keep serving until clients have moved away, then let uvicorn finish."""
-        assert self.app is not None
-        self.app.ready = False
+        front: Any = self.front if self.host is not None else self.app
+        assert front is not None
+        front.ready = False
         if self.hub is not None:
             self.hub.set_ready(False)
         if self.registration is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registration.close)
+        if self.host is not None:
+            await self.host.deregister_all()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         quiet = 0.3  # no new request for this long: watchers have seen the deregistration
         await asyncio.sleep(min(quiet, self.settings.drain_timeout_s))
         while time.monotonic() < deadline:
-            last = self.app.last_request  # HTTP here, or gRPC
+            last = front.last_request  # HTTP here, or gRPC
             if self.hub is not None:
                 last = max(last, self.hub.last_request)
-            busy = self.app.batcher.busy or (self.hub is not None and self.hub.busy)
+            busy = self._busy() or (self.hub is not None and self.hub.busy)
             if not busy and time.monotonic() - last >= quiet:
                 break
             await asyncio.sleep(0.05)
         if self.grpc is not None:  # refuse new RPCs, let those in flight finish in time left
             await self.grpc.stop(max(0.0, deadline - time.monotonic()))
-        await self.app.batcher.drain(max(0.0, deadline - time.monotonic()))
+        left = max(0.0, deadline - time.monotonic())
+        if self.host is not None:
+            await self.host.drain(left)
+        elif self.app is not None:
+            await self.app.batcher.drain(left)
         if self.hub is not None:  # the front ends finish writing what they have, then exit
             await self.hub.stop(max(1.0, deadline - time.monotonic()))
             self._done.set()
         else:
             assert self.server is not None
             self.server.should_exit = True
+
+    def _busy(self) -> bool:
+        if self.host is not None:
+            return bool(self.host.busy)
+        return self.app is not None and self.app.batcher.busy
 
 
 def serve(settings: ServerSettings) -> int:
@@ -396,6 +402,12 @@ def serve(settings: ServerSettings) -> int:
         return uvloop.run(runner.run())
     except ImportError:  # pragma: no cover - uvloop is in the server extra
         return asyncio.run(runner.run())
+
+
+async def _withdraw(registration: Any) -> None:
+    """Close a model's registration (a store that fails here has lost it anyway)."""
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(registration.close)
 
 
 def _open_store(url: str) -> Any:

@@ -16,13 +16,13 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ._network import is_loopback
 from .processors._padding import PaddingChoice
 
-__all__ = ["ServerSettings", "load_service_json"]
+__all__ = ["PER_MODEL_FIELDS", "ServerSettings", "load_service_json", "service_fields"]
 
 log = logging.getLogger("eas_server.settings")
 _SERVICE_JSON: ContextVar[dict[str, Any] | None] = ContextVar("_SERVICE_JSON", default=None)
@@ -52,6 +52,9 @@ _TOP_KEYS = {
     "model_path": "model",
     "token": "token",
     "version": "version",
+    "model_repository": "model_repository",
+    "service": "service",
+    "weight": "weight",
 }
 # Known EAS keys that concern the control plane (instances, resources), not one server process.
 _IGNORED_METADATA = {"instance", "cpu", "memory", "gpu", "region", "resource", "rpc.keepalive"}
@@ -81,20 +84,31 @@ def load_service_json(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"service config {path} is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError(f"service config {path} must be a JSON object")
+    return service_fields(doc, f"service config {path}")
+
+
+def service_fields(doc: dict[str, Any], where: str = "service config") -> dict[str, Any]:
+    """An EAS service JSON document (already parsed) as settings fields; ``where`` names it in
+    errors.
+
+    Raises:
+        ValueError: ``metadata`` is not an object, or is nested too deeply.
+    """
+    path = where
     values: dict[str, Any] = {field: doc[key] for key, field in _TOP_KEYS.items() if key in doc}
     metadata = doc.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise ValueError(f"service config {path}: metadata must be an object")
+        raise ValueError(f"{path}: metadata must be an object")
     flat: dict[str, Any] = {}
     try:
         _flatten("", metadata, flat)
     except RecursionError:
-        raise ValueError(f"service config {path}: metadata is nested too deeply") from None
+        raise ValueError(f"{path}: metadata is nested too deeply") from None
     for key, value in flat.items():
         if key in _METADATA_KEYS:
             values[_METADATA_KEYS[key]] = value
         elif key not in _IGNORED_METADATA:
-            log.warning("service config %s: ignoring metadata.%s", path, key)
+            log.warning("%s: ignoring metadata.%s", path, key)
     return values
 
 
@@ -111,10 +125,15 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EAS_", frozen=True, extra="forbid")
 
-    model: str
-    """Path of the model (an .onnx file, or a blade artifact directory)."""
-    name: str
-    """Model name clients address (``/v2/models/{name}``)."""
+    model: str = ""
+    """Path of the model (an .onnx file, or a blade artifact directory); needed unless
+    ``model_repository`` is given."""
+    name: str = ""
+    """Model name clients address (``/v2/models/{name}``); needed with ``model``."""
+    model_repository: str | None = None
+    """Serve every model of this directory (Triton's layout ``DIR/{name}/{version}/model.onnx``
+    or a blade artifact there, an optional service JSON ``DIR/{name}/config.json``), and load
+    and unload models through the repository API; ``model`` may be served beside them."""
     version: str = "1"
     """Model version served."""
     processor: str = "onnx"
@@ -187,9 +206,32 @@ class ServerSettings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _model_exists(cls, value: str) -> str:
-        if not Path(value).exists():
+        if value and not Path(value).exists():
             raise ValueError(f"model path {value} does not exist")
         return value
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"model repository {value} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> ServerSettings:
+        if self.model_repository is None and not (self.model and self.name):
+            missing = " and ".join(f for f in ("model", "name") if not getattr(self, f))
+            raise ValueError(
+                f"missing {missing}: give --model and --name, or --model-repository DIR"
+            )
+        if self.model and not self.name:
+            raise ValueError("missing name: --model needs --name")
+        if self.model_repository is not None and self.frontends > 1:
+            raise ValueError(
+                "--frontends > 1 serves one model; a --model-repository instance serves from one "
+                "process (--frontends 0 or 1)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -233,3 +275,14 @@ class ServerSettings(BaseSettings):
         """``exposed_without_token`` and allowed by ``insecure``: what the start-up warning and
         the build info's ``insecure`` label report."""
         return self.insecure and self.exposed_without_token
+
+
+PER_MODEL_FIELDS: frozenset[str] = frozenset(
+    {
+        "model", "name", "version", "processor", "service", "weight", "batching",
+        "max_batch_size", "max_batch_timeout_ms", "max_queue_size", "workers",
+        "intra_op_threads", "padding", "priority_levels", "max_request_rows",
+    }
+)  # fmt: skip
+"""The settings each model version of a repository may set for itself (its service JSON); the
+others (address, store, token, limits of the process) are the instance's."""

@@ -9,15 +9,14 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from .._app import EasApp
 from ._proto import grpc, service_pb2_grpc
-from ._service import InferenceServicer
+from ._service import Catalog, InferenceServicer
 
 __all__ = ["start_grpc"]
 
 
 async def start_grpc(
-    app: EasApp, host: str, port: int, *, max_message_bytes: int = 64 << 20
+    app: Catalog, host: str, port: int, *, max_message_bytes: int = 64 << 20
 ) -> tuple[Any, int]:
     """Serve ``inference.GRPCInferenceService`` for ``app`` on ``host:port``.
 
@@ -25,7 +24,8 @@ async def start_grpc(
     ``await server.stop(grace_s)`` (idempotent).
 
     Args:
-        app: the HTTP app whose model, batcher, metrics and token are shared.
+        app: the HTTP app (one model's, or a repository's) whose models, batchers, metrics and
+            token are shared.
         host: the address to bind (only this one).
         port: the port; 0 picks a free one.
         max_message_bytes: the largest request message (larger ones get RESOURCE_EXHAUSTED).

@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from eas_client import ProtocolError
 
@@ -76,9 +77,26 @@ def _authorization(context: Any) -> bytes | None:
     return None
 
 
+class Catalog(Protocol):
+    """What the servicer serves: one model's ``EasApp``, or a ``RepositoryApp`` of many."""
+
+    ready: bool
+    last_request: float
+
+    def authorize(self, value: bytes | None) -> None: ...
+
+    def find(self, name: str, version: str | None) -> EasApp: ...
+
+    def apps(self) -> list[EasApp]: ...
+
+    def server_document(self) -> dict[str, Any]: ...
+
+    def record_failure(self, name: str, outcome: str, total_s: float) -> None: ...
+
+
 def _rpc(*, open_: bool = False, counted: bool = False) -> Callable[[_Handler], _Handler]:
     """Wrap an RPC: token check (unless ``open_``), errors to status codes, and for ``counted``
-    ones (inference) a failure outcome in the metrics."""
+    ones (inference) a failure outcome in the metrics of the model addressed."""
 
     def wrap(method: _Handler) -> _Handler:
         @functools.wraps(method)
@@ -96,7 +114,9 @@ def _rpc(*, open_: bool = False, counted: bool = False) -> Callable[[_Handler], 
                 code, outcome = _Code.INTERNAL, "error"
                 message = f"internal error: {type(exc).__name__}: {exc}"
             if counted:
-                self.app.metrics.on_failure(outcome, time.perf_counter() - started)
+                self.app.record_failure(
+                    getattr(request, "model_name", ""), outcome, time.perf_counter() - started
+                )
             return await context.abort(code, message)  # raises; grpc sends the status
 
         return handler
@@ -114,28 +134,37 @@ class _Hosted:
 
 
 class InferenceServicer:
-    """``GRPCInferenceService`` for the model of ``app``.
+    """``GRPCInferenceService`` for the model(s) of ``app``.
 
     Args:
-        app: the HTTP app whose model, batcher, metrics, token and readiness are shared.
+        app: the HTTP app (one model's, or a repository's) whose models, batchers, metrics,
+            token and readiness are shared.
     """
 
-    def __init__(self, app: EasApp):
+    def __init__(self, app: Catalog):
         self.app = app
-        server, metadata, config = app.documents()
-        self._server = server_metadata_response(server)
-        self._hosted = _Hosted(
-            app, model_metadata_response(metadata), model_config_response(config)
+        self._server = server_metadata_response(app.server_document())
+        self._messages: weakref.WeakKeyDictionary[EasApp, tuple[Any, Any]] = (
+            weakref.WeakKeyDictionary()
         )
+
+    def _hosted(self, app: EasApp) -> _Hosted:
+        """A model's prebuilt messages (built on first use; gone with the app when unloaded)."""
+        messages = self._messages.get(app)
+        if messages is None:
+            _, metadata, config = app.documents()
+            messages = model_metadata_response(metadata), model_config_response(config)
+            self._messages[app] = messages
+        return _Hosted(app, *messages)
 
     def _lookup(self, name: str, version: str) -> _Hosted:
         """The one model lookup; ``version`` ``""`` means any.
 
         Raises:
             ModelNotFound: no such model or version here.
+            Unavailable: it is loading or being unloaded.
         """
-        self._hosted.app.model.check_address(name, version or None)
-        return self._hosted
+        return self._hosted(self.app.find(name, version or None))
 
     def __getattr__(self, name: str) -> Any:
         """RPCs not implemented here (the generated registration asks for all of them)."""
@@ -159,7 +188,7 @@ class InferenceServicer:
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
             hosted = self._lookup(request.name, request.version)
-        except ModelNotFound:  # as Triton: an unknown model is not ready, not an error
+        except (ModelNotFound, Unavailable):  # as Triton: unknown or loading is not ready
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=hosted.app.ready)
 
@@ -177,7 +206,11 @@ class InferenceServicer:
 
     @_rpc()
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        hosted = [self._lookup(request.name, request.version)] if request.name else [self._hosted]
+        hosted = (
+            [self._lookup(request.name, request.version)]
+            if request.name
+            else [self._hosted(app) for app in self.app.apps()]
+        )
         return statistics_response(
             h.app.metrics.statistics(h.app.model.name, h.app.model.version) for h in hosted
         )

@@ -145,7 +145,7 @@ def test_command_line_errors_are_one_clear_line(models: dict[str, Path], tmp_pat
     missing = _cli("--model", str(tmp_path / "nope.onnx"), "--name", "x")
     assert missing.returncode == 2 and "--model: Value error, model path" in missing.stderr
     unnamed = _cli("--model", str(models["identity"]))
-    assert unnamed.returncode == 2 and "--name: Field required" in unnamed.stderr
+    assert unnamed.returncode == 2 and "missing name: give --model and --name" in unnamed.stderr
     bad = _cli("--model", str(models["identity"]), "--name", "x", "--processor", "tensorflow")
     assert bad.returncode == 2 and "unknown processor 'tensorflow'" in bad.stderr
     corrupt = tmp_path / "corrupt.onnx"
