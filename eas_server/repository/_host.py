@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class Hosted:
     gpu_memory_bytes: int | None = None
     loaded_s: float = 0.0
     """How long the load took (read, session, warm-up)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Announce = Callable[[Hosted], Awaitable[Any]]
@@ -209,11 +208,8 @@ class ModelHost:
             self._failed.pop(name, None)
             if self.running:
                 self._start(hosted)
-            reuse = old is not None and old.settings is not None and hosted.settings is not None
-            if reuse and old is not None and old.settings is not None and hosted.settings:
-                same = old.settings.service_name == hosted.settings.service_name
-                if same and old.registration is not None:
-                    hosted.registration, old.registration = old.registration, None
+            if old is not None and self._same_service(old, hosted):
+                hosted.registration, old.registration = old.registration, None  # no gap
             versions[source.version] = hosted
             if old is not None:
                 await self._retire(old, keep_series=self._same_series(old, hosted))
@@ -347,6 +343,15 @@ class ModelHost:
         if hosted.app is not None:
             hosted.app.batcher.start()
             hosted.app.ready = True
+
+    @staticmethod
+    def _same_service(old: Hosted, new: Hosted) -> bool:
+        """The replacement registers exactly as the old one did (its registration carries
+        over, so the instance never leaves the service)."""
+        a, b = old.settings, new.settings
+        if a is None or b is None:
+            return False
+        return (a.service_name, a.processor, a.weight) == (b.service_name, b.processor, b.weight)
 
     @staticmethod
     def _same_series(old: Hosted, new: Hosted) -> bool:
