@@ -129,6 +129,8 @@ class OipApp(abc.ABC):
         self.ready = False
         self.last_request = time.monotonic()
         """When the last HTTP request arrived (monotonic), for the SIGTERM drain."""
+        self.in_progress = 0
+        """HTTP requests being handled (from arrival to the last byte of the answer)."""
         self._token = token.encode() if token else None
         self._max_body = max_body_bytes
         self._server = orjson.dumps(
@@ -257,6 +259,13 @@ class OipApp(abc.ABC):
             return
         started = time.perf_counter()
         self.last_request = time.monotonic()
+        self.in_progress += 1  # before any await: an unload waits for this call
+        try:
+            await self._handle(scope, receive, send, started)
+        finally:
+            self.in_progress -= 1
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         try:
             await self._route(scope, receive, send, started)
         except _ClientGone:

@@ -353,6 +353,7 @@ class _Runner:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registration.close)
         if self.host is not None:
+            self.host.announce = None  # a load finishing now must not register again
             await self.host.deregister_all()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         quiet = 0.3  # no new request for this long: watchers have seen the deregistration

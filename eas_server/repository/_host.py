@@ -89,7 +89,8 @@ class ModelHost:
         self.registry = registry
         self.families = MetricFamilies(registry)
         self._models: dict[str, dict[str, Hosted]] = {}
-        self._failed: dict[str, str] = {}
+        self._failed: dict[tuple[str, str], str] = {}
+        """(name, version) -> why its last load failed (version "" when none was found)."""
         self._lock = asyncio.Lock()
         self.running = False
         """Batchers start once the server's loop serves (``start``)."""
@@ -149,15 +150,22 @@ class ModelHost:
         ]
         if ready_only:
             return entries
+        hosted = {(h.name, h.version) for h in self.hosted()}
+        for (name, version), reason in self._failed.items():
+            # a failure before any version was found is news only while none is hosted
+            if (name, version) not in hosted and (version or name not in self._models):
+                entries.append(
+                    {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+                )
+        named = {e["name"] for e in entries}
         on_disk = list_models(self.root) if self.root is not None else {}
-        for name in sorted(set(on_disk) | set(self._failed)):
-            if name in self._models:
-                continue
-            versions = on_disk.get(name) or [""]
-            reason = self._failed.get(name, "unloaded")
-            entries.append(
-                {"name": name, "version": versions[-1], "state": "UNAVAILABLE", "reason": reason}
-            )
+        for name, versions in on_disk.items():
+            if name not in named:
+                version = versions[-1] if versions else ""
+                entries.append(
+                    {"name": name, "version": version, "state": "UNAVAILABLE",
+                     "reason": "unloaded"}
+                )  # fmt: skip
         return sorted(entries, key=lambda e: (e["name"], _version_key(e["version"])))
 
     # --------------------------------------------------------------------------- changes
@@ -185,7 +193,7 @@ class ModelHost:
             try:
                 source = await asyncio.to_thread(resolve, self.root, name, config)
             except (LayoutError, OSError) as exc:
-                self._failed[name] = str(exc)
+                self._record_failure(name, "", str(exc))
                 raise LoadFailed(f"failed to load {name!r}: {exc}") from exc
             versions = self._models.setdefault(name, {})
             old = versions.get(source.version)
@@ -203,9 +211,10 @@ class ModelHost:
                         del self._models[name]
                 if not isinstance(exc, Exception):
                     raise
-                self._failed[name] = str(exc)
+                self._record_failure(name, source.version, str(exc))
                 raise LoadFailed(f"failed to load {name!r}: {exc}") from exc
-            self._failed.pop(name, None)
+            self._failed.pop((name, source.version), None)
+            self._failed.pop((name, ""), None)
             if self.running:
                 self._start(hosted)
             if old is not None and self._same_service(old, hosted):
@@ -338,6 +347,17 @@ class ModelHost:
             loaded_s=time.perf_counter() - started,
         )  # fmt: skip
 
+    def _record_failure(self, name: str, version: str, reason: str) -> None:
+        """Keep why a load failed for the index: per version, and one entry for failures before
+        a version was known, which replaces (and is replaced by) those of versions not hosted."""
+        hosted = self._models.get(name, {})
+        if version:
+            self._failed.pop((name, ""), None)
+        else:
+            for key in [k for k in self._failed if k[0] == name and k[1] not in hosted]:
+                del self._failed[key]
+        self._failed[(name, version)] = reason
+
     @staticmethod
     def _start(hosted: Hosted) -> None:
         if hosted.app is not None:
@@ -370,7 +390,11 @@ class ModelHost:
         await self._withdraw(hosted)
         if hosted.app is not None:
             app = hosted.app
-            await app.batcher.drain(self.base.drain_timeout_s)
+            # Calls already routed here (reading their body, queued, running) finish first;
+            # new ones cannot reach it any more (not READY).
+            deadline = time.monotonic() + self.base.drain_timeout_s
+            while (app.in_progress or app.batcher.busy) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
             app.ready = False
             await app.batcher.close()
             if not keep_series:

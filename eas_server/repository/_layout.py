@@ -70,11 +70,11 @@ def list_models(root: Path) -> dict[str, list[str]]:
     }
 
 
-def check_name(name: str) -> None:
-    """Raises LayoutError unless ``name`` can name a model (and a directory)."""
+def check_name(name: str, what: str = "model name") -> None:
+    """Raises LayoutError unless ``name`` can name a model or version (and a directory)."""
     if not _NAME.match(name) or name in (".", ".."):
         raise LayoutError(
-            f"model name {name!r} is not valid: letters, digits, '_', '.', '-', at most 128, "
+            f"{what} {name!r} is not valid: letters, digits, '_', '.', '-', at most 128, "
             "starting with a letter or digit"
         )
 
@@ -139,7 +139,7 @@ def resolve(root: Path | None, name: str, config: str | None = None) -> ModelSou
             path = path / _ONNX
         elif not (path / _BLADE).is_file():
             raise LayoutError(f"{path} holds neither {_ONNX} nor a blade artifact ({_BLADE})")
-    check_name(version)
+    check_name(version, "version")
     blade = path.is_dir() and (path / _BLADE).is_file()
     processor = str(fields.get("processor") or ("blade" if blade else "onnx"))
     rest = {k: v for k, v in fields.items() if k not in ("model", "name", "version", "processor")}
