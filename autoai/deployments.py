@@ -8,17 +8,22 @@ instances and waits for them to register, and the ``DeploymentRecord`` (``contro
 whatever was serving keeps serving.
 
 Deploy, scale and undeploy of one version hold an operation marker (``operation.<name>.<version>``,
-an ``OperationMarker`` created by compare-and-swap, naming the replica) while they run: a second
-operation on the same version is a conflict, and the reconciler leaves the version alone while a
-live replica works on it. A marker whose replica died is stale; the reconciler removes it and
-kills what it had started.
+an ``OperationMarker`` created by compare-and-swap, naming the replica; ``autoai.operations``) while
+they run: a second operation on the same version is a conflict, and the reconciler leaves the
+version alone while a live replica works on it. A marker whose replica died is stale; the
+reconciler removes it and kills what it had started.
+
+A deploy that names ``metadata.pool`` starts no instance of its own: after the same plan, it takes
+the pool's marker (waiting its turn behind other deploys into the pool), creates the pool if it is
+new, and loads the version onto ``metadata.instance`` of the pool's instances (``autoai.pools``);
+its record says so (``pooled``: pool, hosts, the load's service JSON). Undeploy unloads it, scale
+loads or unloads it on more or fewer of the pool's instances.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,7 +34,9 @@ from config_store import ConfigStore, Conflict as StoreConflict
 
 from .errors import Conflict, InvalidRequest, NotFound
 from .jobs import Job, JobRunner
+from .operations import GROUP, POOL_MARKER, Operations, deployment_key, operation_key
 from .orchestrators import Orchestrator
+from .pools import PoolService, disk_bytes
 from .repository import ModelRepository
 from .schema import (
     MAX_INSTANCES,
@@ -38,22 +45,14 @@ from .schema import (
     DeploymentRecord,
     DeploySpec,
     JobResult,
-    OperationMarker,
+    PooledPlacement,
     RouteTable,
 )
 
-__all__ = ["DeploymentService", "operation_key", "read_record", "traffic_versions"]
+__all__ = ["GROUP", "DeploymentService", "operation_key", "read_record", "traffic_versions"]
 
-GROUP: Final = "control"
 MODELS_GROUP: Final = "models"
-
-
-def _key(name: str, version: str) -> str:
-    return f"deployment.{name}.{version}"
-
-
-def operation_key(name: str, version: str) -> str:
-    return f"operation.{name}.{version}"
+_key = deployment_key
 
 
 def read_record(content: bytes) -> DeploymentRecord:
@@ -63,6 +62,10 @@ def read_record(content: bytes) -> DeploymentRecord:
         pydantic.ValidationError: not a deployment record.
     """
     return DeploymentRecord.model_validate_json(content)
+
+
+def _secret(spec: DeploySpec) -> str | None:
+    return None if spec.token is None else spec.token.get_secret_value()
 
 
 def traffic_versions(table: RouteTable) -> set[str]:
@@ -82,6 +85,7 @@ class DeploymentService:
         jobs: JobRunner,
         artifacts_dir: str | Path,
         replica: str = "",
+        pools: PoolService | None = None,
     ):
         self.store = store
         self.repository = repository
@@ -90,6 +94,9 @@ class DeploymentService:
         self.artifacts_dir = Path(artifacts_dir)
         self.replica = replica
         """This control plane's candidate id in the leader election (marks its operations)."""
+        self.operations = Operations(store, replica)
+        self.pools = pools or PoolService(store, orchestrator, self.operations)
+        """The pools pooled deploys go to (``metadata.pool``)."""
 
     def _record(self, name: str, version: str) -> tuple[DeploymentRecord, int] | None:
         item = self.store.get(_key(name, version), group=GROUP)
@@ -108,38 +115,13 @@ class DeploymentService:
         Raises:
             Conflict: another operation on this version is running.
         """
-        marker = OperationMarker(replica=self.replica, operation=what, started=time.time())
-        try:
-            return self.store.publish(
-                operation_key(name, version), marker.model_dump_json().encode(), group=GROUP,
-                expected_revision=0,
-            )  # fmt: skip
-        except StoreConflict:
-            item = self.store.get(operation_key(name, version), group=GROUP)
-            running = None if item is None else OperationMarker.model_validate_json(item.content)
-            raise Conflict(
-                f"model {name!r} version {version!r}: a "
-                f"{'previous' if running is None else running.operation} "
-                "is still running; wait for its job",
-                {
-                    "name": name,
-                    "version": version,
-                    "running": {} if running is None else running.model_dump(mode="json"),
-                },
-            ) from None
+        return self.operations.begin(name, version, what)
 
     def _end(self, name: str, version: str, revision: int) -> None:
-        try:
-            self.store.remove(operation_key(name, version), group=GROUP, expected_revision=revision)
-        except StoreConflict:  # taken over meanwhile (this replica was thought dead)
-            pass
+        self.operations.end(name, version, revision)
 
-    @contextmanager
-    def _operation(self, name: str, version: str, revision: int) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            self._end(name, version, revision)
+    def _operation(self, name: str, version: str, revision: int) -> AbstractContextManager[None]:
+        return self.operations.held(name, version, revision)
 
     def is_deployed(self, name: str, version: str) -> bool:
         return self.store.get(_key(name, version), group=GROUP) is not None
@@ -155,11 +137,14 @@ class DeploymentService:
 
         Raises:
             NotFound: no such model version.
-            Conflict: the version is already deployed.
+            Conflict: the version is already deployed; a pool size other than its pool's.
+            InvalidRequest: more instances than its pool has, or another token than its pool's.
         """
         model = self.repository.version(name, version)
         if self.is_deployed(name, version):
             raise self._already(name, version)
+        if spec.metadata.pool is not None:  # checked again once the pool's marker is held
+            self.pools.check_deploy(spec.metadata, _secret(spec))
         marker = self._begin(name, version, "deploy")
         if self.is_deployed(name, version):  # finished between the check and the marker
             self._end(name, version, marker)
@@ -184,6 +169,8 @@ class DeploymentService:
             except blade_aspect.AspectError as exc:
                 raise InvalidRequest(str(exc)) from exc
             job.say(plan.reason)
+            if spec.metadata.pool is not None:
+                return self._deploy_pooled(job, name, version, model.sha256, spec, plan)
             service = f"{name}-{version}"
             service_json: dict[str, Any] = {
                 "name": name,
@@ -229,6 +216,60 @@ class DeploymentService:
             self._end(name, version, marker)
             raise
 
+    def _deploy_pooled(
+        self,
+        job: Job,
+        name: str,
+        version: str,
+        sha256: str,
+        spec: DeploySpec,
+        plan: blade_aspect.DeployPlan,
+    ) -> JobResult:
+        """The rest of a pooled deploy's job: the pool (created if new), the loads, the record,
+        all under the pool's marker (deploys into one pool take turns)."""
+        pool_name = str(spec.metadata.pool)
+        service = f"{name}-{version}"
+        config: dict[str, Any] = {
+            "name": name,
+            "version": version,
+            "processor": plan.processor,
+            "model_path": str(plan.model_path),
+            "service": service,
+            "metadata": spec.metadata.server(),
+        }
+        model_bytes = disk_bytes(plan.model_path)
+        job.step(f"take pool {pool_name!r}", 0.55)
+        held = self.pools.hold(pool_name, f"deploy {name} {version}", job.say)
+        with self.operations.held(POOL_MARKER, pool_name, held):
+            pool = self.pools.ensure(spec, _secret(spec), f"{name}/{version}", job.say)
+            count = spec.metadata.instance
+            job.step(f"load {service} on {count} instance(s) of pool {pool_name!r}", 0.7)
+            hosts = self.pools.place(pool, config, model_bytes, count, job.say)
+            record = DeploymentRecord(
+                name=name,
+                version=version,
+                service=service,
+                processor=plan.processor,
+                blade=None if plan.blade is None else BladeMeta.model_validate(plan.blade),
+                model_sha256=sha256,
+                orchestrator=pool.orchestrator,
+                instances=[],
+                spec=spec.stored(),
+                created=time.time(),
+                pooled=PooledPlacement(
+                    pool=pool_name, hosts=sorted(hosts), config=config, model_bytes=model_bytes
+                ),
+            )
+            try:
+                self._write(record, expected_revision=0)
+            except StoreConflict as exc:
+                self.pools.unplace(pool, name, version, hosts)
+                raise Conflict(
+                    f"model {name!r} version {version!r} was deployed meanwhile"
+                ) from exc
+        job.step("ready", 1.0)
+        return JobResult(deployment=self._describe(record), report=plan.report)
+
     def scale(self, name: str, version: str, instances: int) -> Job:
         """Change a deployment's number of instances without dropping calls: new instances are
         started and registered before the record names them; removed ones leave the record first
@@ -246,11 +287,21 @@ class DeploymentService:
                 {"instance": instances},
             )
         self.repository.version(name, version)
-        if not self.is_deployed(name, version):
+        found = self._record(name, version)
+        if found is None:
             raise NotFound(
                 f"model {name!r} version {version!r} is not deployed",
                 {"name": name, "version": version},
             )
+        placed = found[0].pooled
+        if placed is not None:
+            pool = self.pools.require(placed.pool)
+            if instances > pool.size:
+                raise InvalidRequest(
+                    f"metadata.instance is {instances}, more than the {pool.size} instance(s) "
+                    f"of pool {pool.name!r}",
+                    {"instance": instances, "pool": pool.name},
+                )
         marker = self._begin(name, version, "scale")
 
         def work(job: Job) -> JobResult:
@@ -262,6 +313,8 @@ class DeploymentService:
             if found is None:
                 raise NotFound(f"model {name!r} version {version!r} was undeployed meanwhile")
             record, revision = found
+            if record.pooled is not None:
+                return self._scale_pooled(job, record, revision, instances)
             before = len(record.instances)
             job.step(f"scale from {before} to {instances} instance(s)", 0.2)
             placement, finish = self.orchestrator.resize(
@@ -288,8 +341,50 @@ class DeploymentService:
             self._end(name, version, marker)
             raise
 
+    def _scale_pooled(
+        self, job: Job, record: DeploymentRecord, revision: int, instances: int
+    ) -> JobResult:
+        """Load the version onto more of its pool's instances, or unload it from some (after
+        the record no longer names them), under the pool's marker."""
+        placed = record.pooled
+        assert placed is not None
+        name, version = record.name, record.version
+        held = self.pools.hold(placed.pool, f"scale {name} {version}", job.say)
+        with self.operations.held(POOL_MARKER, placed.pool, held):
+            pool = self.pools.require(placed.pool)
+            hosting = self.pools.hosting(pool, name, version)
+            job.step(f"scale from {len(hosting)} to {instances} instance(s) of the pool", 0.2)
+            added: list[str] = []
+            removed: list[str] = []
+            if instances > len(hosting):
+                need = instances - len(hosting)
+                added = self.pools.place(pool, placed.config, placed.model_bytes, need, job.say)
+            else:  # the recorded ones are kept first
+                ordered = sorted(hosting, key=lambda a: (a not in placed.hosts, a))
+                removed = ordered[instances:]
+            hosts = sorted(set(hosting) - set(removed) | set(added))
+            metadata = record.spec.metadata.model_copy(update={"instance": instances})
+            updated = record.model_copy(
+                update={
+                    "spec": record.spec.model_copy(update={"metadata": metadata}),
+                    "pooled": placed.model_copy(update={"hosts": hosts}),
+                }
+            )
+            try:
+                self._write(updated, expected_revision=revision)
+            except StoreConflict as exc:
+                self.pools.unplace(pool, name, version, added)
+                raise Conflict(f"the deployment of {name!r} {version!r} changed meanwhile") from exc
+            job.step("unload from removed instances", 0.6)
+            self.pools.unplace(pool, name, version, removed)
+        job.step("scaled", 1.0)
+        return JobResult(deployment=self._describe(updated))
+
     def _describe(self, record: DeploymentRecord) -> Deployment:
         live = self.store.instances(record.service)
+        if record.pooled is not None:
+            instances = self.pools.hosting_health(record)
+            return Deployment.describe(record, instances, [f"http://{i.address}" for i in live])
         instances = self.orchestrator.health(record.service, record.placement, live)
         return Deployment.describe(record, instances, [f"http://{i.address}" for i in live])
 
@@ -368,5 +463,20 @@ class DeploymentService:
             if found is None:
                 return
             record = found[0]
-            self.orchestrator.teardown(record.service, record.placement)
+            if record.pooled is not None:
+                self._unload_pooled(record)
+            else:
+                self.orchestrator.teardown(record.service, record.placement)
             self.store.remove(_key(name, version), group=GROUP)
+
+    def _unload_pooled(self, record: DeploymentRecord) -> None:
+        """Unload a pooled version from every instance of its pool that hosts it or that its
+        record names (drained: deregistered first)."""
+        placed = record.pooled
+        assert placed is not None
+        found = self.pools.record(placed.pool)
+        if found is None:
+            return  # the pool is gone, and its instances with it
+        pool = found[0]
+        hosting = self.pools.hosting(pool, record.name, record.version)
+        self.pools.unplace(pool, record.name, record.version, sorted({*placed.hosts, *hosting}))

@@ -113,6 +113,16 @@ class Orchestrator(Protocol):
         service's registrations in the store, read once by the caller."""
         ...
 
+    def pool_repository(self, service: str) -> str:
+        """The empty model repository a pool's instances start from (``model_repository`` of
+        the pool's service JSON), as their host sees it; made here if it is the host's."""
+        ...
+
+    def service_token(self, service: str, placement: Placement) -> str | None:
+        """The token the instances of ``service`` require (what the control plane sends to a
+        pool's repository API), from where ``launch`` put it; None without one."""
+        ...
+
 
 class StartFailed(ControlPlaneError):
     """An instance did not become ready; ``detail["log"]`` holds its last lines."""
@@ -261,6 +271,20 @@ class LocalOrchestrator:
             LocalInstanceHealth(**r.model_dump(), alive=r.pid in ours, ready=r.pid in pids)
             for r in _local(placement)
         ]
+
+    def pool_repository(self, service: str) -> str:
+        path = self.run_dir / f"{service}.repository"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return str(path)
+
+    def service_token(self, service: str, placement: Placement) -> str | None:
+        """From the service JSON ``start`` wrote (owner-only, in this store's run directory)."""
+        try:
+            doc = json.loads(self.config_path(service).read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+        token = doc.get("token") if isinstance(doc, dict) else None
+        return token if isinstance(token, str) and token else None
 
     # -- processes -------------------------------------------------------------------------
 

@@ -14,9 +14,14 @@ The leader among the control-plane replicas (``config_store.LeaderElection``) ru
   that version is still running; "started by this orchestrator" means its service JSON lies in
   this store's run directory and names this store (``autoai.ownership``), so the instances of
   another control plane on the host, with another store, are never taken for orphans;
-- an operation marker whose replica is no longer a candidate is stale and removed.
+- an operation marker whose replica is no longer a candidate is stale and removed;
+- pools (``autoai.pools``): their instances are adopted and restarted as a deployment's are
+  (a restarted one comes back empty), and, before that, every pooled deployment that lost an
+  instance is loaded onto other live instances of its pool so it keeps its instance count
+  (``autoai.pool_repair``: the only part that talks HTTP, to the pool instances' repository
+  API; it runs whatever the orchestrator, as Kubernetes restarts pods itself).
 
-Nothing here reads HTTP; ``pass_once`` returns what it did, for logs and tests.
+``pass_once`` returns what it did, for logs and tests.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from config_store import ConfigStore, ConfigStoreError, Conflict as StoreConflic
 
 from .deployments import GROUP, read_record
 from .orchestrators import InstanceRecord, LocalOrchestrator, StartFailed
-from .schema import DeploymentRecord, LocalInstance, OperationMarker
+from .pool_repair import PoolRepair
+from .pools import PoolService
+from .schema import DeploymentRecord, LocalInstance, OperationMarker, PoolRecord
 
 __all__ = ["PassReport", "Reconciler"]
 
@@ -49,9 +56,18 @@ class PassReport:
     failed: list[str] = field(default_factory=list)
     orphans: list[int] = field(default_factory=list)
     stale_markers: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    """Pooled deployments loaded onto other pool instances (``service: lost [...], added
+    [...]``)."""
+    unloaded: list[str] = field(default_factory=list)
+    """Versions unloaded from pool instances (``service@host:port``): no deployment names them,
+    or one more instance than asked hosts them."""
 
     def busy(self) -> bool:
-        return bool(self.restarted or self.failed or self.orphans or self.stale_markers)
+        return bool(
+            self.restarted or self.failed or self.orphans or self.stale_markers or self.moved
+            or self.unloaded
+        )  # fmt: skip
 
 
 class Reconciler:
@@ -65,6 +81,7 @@ class Reconciler:
         interval: seconds between passes.
         backoff_max: the longest wait before restarting an instance that keeps crashing.
         stable_after: an instance that ran this long before it died restarts at once.
+        pools: repairs pooled deployments (None: pools are left alone).
     """
 
     def __init__(
@@ -77,6 +94,7 @@ class Reconciler:
         interval: float = 1.0,
         backoff_max: float = 60.0,
         stable_after: float = 60.0,
+        pools: PoolService | None = None,
     ):
         self.store = store
         self.orchestrator = orchestrator
@@ -85,6 +103,7 @@ class Reconciler:
         self.interval = interval
         self.backoff_max = backoff_max
         self.stable_after = stable_after
+        self.repair = None if pools is None else PoolRepair(pools)
         self.host = socket.gethostname()
         self.passes = 0
         self.last: PassReport | None = None
@@ -127,12 +146,31 @@ class Reconciler:
         processes = self.orchestrator.processes()
         keys = self.store.keys(GROUP)
         busy = self._markers(keys, report)
-        records: dict[str, tuple[DeploymentRecord, int]] = {}
+        records: dict[str, tuple[DeploymentRecord | PoolRecord, int]] = {}
         for key in keys:
-            if key.startswith("deployment."):
+            if key.startswith(("deployment.", "pool.")):
                 item = self.store.get(key, group=GROUP)
                 if item is not None:
-                    records[key] = (read_record(item.content), item.revision)
+                    record = (
+                        read_record(item.content)
+                        if key.startswith("deployment.")
+                        else PoolRecord.model_validate_json(item.content)
+                    )
+                    records[key] = (record, item.revision)
+        if self.repair is not None and self.is_leader():
+            # before restarts: what a dead pool instance hosted is loaded onto the live ones now,
+            # not after its replacement (empty) is up
+            try:
+                repaired = self.repair(busy, self.is_leader)
+            except ConfigStoreError:
+                raise  # the whole pass waits for the store
+            except Exception as exc:  # restarts below must not depend on the pools' repair
+                log.exception("pool repair failed")
+                report.failed.append(f"pool repair: {type(exc).__name__}: {exc}")
+            else:
+                report.moved += repaired.moved
+                report.unloaded += repaired.unloaded
+                report.failed += repaired.failed
         recorded: set[int] = set()
         for key, (record, revision) in records.items():
             if record.orchestrator != "local":
@@ -171,7 +209,7 @@ class Reconciler:
         return busy
 
     def _reconcile_record(
-        self, key: str, record: DeploymentRecord, revision: int, report: PassReport
+        self, key: str, record: DeploymentRecord | PoolRecord, revision: int, report: PassReport
     ) -> None:
         service = record.service
         for index, instance in enumerate(record.instances):
@@ -204,14 +242,14 @@ class Reconciler:
     def _restart(
         self,
         key: str,
-        record: DeploymentRecord,
+        record: DeploymentRecord | PoolRecord,
         revision: int,
         index: int,
         dead: InstanceRecord,
         report: PassReport,
     ) -> None:
         service = record.service
-        fixed_port = bool(record.spec.metadata.port)
+        fixed_port = isinstance(record, DeploymentRecord) and bool(record.spec.metadata.port)
         log.warning("instance pid %d of %s is gone; restarting it", dead.pid, service)
         streak = self._streak[(service, index)] = self._streak.get((service, index), 0) + 1
         try:

@@ -158,12 +158,13 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
             reconcile_passes=svc.reconciler.passes,
         )
 
-    from .routers import deployments, models, observability, releases
+    from .routers import deployments, models, observability, pools, releases
 
     for store_error in _STORE_ERRORS:
         app.add_exception_handler(store_error, _store_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodyLimit)  # bodies capped before any route buffers them
-    for router in (models.router, deployments.router, releases.router, observability.router):
-        app.include_router(router, responses=ERROR_RESPONSES)
+    routers = (models, deployments, pools, releases, observability)
+    for module in routers:
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app

@@ -19,7 +19,9 @@ from ..deployments import DeploymentService
 from ..errors import Forbidden, Unauthorized
 from ..jobs import JobRunner
 from ..kubernetes import KubernetesOrchestrator, Sweeper, known_services
+from ..operations import Operations
 from ..orchestrators import LocalOrchestrator, Orchestrator
+from ..pools import PoolService
 from ..reconciler import Reconciler
 from ..releases import ReleaseService
 from ..repository import ModelRepository
@@ -61,6 +63,9 @@ class Services:
             settings.port,
             {"pid": os.getpid(), "url": f"http://{settings.host}:{settings.port}"},
         )
+        self.pools = PoolService(
+            store, self.orchestrator, Operations(store, self.election.candidate)
+        )
         self.deployments = DeploymentService(
             store,
             self.repository,
@@ -68,6 +73,7 @@ class Services:
             self.jobs,
             settings.repo_dir / "artifacts",
             replica=self.election.candidate,
+            pools=self.pools,
         )
         self.releases = ReleaseService(store, self.repository, self.deployments)
         # Local records only; it also clears stale operation markers, whatever the orchestrator.
@@ -78,6 +84,7 @@ class Services:
             live_replicas=self._live_replicas,
             interval=settings.reconcile_interval,
             backoff_max=settings.restart_backoff_max,
+            pools=self.pools,
         )
         self.sweeper: Sweeper | None = None
         if self.kubernetes is not None:  # Deployments no record names
@@ -98,6 +105,7 @@ class Services:
             self.sweeper.close()
         self.jobs.wait(timeout=30)
         self.election.close()
+        self.pools.close()
 
 
 def services(request: Request) -> Services:

@@ -28,7 +28,15 @@ from config_store import ConfigStore, Instance
 from ..errors import Unavailable
 from ..orchestrators import StartFailed
 from ..schema import DeploySpec, InstanceHealth, KubernetesObjects, Placement, PodSlot
-from ._render import CONTAINER, MANAGED_BY, SERVICE_ANNOTATION, object_name, render, selector
+from ._render import (
+    CONTAINER,
+    MANAGED_BY,
+    POOL_REPOSITORY,
+    SERVICE_ANNOTATION,
+    object_name,
+    render,
+    selector,
+)
 from ._settings import KubernetesSettings
 from ._status import (
     deployment_problem,
@@ -340,15 +348,17 @@ class KubernetesOrchestrator:
                 with it everything, is deleted again).
         """
         del first_port
+        pool = "model_repository" in service_json  # a pool's instances: no model of their own
         args: dict[str, Any] = {
-            "name": str(service_json["name"]),
-            "version": str(service_json["version"]),
+            "name": str(spec.metadata.pool) if pool else str(service_json["name"]),
+            "version": "" if pool else str(service_json["version"]),
             "service": service,
-            "processor": str(service_json.get("processor", "onnx")),
+            "processor": "repository" if pool else str(service_json.get("processor", "onnx")),
             "service_json": service_json,
             "spec": spec,
             "settings": self.settings,
             "repo_dir": self.repo_dir,
+            "pool": pool,
         }
         objects = render(**args)
         deployment = objects[0]
@@ -448,6 +458,16 @@ class KubernetesOrchestrator:
         except KubernetesError as exc:
             return list(health_rows(None, registered, str(exc)))
         return list(health_rows(pods, registered))
+
+    def pool_repository(self, service: str) -> str:
+        """The pods' ``emptyDir`` (``render`` mounts it for a pool)."""
+        return POOL_REPOSITORY
+
+    def service_token(self, service: str, placement: Placement) -> str | None:
+        """None: a token lives only in its Secret, which the control plane's Role may create but
+        never read back (deploy/k8s/rbac.yaml), so pools here run without one (``PoolService``
+        refuses a pooled deploy with a token on this orchestrator)."""
+        return None
 
     # -- reconciliation -----------------------------------------------------------------------
 

@@ -17,6 +17,11 @@
 - a headless **Service** (DNS names for the pods; discovery stays in the store);
 - a **Secret** with the token, only when the service JSON has one.
 
+A pool (``pool=True``: a service JSON with ``model_repository`` and no model) renders the same
+objects for ``eas-server --model-repository``: the repository is an ``emptyDir`` at
+``POOL_REPOSITORY`` (the control plane loads versions by their paths under ``repo_dir``, mounted as
+for any deployment), and the labels name the pool (``autoai.io/pool``) instead of a model version.
+
 Every object carries ``app.kubernetes.io/name=eas-server``, ``app.kubernetes.io/managed-by=autoai``
 and ``autoai.io/{control-plane,model,version,processor,service}`` labels, and the exact service
 name in the ``autoai.io/service`` annotation. Given ``owner_uid``, the ConfigMap, Service and
@@ -42,10 +47,12 @@ __all__ = [
     "CONTAINER",
     "GPU_RESOURCE",
     "MANAGED_BY",
+    "POOL_REPOSITORY",
     "SERVICE_ANNOTATION",
     "label_value",
     "labels",
     "object_name",
+    "pool_labels",
     "render",
     "selector",
 ]
@@ -55,6 +62,8 @@ CONTAINER: Final = "eas-server"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 SERVICE_ANNOTATION: Final = "autoai.io/service"
 CONFIG_DIR: Final = "/etc/autoai"
+POOL_REPOSITORY: Final = "/var/lib/eas-server/models"
+"""Where a pool's pods keep their (empty, writable) model repository."""
 _GRACE_MARGIN_S: Final = 15  # after the drain: uvicorn's shutdown, the runtime's close
 _STARTUP_PERIOD_S: Final = 5
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
@@ -109,6 +118,21 @@ def labels(
         "autoai.io/model": label_value(name),
         "autoai.io/version": label_value(version),
         "autoai.io/processor": label_value(processor),
+        "autoai.io/service": label_value(service),
+    }
+
+
+def pool_labels(pool: str, service: str, settings: KubernetesSettings) -> dict[str, str]:
+    """Every label of a pool's objects: as a model version's, naming the pool instead."""
+    return {
+        **settings.labels,
+        "app.kubernetes.io/name": "eas-server",
+        "app.kubernetes.io/instance": object_name(service),
+        "app.kubernetes.io/component": "model-pool",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "autoai.io/control-plane": settings.control_plane,
+        "autoai.io/pool": label_value(pool),
+        "autoai.io/processor": "repository",
         "autoai.io/service": label_value(service),
     }
 
@@ -222,16 +246,20 @@ def render(
     settings: KubernetesSettings,
     repo_dir: str,
     owner_uid: str | None = None,
+    pool: bool = False,
 ) -> list[dict[str, Any]]:
     """The objects of one deployment: Deployment, ConfigMap, Service, and a Secret with a token.
 
     Args:
-        name, version, service, processor: the deployment (``service`` is ``name-version``).
-        service_json: the eas-server service JSON (``model_path`` under ``repo_dir``).
+        name, version, service, processor: the deployment (``service`` is ``name-version``);
+            for a pool, ``name`` is the pool's and ``version`` is not used.
+        service_json: the eas-server service JSON (``model_path`` under ``repo_dir``; a pool's
+            has ``model_repository`` at ``POOL_REPOSITORY`` instead).
         spec: the deploy spec (``metadata.instance``, ``cpu``, ``memory``, ``gpu``).
         settings: namespace, images, Secret and claim names, drain time.
         repo_dir: where the repository is mounted, the control plane's ``repo_dir``.
         owner_uid: the applied Deployment's uid; its dependents then name it as their owner.
+        pool: render a pool's instances (``eas-server --model-repository``).
 
     Raises:
         InvalidRequest: a model path outside ``repo_dir``, or a name no label value can hold.
@@ -239,7 +267,12 @@ def render(
     metadata = spec.metadata
     replicas = metadata.instance
     model_path = PurePosixPath(str(service_json.get("model_path", "")))
-    if not model_path.is_absolute() or not model_path.is_relative_to(repo_dir):
+    if pool and service_json.get("model_repository") != POOL_REPOSITORY:
+        raise InvalidRequest(
+            f"a pool's model_repository must be {POOL_REPOSITORY} (its pods' emptyDir)",
+            {"model_repository": service_json.get("model_repository")},
+        )
+    if not pool and (not model_path.is_absolute() or not model_path.is_relative_to(repo_dir)):
         raise InvalidRequest(
             f"model path {model_path} is not under the repository {repo_dir}, the only volume "
             "model server pods mount",
@@ -253,7 +286,11 @@ def render(
     config = json.dumps(
         {k: v for k, v in service_json.items() if k != "token"}, indent=2, sort_keys=True
     )
-    common = labels(name, version, service, processor, settings)
+    common = (
+        pool_labels(name, service, settings)
+        if pool
+        else labels(name, version, service, processor, settings)
+    )
     annotations = {SERVICE_ANNOTATION: service}
     pod_annotations = {
         "prometheus.io/scrape": "true",
@@ -292,6 +329,11 @@ def render(
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if pool:  # the repository the pool's server starts from: empty, and writable
+        pod_spec["volumes"].append({"name": "pool-repository", "emptyDir": {}})
+        pod_spec["containers"][0]["volumeMounts"].append(
+            {"name": "pool-repository", "mountPath": POOL_REPOSITORY}
+        )
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     if settings.node_selector:

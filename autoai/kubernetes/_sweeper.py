@@ -16,7 +16,7 @@ from collections.abc import Callable
 from config_store import ConfigStore, ConfigStoreError
 
 from ..deployments import GROUP, read_record
-from ..schema import OperationMarker
+from ..schema import OperationMarker, PoolRecord
 from ._orchestrator import KubernetesError, KubernetesOrchestrator
 
 __all__ = ["Sweeper", "known_services"]
@@ -26,7 +26,8 @@ _RETRY_S = 10.0
 
 
 def known_services(store: ConfigStore, live_replicas: set[str]) -> set[str]:
-    """Services with a deployment record or an operation marker of a live replica.
+    """Services with a deployment or pool record, or an operation marker of a live replica
+    (a pool's marker, ``operation.pool.<pool>``, names its service ``pool-<pool>``).
 
     Markers are read before records: a deploy writes its record before it removes its marker,
     so a service is never missed between the two reads."""
@@ -44,6 +45,10 @@ def known_services(store: ConfigStore, live_replicas: set[str]) -> set[str]:
             item = store.get(key, group=GROUP)
             if item is not None:
                 known.add(read_record(item.content).service)
+        elif key.startswith("pool."):
+            item = store.get(key, group=GROUP)
+            if item is not None:
+                known.add(PoolRecord.model_validate_json(item.content).service)
     return known
 
 

@@ -39,7 +39,9 @@ from ._base import Document, Request
 from ._routes import BladeMeta, Signature
 from ._spec import (
     BLADE_OPTIONS,
+    DEFAULT_POOL_INSTANCES,
     MAX_INSTANCES,
+    POOL_NAME,
     BladeOptions,
     DeployMetadata,
     DeploySpec,
@@ -53,7 +55,9 @@ from ._spec import (
 
 __all__ = [
     "BLADE_OPTIONS",
+    "DEFAULT_POOL_INSTANCES",
     "MAX_INSTANCES",
+    "POOL_NAME",
     "BladeOptions",
     "DeployMetadata",
     "DeploySpec",
@@ -82,6 +86,8 @@ __all__ = [
     "Placement",
     "PodHealth",
     "PodSlot",
+    "PoolMove",
+    "PooledPlacement",
     "RegisterRequest",
     "RpcOptions",
     "ScaleMetadata",
@@ -198,6 +204,41 @@ InstanceHealth = Annotated[
 """An instance as described: a local process or a Kubernetes replica."""
 
 
+class PoolMove(Document):
+    """One change of the pool instances a pooled version is loaded on, made by the reconciler
+    (an instance died, or came back empty)."""
+
+    at: float = Field(description="When (Unix seconds).")
+    lost: list[str] = Field(
+        default_factory=list, description="host:port of instances it is no longer on."
+    )
+    added: list[str] = Field(
+        default_factory=list, description="host:port of instances it was loaded onto."
+    )
+    reason: str = Field("", description="Why, in words.")
+
+
+class PooledPlacement(Document):
+    """Where a pooled deployment (``metadata.pool``) is loaded: instances of a shared pool, not
+    processes of its own."""
+
+    pool: str = Field(description="The pool's name (its instances register as pool-NAME).")
+    hosts: list[str] = Field(
+        default_factory=list, description="host:port of the pool instances that host it."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The service JSON each load sends (model_path, version, processor, "
+        "service, metadata; never a token): what a reload onto another instance sends again.",
+    )
+    model_bytes: int = Field(
+        0, ge=0, description="The model's size on disk: placement's estimate of its memory."
+    )
+    moves: list[PoolMove] = Field(
+        default_factory=list, description="The reconciler's moves, oldest first (the last 20)."
+    )
+
+
 # -- deployments --------------------------------------------------------------------------------
 
 
@@ -252,6 +293,11 @@ class _DeploymentFields(Document):
         default_factory=DeploySpec, description="The deploy spec as given, without its token."
     )
     created: float = Field(description="When the deployment was recorded (Unix seconds).")
+    pooled: PooledPlacement | None = Field(
+        None,
+        description="For a deploy into a pool (metadata.pool): the pool instances it is loaded "
+        "on (instances is then empty in the record). Null: exclusive instances.",
+    )
 
     @field_validator("spec", mode="wrap")
     @classmethod
@@ -422,11 +468,13 @@ class Health(Document):
 
 
 class TargetGroup(Document):
-    """One Prometheus HTTP service-discovery target group: a deployment's instances."""
+    """One Prometheus HTTP service-discovery target group: a deployment's instances, or a
+    pool's (each scraped once, whatever it hosts)."""
 
     targets: list[str] = Field(description="host:port of each registered instance.")
     labels: dict[str, str] = Field(
-        description="model, version, processor, service and __metrics_path__."
+        description="model, version, processor, service and __metrics_path__; a pool's: pool, "
+        "processor (repository), service and __metrics_path__."
     )
 
 

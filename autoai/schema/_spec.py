@@ -41,7 +41,9 @@ from ._dotted import fold_dotted, refuse as _refuse
 
 __all__ = [
     "BLADE_OPTIONS",
+    "DEFAULT_POOL_INSTANCES",
     "MAX_INSTANCES",
+    "POOL_NAME",
     "BladeOptions",
     "DeployMetadata",
     "DeploySpec",
@@ -55,6 +57,11 @@ __all__ = [
 
 MAX_INSTANCES: Final = 16
 """The most instances one deployment may ask for (``metadata.instance``)."""
+DEFAULT_POOL_INSTANCES: Final = 2
+"""The size of a pool created by a deploy that names it without ``metadata.pool_instances``."""
+POOL_NAME: Final = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+"""A pool's name: a DNS label that starts with a letter, so its service ``pool-NAME`` is never a
+model version's ``name-version`` (versions are numbers)."""
 BLADE_OPTIONS: Final = frozenset(
     {"device", "level", "tolerance", "test_data", "batch_sizes", "seq", "required"}
 )
@@ -89,6 +96,15 @@ def _integer(path: str, low: int, high: int | None = None) -> BeforeValidator:
         raise _refuse(f"{path} is {given!r}, expected {wanted}")
 
     return BeforeValidator(check)
+
+
+def _pool_name(value: object) -> object:
+    if value is None or (isinstance(value, str) and POOL_NAME.match(value)):
+        return value
+    raise _refuse(
+        f"metadata.pool is {value!r}, expected a pool name: 1-63 of a-z, 0-9 and '-', starting "
+        "with a letter and ending with a letter or digit"
+    )
 
 
 def _flag(path: str) -> BeforeValidator:
@@ -278,10 +294,45 @@ class DeployMetadata(_Given):
         "the model at load).",
     )
 
+    pool: Annotated[str | None, BeforeValidator(_pool_name)] = Field(
+        None,
+        json_schema_extra={"pattern": POOL_NAME.pattern},
+        description="A shared pool of multi-model instances to load this version onto instead "
+        "of starting its own (created by the first deploy that names it); instance is then how "
+        "many of the pool's instances host it. Absent: exclusive instances (the default).",
+    )
+    pool_instances: Annotated[int | None, _integer("metadata.pool_instances", 1, MAX_INSTANCES)] = (
+        Field(
+            None,
+            ge=1,
+            le=MAX_INSTANCES,
+            description="The pool's size when this deploy creates it (default 2); a pool that "
+            "exists keeps its size, and another value is refused.",
+        )
+    )
+
     @model_validator(mode="after")
     def _port_fits(self) -> DeployMetadata:
         if self.port and not 1024 <= self.port <= 65535 - self.instance:
             raise _port_error(self.port)
+        return self
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> DeployMetadata:
+        if self.pool is None:
+            if self.pool_instances is not None:
+                raise _refuse("metadata.pool_instances sizes a pool: it needs metadata.pool")
+            return self
+        if self.port:
+            raise _refuse(
+                f"metadata.port is {self.port!r}: a pool's instances pick their own ports, so a "
+                "pooled deploy (metadata.pool) takes none"
+            )
+        if self.pool_instances is not None and self.instance > self.pool_instances:
+            raise _refuse(
+                f"metadata.instance is {self.instance}, more than the "
+                f"{self.pool_instances} instance(s) of pool {self.pool!r} (metadata.pool_instances)"
+            )
         return self
 
     def server(self) -> dict[str, Any]:

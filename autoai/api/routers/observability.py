@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config_store import Instance
 
-from ...schema import Deployment, TargetGroup
+from ...schema import Deployment, PoolRecord, TargetGroup
 from ..dependencies import Services, Svc, require_read
 
 router = APIRouter(tags=["observability"], dependencies=[Depends(require_read)])
@@ -32,6 +32,8 @@ def target_groups(
     """
     groups = []
     for deployment in deployments:
+        if deployment.pooled is not None:
+            continue  # scraped once per pool instance (``pool_groups``), not once per version
         service = deployment.service
         targets = sorted(
             f"[{i.host}]:{i.port}" if ":" in i.host else i.address
@@ -50,10 +52,35 @@ def target_groups(
     return groups
 
 
+def pool_groups(
+    pools: Iterable[PoolRecord], instances: Mapping[str, Iterable[Instance]]
+) -> list[TargetGroup]:
+    """One target group per pool with registered instances, labelled ``pool``, ``service`` and
+    ``processor="repository"``: a pool instance's ``/metrics`` labels every version it hosts
+    with its model, version and processor itself."""
+    groups = []
+    for pool in pools:
+        targets = sorted(
+            f"[{i.host}]:{i.port}" if ":" in i.host else i.address
+            for i in instances.get(pool.service, ())
+        )
+        if targets:
+            labels = {
+                "pool": pool.name,
+                "processor": "repository",
+                "service": pool.service,
+                "__metrics_path__": "/metrics",
+            }
+            groups.append(TargetGroup(targets=targets, labels=labels))
+    return groups
+
+
 def _discover(svc: Services) -> list[TargetGroup]:
     deployments = svc.deployments.list()
     registered = {d.service: svc.store.instances(d.service) for d in deployments}
-    return target_groups(deployments, registered)
+    pools = sorted((p for p, _ in svc.pools.records().values()), key=lambda p: p.name)
+    members = {p.service: svc.store.instances(p.service) for p in pools}
+    return target_groups(deployments, registered) + pool_groups(pools, members)
 
 
 @router.get(
@@ -70,5 +97,6 @@ async def metrics(svc: Svc) -> Response:
 @router.get("/api/v1/sd/prometheus")
 async def prometheus_sd(svc: Svc) -> list[TargetGroup]:
     """Every registered model-server instance as Prometheus HTTP service discovery target groups
-    (``http_sd_configs``), labelled with model, version, processor and service."""
+    (``http_sd_configs``), labelled with model, version, processor and service; a pool's
+    instances as one group labelled with the pool."""
     return await run_in_threadpool(_discover, svc)
