@@ -11,6 +11,7 @@ from ._blade import blade_app
 from ._deploy import deploy_command, scale_command, undeploy_command
 from ._jobs import job_command
 from ._models import models_app
+from ._pools import pools_app
 from ._predict import predict_command
 from ._publish import publish_command, releases_command, rollback_command
 from ._shell import OneLineGroup, configure_logging
@@ -37,6 +38,7 @@ app.command("publish")(publish_command)
 app.command("rollback")(rollback_command)
 app.command("releases")(releases_command)
 app.command("status")(status_command)
+app.add_typer(pools_app, name="pools")
 app.command("predict")(predict_command)
 app.command("bench")(bench_command)
 

@@ -11,10 +11,10 @@ with ControlClient("http://127.0.0.1:8080", token=token) as control:
     control.publish("intent", {"routes": [{"version": version, "weight": 100}]})
 ```
 Answers are the ``autoai.schema`` documents the API declares (``ModelVersion``, ``Deployment``,
-``JobInfo``, ``PublishResult``, ...); bodies may be its request models (``DeploySpec``,
-``PublishRequest``) or their JSON form. Every failure is a ``ControlError``: one subclass per
-error status, ``Unreachable`` when nothing answers, ``JobFailed`` / ``JobTimeout`` from
-``wait_job``; each carries the server's ``{"error", "detail"}``.
+``JobInfo``, ``PublishResult``, ``Pool``, ...); bodies may be its request models
+(``DeploySpec``, ``PublishRequest``) or their JSON form. Every failure is a ``ControlError``:
+one subclass per error status, ``Unreachable`` when nothing answers, ``JobFailed`` /
+``JobTimeout`` from ``wait_job``; each carries the server's ``{"error", "detail"}``.
 """
 
 from ._async import AsyncControlClient

@@ -20,6 +20,7 @@ from ..schema import (
     JobInfo,
     ModelInfo,
     ModelVersion,
+    Pool,
     PublishResult,
     Release,
     TargetGroup,
@@ -154,6 +155,21 @@ class AsyncControlClient(_BaseControlClient):
     async def deployment(self, name: str, version: str) -> Deployment:
         """One version's deployment."""
         return await self._send(self._deployment(name, version))
+
+    async def pools(self) -> list[Pool]:
+        """Every pool of shared multi-model instances (``metadata.pool`` of pooled deploys),
+        by name: its size, its instances' health (pid or pod, alive, ready), the deployments
+        on it."""
+        return await self._send(self._pools())
+
+    async def pool(self, name: str) -> Pool:
+        """One pool (``NotFound`` if no deploy created it)."""
+        return await self._send(self._pool(name))
+
+    async def delete_pool(self, name: str) -> None:
+        """Drain and stop a pool's instances and forget it (``Conflict`` while deployments are
+        on it: its ``detail["deployments"]`` names them; undeploy them first)."""
+        await self._send(self._delete_pool(name))
 
     async def job(self, job_id: str) -> JobInfo:
         """A job's state now."""

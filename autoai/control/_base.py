@@ -32,6 +32,8 @@ from ..schema import (
     ModelInfo,
     ModelList,
     ModelVersion,
+    Pool,
+    PoolList,
     PublishResult,
     Release,
     ReleaseList,
@@ -345,6 +347,18 @@ class _BaseControlClient:
     def _deployment(self, name: str, version: str) -> Call[Deployment]:
         path = f"{self._version_path(name, version)}/deployment"
         return Call("GET", path, _model(Deployment))
+
+    @staticmethod
+    def _pools() -> Call[list[Pool]]:
+        return Call("GET", f"{_API}/pools", _part(PoolList, lambda p: p.pools))
+
+    @staticmethod
+    def _pool(name: str) -> Call[Pool]:
+        return Call("GET", f"{_API}/pools/{segment(name)}", _model(Pool))
+
+    @staticmethod
+    def _delete_pool(name: str) -> Call[None]:
+        return Call("DELETE", f"{_API}/pools/{segment(name)}", _nothing)
 
     @staticmethod
     def _job(job_id: str) -> Call[JobInfo]:

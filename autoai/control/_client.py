@@ -18,6 +18,7 @@ from ..schema import (
     JobInfo,
     ModelInfo,
     ModelVersion,
+    Pool,
     PublishResult,
     Release,
     TargetGroup,
@@ -151,6 +152,21 @@ class ControlClient(_BaseControlClient):
     def deployment(self, name: str, version: str) -> Deployment:
         """One version's deployment."""
         return self._send(self._deployment(name, version))
+
+    def pools(self) -> list[Pool]:
+        """Every pool of shared multi-model instances (``metadata.pool`` of pooled deploys),
+        by name: its size, its instances' health (pid or pod, alive, ready), the deployments
+        on it."""
+        return self._send(self._pools())
+
+    def pool(self, name: str) -> Pool:
+        """One pool (``NotFound`` if no deploy created it)."""
+        return self._send(self._pool(name))
+
+    def delete_pool(self, name: str) -> None:
+        """Drain and stop a pool's instances and forget it (``Conflict`` while deployments are
+        on it: its ``detail["deployments"]`` names them; undeploy them first)."""
+        self._send(self._delete_pool(name))
 
     def job(self, job_id: str) -> JobInfo:
         """A job's state now."""

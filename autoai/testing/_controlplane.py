@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from config_store import open_store
 
 from ._ports import free_port
-from ._process import terminate
+from ._process import cmdline, terminate
 from ._wait import WaitTimeout, wait
 
 if TYPE_CHECKING:  # imported where used: the process helpers beside this need no httpx
@@ -239,16 +239,35 @@ def control_plane(root: Path, **options: Any) -> Iterator[ControlPlaneProcess]:
         plane.stop()
 
 
+def _recorded_pids(content: bytes) -> list[tuple[int, list[str]]]:
+    """(pid, recorded command line) of each local instance of a deployment or pool record; a
+    Kubernetes record's slots (pods) have no pid and are skipped."""
+    return [
+        (int(slot["pid"]), [str(a) for a in slot.get("args") or []])
+        for slot in json.loads(content).get("instances") or []
+        if isinstance(slot, dict) and slot.get("pid")
+    ]
+
+
 def kill_recorded_instances(store_url: str) -> list[int]:
-    """SIGKILL every instance the deployment records of this store name (recorded PIDs only):
-    what a test deployed and left running. Returns the PIDs signalled."""
+    """SIGKILL every instance the deployment records (``deployment.*``) and pool records
+    (``pool.*``: a pool's multi-model instances) of this store name: what a test deployed and
+    left running, pools included, even when the test never deleted them. Recorded PIDs only,
+    and of a record with a command line only while that PID still runs it (a PID reused by
+    another process since is left alone). Returns the PIDs signalled."""
     killed = []
     with open_store(store_url, snapshot_dir=False) as store:
         for key in store.keys("control"):
+            if not key.startswith(("deployment.", "pool.")):
+                continue
             item = store.get(key, group="control")
-            if key.startswith("deployment.") and item is not None:
-                for instance in json.loads(item.content)["instances"]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(instance["pid"], signal.SIGKILL)
-                        killed.append(int(instance["pid"]))
+            if item is None:
+                continue
+            for pid, args in _recorded_pids(item.content):
+                running = cmdline(pid)
+                if not running or (args and running != " ".join(args)):
+                    continue  # gone, or a reused PID
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
     return killed
