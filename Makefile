@@ -95,6 +95,14 @@ bench-sdk: install-test zookeeper
 bench-blade: install models
 	$(PY) -m benchmarks.blade.cpu --full-length
 
+# A hundred models (benchmarks/models/README.md): 100 versions of a small BERT on one eas-server
+# --model-repository instance (memory per model, load/unload, Zipf traffic at c=32 against the same
+# requests on one model) beside the same models as single-model processes: ~4 min.
+.PHONY: bench-models
+bench-models: install models
+	$(PY) scripts/build_multimodel.py
+	$(PY) -m benchmarks.models.run
+
 # One hour at 70 % of the measured max QPS, a publish every 10 s, an instance SIGKILLed every 5 min,
 # on a standalone ZooKeeper (Debian's package); SOAK_ARGS='--duration 120' for a smoke run.
 .PHONY: soak

@@ -307,9 +307,12 @@ class ModelHost:
         settings = self._settings(source)
         started = time.perf_counter()
         cores = usable_cores()
-        spinning = settings.ort_spinning if settings.ort_spinning is not None else False
         # Many sessions share the cores: spinning pools would take them from each other.
-        handoff = None if settings.handoff == "auto" else settings.handoff == "inline"
+        spinning = settings.ort_spinning if settings.ort_spinning is not None else False
+        # Batches run on each model's worker thread, not inline on the event loop: inline, every
+        # model's batch waits for every other model's (one at a time), and under traffic spread
+        # over many models the batches are small, so one at a time leaves cores idle.
+        handoff = settings.handoff == "inline"
         cpu = plan_runtime(
             cores, workers=settings.workers, threads=settings.intra_op_threads,
             spinning=spinning, inline=handoff,
