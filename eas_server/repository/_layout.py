@@ -135,9 +135,11 @@ def resolve(root: Path | None, name: str, config: str | None = None) -> ModelSou
         if version not in versions:
             raise LayoutError(f"model {name!r} has no version {version} in {model_dir}")
         path = model_dir / version
-        if (path / _ONNX).is_file():
+        if (path / _BLADE).is_file():
+            pass  # a blade artifact (it holds a model.onnx of its own: checked first)
+        elif (path / _ONNX).is_file():
             path = path / _ONNX
-        elif not (path / _BLADE).is_file():
+        else:
             raise LayoutError(f"{path} holds neither {_ONNX} nor a blade artifact ({_BLADE})")
     check_name(version, "version")
     blade = path.is_dir() and (path / _BLADE).is_file()

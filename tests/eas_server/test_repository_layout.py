@@ -21,10 +21,12 @@ def _onnx(root: Path, name: str, version: str, tag: float = 0.0) -> Path:
 
 
 def _blade(root: Path, name: str, version: str) -> Path:
-    """``root/name/version/`` as a blade artifact directory (what the layout looks for)."""
+    """``root/name/version/`` as a blade artifact directory (what the layout looks for): its
+    ``blade.json`` beside the ``model.onnx`` that a real artifact holds too."""
     directory = root / name / version
     directory.mkdir(parents=True)
     (directory / "blade.json").write_text("{}")
+    models.tagged(directory, 0.0).rename(directory / "model.onnx")
     return directory
 
 
