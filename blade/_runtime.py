@@ -1,6 +1,13 @@
 """Running an ONNX model the way an artifact says: provider, threads, and on GPU fp32 IO with
 IO binding and one CUDA graph per shape bucket (inputs padded up to the bucket, outputs cut back).
 
+The buckets share the runtime's one ONNX Runtime session: it is created with the CUDA EP's
+``enable_cuda_graph`` and each bucket captures its own graph under the run option
+``gpu_graph_id`` (1, 2, ...; ONNX Runtime >= 1.18), with its own IO binding of device buffers,
+since a graph replays on the addresses it was captured with. Runs outside every bucket go to the
+same session with ``gpu_graph_id`` -1 (no capture, no replay). So a worker holds the weights once,
+not once per bucket plus once for the plain runs.
+
 The optimizer times and verifies every candidate through this class, and the blade processor
 serves the chosen one through it, so what was measured is what is served.
 """
@@ -9,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +30,14 @@ from ._errors import RuntimeNotAvailable
 __all__ = ["BladeRuntime", "RuntimeConfig"]
 
 log = logging.getLogger("blade.runtime")
+
+_GRAPH_ID_KEY = "gpu_graph_id"
+"""ONNX Runtime's run option that names the CUDA graph a run captures or replays."""
+_NO_GRAPH = -1
+"""Its value for a run that neither captures nor replays (any shape, numpy feeds)."""
+_GRAPH_IDS_SINCE = (1, 18)
+"""The first ONNX Runtime release that keeps one graph per ``gpu_graph_id``; older ones ignore
+the option and would replay the first bucket's graph for every bucket."""
 
 _LEVELS = {
     "disabled": "ORT_DISABLE_ALL",
@@ -94,6 +112,78 @@ def _providers(config: RuntimeConfig) -> list[Any]:
     return [("TensorrtExecutionProvider", dict(config.trt_options)), cuda, "CPUExecutionProvider"]
 
 
+class _CaptureLock:
+    """Process-wide: a CUDA graph capture runs alone, other GPU work of blade runtimes shares.
+
+    ONNX Runtime captures in ``cudaStreamCaptureModeGlobal``: while one thread captures, a
+    synchronizing call of any other thread (a copy, a stream sync, an allocation) fails with
+    "operation not permitted when stream is capturing" and invalidates the capture. ORT keeps
+    graphs per thread, so a worker thread captures on its first run of each bucket, under the
+    traffic of the other models of the process. Writers first: a waiting capture stops new runs.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._capturing = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._capturing or self._waiting:
+                self._cond.wait()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._capturing or self._running:
+                self._cond.wait()
+            self._waiting -= 1
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = False
+                self._cond.notify_all()
+
+
+_CAPTURE = _CaptureLock()
+
+
+def _graph_ids_supported(version: str) -> bool:
+    """Whether ONNX Runtime ``version`` (``1.31.1``, ``1.20.0.dev20240501``) captures one CUDA
+    graph per ``gpu_graph_id``."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return match is not None and (int(match[1]), int(match[2])) >= _GRAPH_IDS_SINCE
+
+
+def _with_cuda_graph(providers: list[Any]) -> list[Any]:
+    """``providers`` with ``enable_cuda_graph`` on the CUDA EP's options."""
+    out: list[Any] = []
+    for entry in providers:
+        if isinstance(entry, tuple) and entry[0] == "CUDAExecutionProvider":
+            entry = (entry[0], {**entry[1], "enable_cuda_graph": "1"})
+        out.append(entry)
+    return out
+
+
+def _run_options(graph_id: int) -> Any:
+    """Run options that select CUDA graph ``graph_id`` (:data:`_NO_GRAPH`: none)."""
+    options = _ort().RunOptions()
+    options.add_run_config_entry(_GRAPH_ID_KEY, str(graph_id))
+    return options
+
+
 class BladeRuntime:
     """A loaded model, runnable from one thread at a time (one per serving worker)."""
 
@@ -113,15 +203,58 @@ class BladeRuntime:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self._opts = opts
         self._providers = _providers(config)
-        self.session = ort.InferenceSession(
-            self.model_path, sess_options=opts, providers=self._providers
-        )
+        graphs = config.cuda_graph and config.provider == "cuda" and bool(config.buckets)
+        if graphs:
+            if not _graph_ids_supported(ort.__version__):
+                raise RuntimeNotAvailable(
+                    "CUDA graphs for several shape buckets need onnxruntime-gpu >= "
+                    f"{'.'.join(map(str, _GRAPH_IDS_SINCE))} (the gpu_graph_id run option); "
+                    f"found {ort.__version__}: pip install -U 'autoai[gpu]'"
+                )
+            self._providers = _with_cuda_graph(self._providers)
+        self._gpu = config.provider != "cpu"
+        with self._shared():  # its allocations must not fall into another model's capture
+            self.session = ort.InferenceSession(
+                self.model_path, sess_options=opts, providers=self._providers
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # On a graph-enabled session a run without gpu_graph_id is graph 0: ORT would capture it
+        # from transient numpy feeds and replay it for every later run. -1 keeps plain runs plain.
+        self._plain_options: Any = _run_options(_NO_GRAPH) if graphs else None
         self._graphs: dict[tuple[int, int], _GraphSession] = {}
-        if config.cuda_graph and config.provider == "cuda":
-            for batch, seq in sorted(config.buckets):
-                self._graphs[(batch, seq)] = _GraphSession(self, batch, seq)
+        self._captured = threading.local()
+        """Per thread: the graph ids this thread has run (ORT keeps captured graphs per thread)."""
+        if graphs:
+            self._add_buckets("cuda")
+
+    def _shared(self) -> Any:
+        """GPU work that captures nothing: it must not overlap a capture (``_CaptureLock``)."""
+        return _CAPTURE.shared() if self._gpu else nullcontext()
+
+    def _guard(self, graph_id: int) -> Any:
+        """The lock a run of ``graph_id`` needs: alone on this thread's first run (a capture)."""
+        if not self._gpu:
+            return nullcontext()
+        seen: set[int] | None = getattr(self._captured, "ids", None)
+        if seen is None:
+            seen = self._captured.ids = set()
+        if graph_id in seen:
+            return self._shared()
+        seen.add(graph_id)
+        return _CAPTURE.alone()
+
+    def _add_buckets(self, device: str) -> None:
+        """Bind and (on ``cuda``) capture one graph per configured bucket, smallest first, on
+        this runtime's session; ``cpu`` binds the same way without a graph (the tests' seam)."""
+        shapes = sorted({(int(b), int(s)) for b, s in self.config.buckets})
+        for graph_id, (batch, seq) in enumerate(shapes, start=1):  # 0 is ORT's default id
+            self._graphs[(batch, seq)] = _GraphSession(self, batch, seq, device, graph_id=graph_id)
+
+    def _plain_run(self, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        with self._shared():
+            results: list[np.ndarray] = self.session.run(names, dict(feed), self._plain_options)
+        return results
 
     def run(
         self, feed: Mapping[str, np.ndarray], outputs: frozenset[str] | None = None
@@ -149,8 +282,7 @@ class BladeRuntime:
         names = (
             self.output_names if wanted is None else [n for n in self.output_names if n in wanted]
         )
-        results = self.session.run(names, dict(feed))
-        return dict(zip(names, results, strict=True))
+        return dict(zip(names, self._plain_run(names, feed), strict=True))
 
     def _pad_back(self, outputs: dict[str, np.ndarray], seq: int) -> dict[str, np.ndarray]:
         for name, axis in self.config.pad_outputs.items():
@@ -175,18 +307,25 @@ class BladeRuntime:
 
 
 class _GraphSession:
-    """One captured CUDA graph: a session bound to device buffers of one bucket's shape."""
+    """One bucket: device buffers of its shape bound to the runtime's session, and on CUDA the
+    graph captured for them under its own ``gpu_graph_id``."""
 
-    def __init__(self, runtime: BladeRuntime, batch: int, seq: int, device: str = "cuda"):
+    def __init__(
+        self,
+        runtime: BladeRuntime,
+        batch: int,
+        seq: int,
+        device: str = "cuda",
+        *,
+        graph_id: int = 1,
+    ):
         ort = _ort()
         self.runtime = runtime
         self.batch, self.seq = batch, seq
-        providers: list[Any] = ["CPUExecutionProvider"]  # tests: the same binding, no graph
-        if device == "cuda":
-            providers = [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})]
-        self.session = ort.InferenceSession(
-            runtime.model_path, sess_options=runtime._opts, providers=providers
-        )
+        self.graph_id = graph_id
+        self.session = runtime.session
+        # tests: device "cpu" is the same binding on a CPU session, no graph
+        self.run_options: Any = _run_options(graph_id) if device == "cuda" else None
         self.shapes: dict[str, tuple[int, ...]] = {}
         sample: dict[str, np.ndarray] = {}
         for arg in self.session.get_inputs():
@@ -199,20 +338,26 @@ class _GraphSession:
                 np.ones(shape, dtype=dtype) if "mask" in arg.name else np.zeros(shape, dtype=dtype)
             )
             self.shapes[arg.name] = tuple(shape)
-        # output shapes of this bucket, from one ordinary run on a plain session
-        plain = runtime.session.run(runtime.output_names, sample)
+        # output shapes of this bucket, from one plain run (no graph)
+        plain = runtime._plain_run(runtime.output_names, sample)
         self.binding = self.session.io_binding()
-        self.inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, device, 0) for n, a in sample.items()}
-        self.outputs = {
-            n: ort.OrtValue.ortvalue_from_shape_and_type(list(o.shape), o.dtype, device, 0)
-            for n, o in zip(runtime.output_names, plain, strict=True)
-        }
+        with runtime._shared():
+            self.inputs = {
+                n: ort.OrtValue.ortvalue_from_numpy(a, device, 0) for n, a in sample.items()
+            }
+            self.outputs = {
+                n: ort.OrtValue.ortvalue_from_shape_and_type(list(o.shape), o.dtype, device, 0)
+                for n, o in zip(runtime.output_names, plain, strict=True)
+            }
         for name, value in self.inputs.items():
             self.binding.bind_ortvalue_input(name, value)
         for name, value in self.outputs.items():
             self.binding.bind_ortvalue_output(name, value)
-        self.session.run_with_iobinding(self.binding)  # warm-up, then capture
-        self.session.run_with_iobinding(self.binding)
+        # ORT repeats the first run until the graph is captured (alone: _CaptureLock); the
+        # second replays it, so a graph that cannot replay fails here, at load.
+        for _ in range(2):
+            with runtime._guard(graph_id):
+                self.session.run_with_iobinding(self.binding, self.run_options)
 
     def run(
         self, feed: Mapping[str, np.ndarray], wanted: frozenset[str] | None = None
@@ -220,20 +365,29 @@ class _GraphSession:
         cfg = self.runtime.config
         rows = next(iter(feed.values())).shape[0]
         length = 0
-        for name, value in self.inputs.items():
+        padded: dict[str, np.ndarray] = {}
+        for name in self.inputs:
             arr = feed[name]
             axis_value = cfg.pad_inputs.get(name)
             if axis_value is not None:
                 length = arr.shape[axis_value[0]]
             full = np.full(self.shapes[name], axis_value[1] if axis_value else 0, dtype=arr.dtype)
             full[tuple(slice(0, s) for s in arr.shape)] = arr
-            value.update_inplace(full)
-        self.session.run_with_iobinding(self.binding)
+            padded[name] = full
+        # copies in and out are synchronizing calls too: inside the lock with the run
+        with self.runtime._guard(self.graph_id):
+            for name, value in self.inputs.items():
+                value.update_inplace(padded[name])
+            self.session.run_with_iobinding(self.binding, self.run_options)
+            # only the wanted outputs: a device-to-host copy saved (per-token outputs are large)
+            got = {
+                name: value.numpy()
+                for name, value in self.outputs.items()
+                if wanted is None or name in wanted
+            }
         out: dict[str, np.ndarray] = {}
-        for name, value in self.outputs.items():
-            if wanted is not None and name not in wanted:
-                continue  # a device-to-host copy saved (per-token outputs are large)
-            arr = value.numpy()[:rows]
+        for name, full_out in got.items():
+            arr = full_out[:rows]
             axis = cfg.pad_outputs.get(name)
             if axis is not None and length:
                 index = [slice(None)] * arr.ndim

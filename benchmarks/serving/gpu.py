@@ -1,8 +1,9 @@
-"""eas-server on one GPU (issue 16, points 2 and 5), in three phases of one device command each.
+"""eas-server on one GPU (issue 16, points 2 and 5; issue 18), in phases of one device command each.
 
     python3 -m benchmarks.serving.gpu optimize --work /root/work --out $OUT   # ~4 min on an H100
     python3 -m benchmarks.serving.gpu serve    --work /root/work --out $OUT   # ~4 min
     python3 -m benchmarks.serving.gpu seed     --work /root/work --out $OUT   # ~8 min
+    python3 -m benchmarks.serving.gpu models   --work /root/work --out $OUT   # <= 9 min
     python3 -m benchmarks.serving.gpu inputs   # rewrites gpu_inputs.npz from minilm-l6.inputs.npz
 
 On the GPU machine each phase runs through ``gpu_lease.sh PHASE`` (it installs the wheels).
@@ -14,6 +15,8 @@ less load, no taskset under 8 cores; it checks the flow, not speed.
 - ``serve`` (``gpu_serve``): one instance end to end at c=1, 32, 256 vs the runtime alone, the
   targets of point 2.
 - ``seed`` (``gpu_seed``): the seed's table shape through the SDK, the goal of point 5.
+- ``models`` (``gpu_models``): GPU memory per blade model in one process and per process, and
+  one repository-mode instance serving 1, 10 and 100 copies (issue 18).
 
 Every phase prints its tables (titled with the GPU and CPU) and writes ``PHASE.json`` and
 ``PHASE-tables.txt`` under ``--out`` (rewritten as it goes). See README.md, "GPU (issue 16)".
@@ -29,7 +32,7 @@ from .gpu_meter import Nvml
 from .gpu_report import Sink
 from .gpu_setup import INPUTS, REPO, Paths, machine, profile, write_inputs
 
-PHASES = ("optimize", "serve", "seed", "inputs")
+PHASES = ("optimize", "serve", "seed", "models", "inputs")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import gpu_serve
 
         gpu_serve.run(prof, paths, sink, where, nvml, args.loadgen_mp)
+    elif args.phase == "models":
+        from . import gpu_models
+
+        gpu_models.run(prof, paths, sink, where, nvml)
     else:
         from . import gpu_seed
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device command of the GPU benchmark (issue 16): bash benchmarks/serving/gpu_lease.sh PHASE [ARGS]
-# PHASE: optimize | serve | seed (in that order, on one warm machine; ARGS go to benchmarks.serving.gpu).
+# One device command of the GPU benchmark (issues 16, 18): bash benchmarks/serving/gpu_lease.sh PHASE [ARGS]
+# PHASE: optimize | serve | seed | models (optimize first, on one warm machine; ARGS go to
+# benchmarks.serving.gpu; models reads GPU_MODELS_PARTS, GPU_MODELS_N, GPU_MODELS_SERVE).
 #
 # Once per machine (skipped while /root/site exists) it installs, with no network:
 # - onnxruntime-gpu from the chunks the lead engineer copied to /root/c (part.0, part.1, ... as
@@ -12,7 +13,7 @@
 # in $OUT/PHASE.txt. Overrides (for a dry run elsewhere): GPU_LEASE_SITE, GPU_LEASE_CHUNKS,
 # GPU_LEASE_WORK, PYTHON.
 set -euo pipefail
-phase="${1:?usage: gpu_lease.sh optimize|serve|seed [gpu.py options]}"
+phase="${1:?usage: gpu_lease.sh optimize|serve|seed|models [gpu.py options]}"
 shift
 cd "$(dirname "$0")/../.."
 py="${PYTHON:-python3}"
