@@ -1,6 +1,6 @@
 """Pools through the REST API of a real control plane (``autoai up``, its reconciler on), on both
-store backends: pooled deploys, ``/api/v1/pools``, an instance killed -9 and its versions reloaded by the leader while
-SDK callers keep calling, undeploy, delete."""
+store backends: pooled deploys, ``/api/v1/pools``, an instance killed -9 and its versions
+reloaded by the leader while SDK callers keep calling, undeploy, delete."""
 
 from __future__ import annotations
 
