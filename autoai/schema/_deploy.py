@@ -21,6 +21,7 @@ nothing could reconcile or undeploy it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
@@ -52,6 +53,8 @@ from ._spec import (
     ScaleRequest,
     fold_dotted,
 )
+
+log = logging.getLogger("autoai.schema")
 
 __all__ = [
     "BLADE_OPTIONS",
@@ -252,6 +255,9 @@ def _salvage(data: Any) -> DeploySpec:
                 break
             data = fold_dotted(data)
             for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "the whole spec"
+                log.warning("a stored deploy spec fails today's rules: dropping %s (%s)",
+                            where, error["msg"])  # fmt: skip
                 _drop(data, error["loc"])
     return DeploySpec()
 
