@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
 
 from config_store import ConfigStoreError, Conflict as StoreConflict
 
@@ -24,14 +23,12 @@ from .errors import InvalidRequest
 from .operations import GROUP, deployment_key
 from .placement import NoRoom, choose, rank
 from .pool_client import MemberUnreachable
-from .pools import PoolService
+from .pools import MOVES_KEPT, PoolService
 from .schema import DeploymentRecord, HostedModel, MemberResources, PoolMove, PoolRecord
 
 __all__ = ["PoolRepair", "RepairReport"]
 
 log = logging.getLogger("autoai.pools")
-
-_MOVES_KEPT: Final = 20
 
 
 @dataclass
@@ -145,7 +142,7 @@ class PoolRepair:
         updated = record.model_copy(
             update={
                 "pooled": placed.model_copy(
-                    update={"hosts": now, "moves": [*placed.moves, move][-_MOVES_KEPT:]}
+                    update={"hosts": now, "moves": [*placed.moves, move][-MOVES_KEPT:]}
                 )
             }
         )

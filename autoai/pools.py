@@ -21,6 +21,12 @@ empty) is loaded onto other live instances, and the move is recorded in the depl
 (``PooledPlacement.moves``); versions no deployment names are unloaded. The pool's marker
 (``operation.pool.<name>``) serializes creating, filling and deleting a pool, and keeps the
 reconciler off a pool while a live replica works on it.
+
+Resizing a pool (``scale``, a job) runs under that marker too. Growing starts instances through
+the orchestrator (``resize``), empty: placement and the repair pass use them from then on.
+Shrinking is refused below the largest ``metadata.instance`` of a deployment on the pool; the
+versions the instances to be removed host are loaded onto surviving ones first, the records say
+so, and only then are those instances drained and stopped, so no version drops below its count.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Final
 from config_store import ConfigStore, Conflict as StoreConflict
 
 from .errors import Conflict, InvalidRequest, NotFound
+from .jobs import Job, JobRunner
 from .operations import GROUP, POOL_MARKER, Operations, pool_key
 from .orchestrators import Orchestrator
 from .placement import choose
@@ -44,19 +51,26 @@ from .schema import (
     DeploymentRecord,
     DeployMetadata,
     DeploySpec,
+    HostedModel,
     InstanceHealth,
+    InstanceSlot,
+    JobResult,
+    LocalInstance,
     LocalInstanceHealth,
     MemberResources,
     Pool,
+    PoolMove,
     PoolRecord,
 )
 
-__all__ = ["PoolService", "disk_bytes", "pool_service"]
+__all__ = ["MOVES_KEPT", "PoolService", "disk_bytes", "pool_service"]
 
 log = logging.getLogger("autoai.pools")
 
 _FILL_WAIT_S: Final = 900.0
 """How long a deploy waits for another operation on its pool (a deploy loading there)."""
+MOVES_KEPT: Final = 20
+"""How many ``PooledPlacement.moves`` a deployment record keeps (the last ones)."""
 
 
 def pool_service(pool: str) -> str:
@@ -269,7 +283,8 @@ class PoolService:
         if metadata.pool_instances is not None and metadata.pool_instances != pool.size:
             raise Conflict(
                 f"pool {pool.name!r} runs {pool.size} instance(s), not "
-                f"{metadata.pool_instances} (metadata.pool_instances): a pool keeps its size",
+                f"{metadata.pool_instances} (metadata.pool_instances): resize it with "
+                f"POST /api/v1/pools/{pool.name}/scale",
                 {"pool": pool.name, "size": pool.size},
             )
         if metadata.instance > pool.size:
@@ -306,6 +321,184 @@ class PoolService:
                 f"pool {name!r} serves {', '.join(users)}: undeploy them first",
                 {"pool": name, "deployments": users},
             )
+
+    # -- resizing -----------------------------------------------------------------------------
+
+    def scale(self, name: str, instances: int, jobs: JobRunner) -> Job:
+        """Start resizing the pool to ``instances`` instances; checked again under its marker.
+
+        Raises:
+            NotFound: no such pool.
+            Conflict: a deployment on it asks for more instances than ``instances``.
+        """
+        self._refuse_below(self.require(name), instances)
+
+        def work(job: Job) -> JobResult:
+            held = self.hold(name, f"scale pool to {instances}", job.say)
+            with self.operations.held(POOL_MARKER, name, held):
+                self._resize(job, name, instances)
+            job.step("scaled", 1.0)
+            return JobResult()
+
+        return jobs.submit("scale", f"scale pool {name} to {instances}", work)
+
+    def _refuse_below(self, pool: PoolRecord, instances: int) -> None:
+        """Raises: Conflict: a deployment on the pool asks for more than ``instances``."""
+        asks = sorted(
+            ((-r.spec.metadata.instance, f"{r.name}/{r.version}")
+             for r, _ in self.deployments_on(pool.name).values()),
+        )  # fmt: skip
+        above = [(-count, who) for count, who in asks if -count > instances]
+        if above:
+            count, who = above[0]
+            raise Conflict(
+                f"pool {pool.name!r} cannot shrink to {instances} instance(s): {who} is loaded "
+                f"on {count} (metadata.instance); scale it down first",
+                {"pool": pool.name, "instances": instances,
+                 "deployments": {w: c for c, w in above}},
+            )  # fmt: skip
+
+    def _resize(self, job: Job, name: str, instances: int) -> None:
+        """Grow or shrink the pool (its marker held): the orchestrator's ``resize``, the versions
+        on the instances to be removed loaded onto the others, the records, then the drain."""
+        found = self.record(name)
+        if found is None:
+            raise NotFound(f"pool {name!r} was deleted meanwhile", {"pool": name})
+        pool, revision = found
+        self._refuse_below(pool, instances)
+        if instances == pool.size:
+            job.say(f"pool {name!r} already runs {instances} instance(s)")
+            return
+        job.step(f"scale pool {name!r} from {pool.size} to {instances} instance(s)", 0.2)
+        before = pool.placement
+        placement, finish = self.orchestrator.resize(
+            pool.service, before, instances, progress=job.say
+        )
+        removed = self._slot_addresses(
+            pool, [s for s in before.instances if s not in placement.instances]
+        )
+        moves: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        if instances < pool.size:
+            job.step(f"load what {', '.join(sorted(removed)) or '-'} host(s) elsewhere", 0.4)
+            moves = self._evacuate(pool, removed, job.say)
+        updated = pool.model_copy(update={"size": instances, "instances": placement.instances})
+        try:
+            self.store.publish(
+                pool_key(name), updated.model_dump_json().encode(), group=GROUP,
+                expected_revision=revision,
+            )  # fmt: skip
+        except StoreConflict as exc:
+            for (model, version), (_, added) in moves.items():
+                self.unplace(pool, model, version, added)
+            if instances > pool.size:  # stop what was added
+                self.orchestrator.resize(pool.service, placement, pool.size)[1]()
+            raise Conflict(f"pool {name!r} changed meanwhile", {"pool": name}) from exc
+        self._record_moves(
+            name, instances, moves, f"pool {name!r} scaled from {pool.size} to {instances}"
+        )
+        if instances < pool.size:
+            job.step(f"drain and stop {pool.size - instances} instance(s)", 0.8)
+        finish()
+
+    def _slot_addresses(self, pool: PoolRecord, slots: Iterable[InstanceSlot]) -> set[str]:
+        """The host:port of those instances (a local one by its registration)."""
+        by_pid = {i.payload.get("pid"): i.address for i in self.store.instances(pool.service)}
+        found: set[str | None] = set()
+        for slot in slots:
+            if isinstance(slot, LocalInstance):
+                found.add(by_pid.get(slot.pid))
+            elif slot.ip and slot.port:
+                found.add(f"{slot.ip}:{slot.port}")
+        return {a for a in found if a is not None}
+
+    def _evacuate(
+        self, pool: PoolRecord, removed: set[str], progress: Callable[[str], None]
+    ) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
+        """Load every pooled version onto surviving live instances until it is on as many as it
+        asks for there (or every survivor): what ``removed`` hosts is served elsewhere before
+        they stop. Returns, by (name, version), the removed instances that hosted it and where
+        it was loaded. A load that fails unloads what this call loaded.
+
+        Raises:
+            NoRoom: too few survivors have room.
+            LoadRefused: an instance could not load it.
+            MemberUnreachable: an instance stopped answering.
+        """
+        token = self.token(pool)
+        members = self.resources(self.members(pool), token)
+        survivors = {a: r for a, r in members.items() if a not in removed}
+        moves: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        loaded: list[tuple[str, str, str]] = []
+        try:
+            for record, _ in sorted(self.deployments_on(pool.name).values(),
+                                    key=lambda x: (x[0].name, int(x[0].version))):  # fmt: skip
+                placed = record.pooled
+                assert placed is not None
+                name, version = record.name, record.version
+                lost = sorted(
+                    a for a in removed
+                    if a in placed.hosts or (a in members and members[a].hosts(name, version))
+                )  # fmt: skip
+                hosting = [a for a, r in survivors.items() if r.hosts(name, version)]
+                need = min(record.spec.metadata.instance, len(survivors)) - len(hosting)
+                added: list[str] = []
+                if need > 0:
+                    candidates = {a: r for a, r in survivors.items() if a not in hosting}
+                    for address in choose(candidates, model_bytes=placed.model_bytes, count=need):
+                        progress(f"load {name} version {version} on {address} (leaving {lost})")
+                        self.client.load(address, token, name, placed.config)
+                        loaded.append((address, name, version))
+                        added.append(address)
+                        copy = HostedModel(name=name, version=version, state="READY",
+                                           memory_bytes=placed.model_bytes)  # fmt: skip
+                        survivors[address] = survivors[address].model_copy(
+                            update={"models": [*survivors[address].models, copy]}
+                        )
+                if lost or added:
+                    moves[(name, version)] = (lost, added)
+        except BaseException:
+            for address, name, version in loaded:
+                self.unplace(pool, name, version, [address])
+            raise
+        return moves
+
+    def _record_moves(
+        self,
+        pool: str,
+        size: int,
+        moves: Mapping[tuple[str, str], tuple[list[str], list[str]]],
+        reason: str,
+    ) -> None:
+        """Rewrite the pool's deployment records after a resize (compare-and-swap; one changed
+        meanwhile is left to the repair pass, which reads what the instances host): the moved
+        ones' hosts and moves, and ``metadata.pool_instances`` to the new size where a spec
+        names it (its creator's): a stored spec stays one a deploy would accept, and a scale to
+        more instances than the old size stays valid."""
+        for key, (record, revision) in self.deployments_on(pool).items():
+            placed = record.pooled
+            assert placed is not None
+            update: dict[str, Any] = {}
+            metadata = record.spec.metadata
+            if metadata.pool_instances is not None and metadata.pool_instances != size:
+                metadata = metadata.model_copy(update={"pool_instances": size})
+                update["spec"] = record.spec.model_copy(update={"metadata": metadata})
+            moved = moves.get((record.name, record.version))
+            if moved is not None:
+                lost, added = moved
+                hosts = sorted((set(placed.hosts) - set(lost)) | set(added))
+                move = PoolMove(at=time.time(), lost=lost, added=added, reason=reason)
+                update["pooled"] = placed.model_copy(
+                    update={"hosts": hosts, "moves": [*placed.moves, move][-MOVES_KEPT:]}
+                )
+            if not update:
+                continue
+            try:
+                self.store.publish(
+                    key, record.model_copy(update=update).model_dump_json().encode(),
+                    group=GROUP, expected_revision=revision,
+                )  # fmt: skip
+            except StoreConflict:
+                log.warning("%s changed while its pool scaled; the repair pass updates it", key)
 
     # -- members -------------------------------------------------------------------------------
 

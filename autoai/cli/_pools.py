@@ -1,6 +1,7 @@
-"""``autoai pools list | show | delete``: the pools of shared multi-model instances that pooled
-deploys (``metadata.pool``) are loaded onto. A pool is created by the first deploy that names it,
-so there is no ``create``; ``delete`` is refused (409) while deployments are on it."""
+"""``autoai pools list | show | scale | delete``: the pools of shared multi-model instances that
+pooled deploys (``metadata.pool``) are loaded onto. A pool is created by the first deploy that
+names it, so there is no ``create``; ``scale`` is refused (409) below the largest instance count
+of a deployment on it; ``delete`` is refused (409) while deployments are on it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from rich.table import Table
 
 from ..schema import LocalInstanceHealth, Pool
 from ._common import DEFAULT_URL, AsJson, TokenFile, Url, connect, emit_json, fail_on_errors
+from ._errors import JobFailed
+from ._jobs import follow_job
 
 __all__ = ["pool_table", "pools_app"]
 
 pools_app = typer.Typer(
-    help="List, show and delete pools of shared multi-model instances (metadata.pool).",
+    help="List, show, resize and delete pools of shared multi-model instances (metadata.pool).",
     no_args_is_help=True,
 )
 
@@ -102,6 +105,40 @@ def show_command(
     console.print(
         f"deployments: {', '.join(pool.deployments) or 'none'}", markup=False, highlight=False
     )
+
+
+@pools_app.command("scale")
+def scale_command(
+    name: PoolName,
+    instances: Annotated[int, typer.Argument(help="the pool's new number of instances", min=1)],
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="print the job id and return (see `autoai job`)")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    token_file: TokenFile = None,
+    as_json: AsJson = False,
+) -> None:
+    """Resize a pool: new instances start empty; removed ones are drained and stopped after
+    the versions they host are loaded onto the others (refused below the largest instance
+    count of a deployment on the pool)."""
+    with fail_on_errors(), connect(url, token_file) as api, api.errors():
+        job_id = api.control.scale_pool(name, instances)
+        if no_wait:
+            if as_json:
+                emit_json({"job": job_id})
+            else:
+                typer.echo(f"job {job_id} started; follow it with: autoai job {job_id} --wait")
+            return
+        try:
+            job = follow_job(api, job_id, show=not as_json)
+        except JobFailed as exc:
+            if as_json:
+                emit_json(exc.job)
+            raise
+    if as_json:
+        emit_json(job)
+    else:
+        typer.echo(f"pool {name} scaled to {instances} instance(s)")
 
 
 @pools_app.command("delete")

@@ -357,6 +357,12 @@ class _BaseControlClient:
         return Call("GET", f"{_API}/pools/{segment(name)}", _model(Pool))
 
     @staticmethod
+    def _scale_pool(name: str, instances: int) -> Call[str]:
+        path = f"{_API}/pools/{segment(name)}/scale"
+        body = {"instances": instances}
+        return Call("POST", path, _part(JobAccepted, lambda a: a.job), json=body)
+
+    @staticmethod
     def _delete_pool(name: str) -> Call[None]:
         return Call("DELETE", f"{_API}/pools/{segment(name)}", _nothing)
 

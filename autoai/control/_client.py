@@ -163,6 +163,13 @@ class ControlClient(_BaseControlClient):
         """One pool (``NotFound`` if no deploy created it)."""
         return self._send(self._pool(name))
 
+    def scale_pool(self, name: str, instances: int) -> str:
+        """Start resizing a pool to ``instances``; returns the job's id (see ``wait_job``).
+        ``Conflict`` below the largest instance count of a deployment on it (its
+        ``detail["deployments"]`` names them); the versions on removed instances are loaded
+        onto the others before those stop."""
+        return self._send(self._scale_pool(name, instances))
+
     def delete_pool(self, name: str) -> None:
         """Drain and stop a pool's instances and forget it (``Conflict`` while deployments are
         on it: its ``detail["deployments"]`` names them; undeploy them first)."""

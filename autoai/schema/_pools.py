@@ -3,10 +3,11 @@
 What the control plane stores (``control`` group):
 
 - ``pool.<name>``: a ``PoolRecord`` (written by the deploy that created the pool; the reconciler
-  rewrites it by compare-and-swap when it restarts an instance);
+  rewrites it by compare-and-swap when it restarts an instance, a resize rewrites its size);
 
-what it answers (``Pool``, ``PoolList``), and what it reads from each pool instance
-(``MemberResources``: eas-server's ``GET /v2/resources``, the input of placement). Which pool
+what it accepts (``PoolScaleRequest``), what it answers (``Pool``, ``PoolList``), and what it
+reads from each pool instance (``MemberResources``: eas-server's ``GET /v2/resources``, the input
+of placement). Which pool
 instances host a pooled version is in its deployment record (``PooledPlacement``).
 """
 
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictInt
 
-from ._base import Document
+from ._base import Document, Request
 from ._deploy import InstanceHealth, InstanceSlot, KubernetesObjects, Placement
+from ._spec import MAX_INSTANCES
 
 __all__ = [
     "GpuMemory",
@@ -26,6 +28,7 @@ __all__ = [
     "Pool",
     "PoolList",
     "PoolRecord",
+    "PoolScaleRequest",
 ]
 
 
@@ -72,6 +75,17 @@ class PoolList(Document):
     """``GET /api/v1/pools``: by name."""
 
     pools: list[Pool] = Field(description="Every pool.")
+
+
+class PoolScaleRequest(Request):
+    """The body of ``POST /api/v1/pools/{name}/scale``: ``{"instances": N}``."""
+
+    instances: StrictInt = Field(
+        ge=1,
+        le=MAX_INSTANCES,
+        description="The pool's new number of instances: at least the largest metadata.instance "
+        "of a deployment on it.",
+    )
 
 
 class GpuMemory(Document):

@@ -1,12 +1,12 @@
-"""Pools of shared multi-model instances: list, describe, delete. A pool is created by the first
-deploy that names it (``metadata.pool``); there is no create route."""
+"""Pools of shared multi-model instances: list, describe, resize, delete. A pool is created by the
+first deploy that names it (``metadata.pool``); there is no create route."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, status
 from fastapi.concurrency import run_in_threadpool
 
-from ...schema import Pool, PoolList
+from ...schema import JobAccepted, Pool, PoolList, PoolScaleRequest
 from ..dependencies import Svc, require_read, require_write
 
 router = APIRouter(prefix="/api/v1", tags=["pools"])
@@ -26,6 +26,20 @@ async def get_pool(name: str, svc: Svc) -> Pool:
         return svc.pools.describe(svc.pools.require(name))
 
     return await run_in_threadpool(describe)
+
+
+@router.post(
+    "/pools/{name}/scale",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(require_write)],
+)
+async def scale_pool(name: str, svc: Svc, body: PoolScaleRequest) -> JobAccepted:
+    """Resize the pool to ``instances``; poll the job. Growing starts empty instances that
+    placement and the repair pass use from then on; shrinking below the largest
+    ``metadata.instance`` of a deployment on it is a 409, and the versions on the instances
+    removed are loaded onto the others before those are drained and stopped."""
+    job = await run_in_threadpool(svc.pools.scale, name, body.instances, svc.jobs)
+    return JobAccepted(job=job.id)
 
 
 @router.delete(
