@@ -37,7 +37,9 @@ from ._metrics import ServerMetrics
 from ._model import ModelInfo, plan_request
 from .batching import BatchResult, DynamicBatcher
 
-__all__ = ["EasApp", "OipApp", "respond", "respond_error", "status_of"]
+__all__ = [
+    "EasApp", "OipApp", "check_token", "lifespan", "respond", "respond_error", "status_of",
+]  # fmt: skip
 
 log = logging.getLogger("eas_server")
 
@@ -65,6 +67,33 @@ _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 def status_of(exc: EasServerError) -> tuple[int, str]:
     """The HTTP status and outcome label of an error (``_STATUS``)."""
     return next((status, outcome) for cls, status, outcome in _STATUS if isinstance(exc, cls))
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer ASGI's lifespan messages (there is nothing to set up or tear down here)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def check_token(token: bytes | None, value: bytes | None) -> None:
+    """Check an ``Authorization`` value (HTTP header or gRPC metadata; None when absent) against
+    ``token`` (None: none required), as a Bearer token or EAS's bare one.
+
+    Raises:
+        Unauthorized: a token is required and ``value`` does not carry it.
+    """
+    if token is None:
+        return
+    if value is None:
+        raise Unauthorized("missing token: send Authorization: Bearer <token>")
+    given = value[7:] if value[:7].lower() == b"bearer " else value
+    if not hmac.compare_digest(given.strip(), token):
+        raise Unauthorized("invalid token")
 
 
 async def respond(
@@ -253,7 +282,7 @@ class OipApp(abc.ABC):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -280,15 +309,6 @@ class OipApp(abc.ABC):
             if scope["path"].endswith("/infer"):
                 self.on_failure("error", time.perf_counter() - started)
             await self._error(send, 500, f"internal error: {type(exc).__name__}: {exc}", None)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         path: str = scope["path"]
@@ -426,13 +446,7 @@ class OipApp(abc.ABC):
         Raises:
             Unauthorized: a token is required and ``value`` does not carry it.
         """
-        if self._token is None:
-            return
-        if value is None:
-            raise Unauthorized("missing token: send Authorization: Bearer <token>")
-        given = value[7:] if value[:7].lower() == b"bearer " else value
-        if not hmac.compare_digest(given.strip(), self._token):
-            raise Unauthorized("invalid token")
+        check_token(self._token, value)
 
     # ------------------------------------------------------------------------------- output
 

@@ -129,22 +129,14 @@ class _Runner:
         frontends = plan_frontends(s.frontends, processor.device, cpu.cores)
         if frontends > 1:
             return await self._run_with_frontends(app, processor, frontends)
-        sock = _bind(s.host, s.port)
-        port = sock.getsockname()[1]
-        config = uvicorn_config(app, log_level=s.log_level, drain_timeout_s=s.drain_timeout_s)
-        server = self.server = _Server(config, self._start_drain)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if serving.done():
-                serving.result()
-                return 1
-            await asyncio.sleep(0.01)
+        started = await self._start_http(app)
+        if started is None:
+            return 1
+        serving, port = started
         app.batcher.start()
         grpc_port = await self._start_grpc(app)
         app.ready = True
-        print(f"listening on http://{s.host}:{port}", flush=True)
-        if grpc_port is not None:
-            print(f"grpc listening on {s.host}:{grpc_port}", flush=True)
+        self._say_listening(port, grpc_port)
         if s.store:
             await self._register(port, processor.kind, grpc_port)
         try:
@@ -179,24 +171,14 @@ class _Runner:
                 if s.service:
                     config["service"] = s.service
                 await host.load(s.name, json.dumps(config))
-            sock = _bind(s.host, s.port)
-            port = sock.getsockname()[1]
-            config_ = uvicorn_config(
-                front, log_level=s.log_level, drain_timeout_s=s.drain_timeout_s
-            )
-            server = self.server = _Server(config_, self._start_drain)
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                    return 1
-                await asyncio.sleep(0.01)
+            started = await self._start_http(front)
+            if started is None:
+                return 1
+            serving, port = started
             host.start()
             grpc_port = await self._start_grpc(front)
             front.ready = True
-            print(f"listening on http://{s.host}:{port}", flush=True)
-            if grpc_port is not None:
-                print(f"grpc listening on {s.host}:{grpc_port}", flush=True)
+            self._say_listening(port, grpc_port)
             if s.store:
                 host.announce = functools.partial(self._register_model, port, grpc_port)
                 host.withdraw = _withdraw
@@ -213,48 +195,61 @@ class _Runner:
                 await asyncio.to_thread(self.store.close)
         return 0
 
-    async def _register_model(self, port: int, grpc_port: int | None, hosted: Any) -> Any:
-        """Register one hosted model version under its own service (the instance's address)."""
-        ms = hosted.settings
-        payload: dict[str, Any] = {
-            "model": ms.name,
-            "version": ms.version,
-            "processor": hosted.processor.kind,
-            "weight": ms.weight,
-            "started": time.time(),
-            "pid": os.getpid(),
-        }
+    async def _start_http(self, app: Any) -> tuple[asyncio.Task[None], int] | None:
+        """Serve ``app`` on the configured address; returns the serving task and the bound port
+        once uvicorn has started, None when it ended before that."""
+        s = self.settings
+        sock = _bind(s.host, s.port)
+        port = sock.getsockname()[1]
+        config = uvicorn_config(app, log_level=s.log_level, drain_timeout_s=s.drain_timeout_s)
+        server = self.server = _Server(config, self._start_drain)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if serving.done():
+                serving.result()
+                return None
+            await asyncio.sleep(0.01)
+        return serving, port
+
+    def _say_listening(self, port: int, grpc_port: int | None) -> None:
+        host = self.settings.host
+        print(f"listening on http://{host}:{port}", flush=True)
+        if grpc_port is not None:
+            print(f"grpc listening on {host}:{grpc_port}", flush=True)
+
+    async def _register_under(
+        self, service: str, port: int, grpc_port: int | None, fields: dict[str, Any]
+    ) -> Any:
+        """Register this process's address under ``service`` with ``fields`` plus when, which
+        process and the gRPC port; returns the registration."""
+        payload = {**fields, "started": time.time(), "pid": os.getpid()}
         if grpc_port is not None:
             payload["grpc_port"] = grpc_port
         assert self.store is not None
-        registration = await asyncio.to_thread(
-            self.store.register, ms.service_name, self.settings.host, port, payload
-        )
-        log.info("registered %s/%s:%d", ms.service_name, self.settings.host, port)
+        host = self.settings.host
+        registration = await asyncio.to_thread(self.store.register, service, host, port, payload)
+        log.info("registered %s/%s:%d", service, host, port)
         return registration
+
+    async def _register_model(self, port: int, grpc_port: int | None, hosted: Any) -> Any:
+        """Register one hosted model version under its own service (the instance's address)."""
+        ms = hosted.settings
+        fields = {"model": ms.name, "version": ms.version, "processor": hosted.processor.kind,
+                  "weight": ms.weight}  # fmt: skip
+        return await self._register_under(ms.service_name, port, grpc_port, fields)
 
     async def _register(
         self, port: int, kind: str, grpc_port: int | None = None, *, pool: bool = False
     ) -> None:
+        """Register the instance (a repository instance, ``pool``: its models register on their
+        own)."""
         s = self.settings
-        payload: dict[str, Any] = {
-            "model": s.name,
-            "version": s.version,
-            "processor": kind,
-            "weight": s.weight,
-            "started": time.time(),
-            "pid": os.getpid(),
-        }
-        if pool:  # a repository instance: its models register on their own
-            payload = {"pool": True, "processor": kind, "started": payload["started"],
-                       "pid": payload["pid"]}  # fmt: skip
-        if grpc_port is not None:
-            payload["grpc_port"] = grpc_port
-        assert self.store is not None
-        self.registration = await asyncio.to_thread(
-            self.store.register, s.service_name, s.host, port, payload
+        fields: dict[str, Any] = (
+            {"pool": True, "processor": kind}
+            if pool
+            else {"model": s.name, "version": s.version, "processor": kind, "weight": s.weight}
         )
-        log.info("registered %s/%s:%d", s.service_name, s.host, port)
+        self.registration = await self._register_under(s.service_name, port, grpc_port, fields)
 
     async def _run_with_frontends(self, app: EasApp, processor: Processor, count: int) -> int:
         """Serve through ``count`` front end processes; this process is the executor."""
@@ -278,9 +273,7 @@ class _Runner:
             grpc_port = await self._start_grpc(app)
             app.ready = True
             hub.set_ready(True)
-            print(f"listening on http://{s.host}:{port}", flush=True)
-            if grpc_port is not None:
-                print(f"grpc listening on {s.host}:{grpc_port}", flush=True)
+            self._say_listening(port, grpc_port)
             if s.store:
                 await self._register(port, processor.kind, grpc_port)
             await self._done.wait()

@@ -8,7 +8,6 @@ alone, so a hosted model answers exactly what a single-model server answers.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import Any
@@ -16,9 +15,19 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .._app import EasApp, Receive, Scope, Send, respond, respond_error, status_of
+from .._app import (
+    EasApp,
+    Receive,
+    Scope,
+    Send,
+    check_token,
+    lifespan,
+    respond,
+    respond_error,
+    status_of,
+)
 from .._build import server_version
-from .._errors import EasServerError, InvalidInput, ModelNotFound, PayloadTooLarge, Unauthorized
+from .._errors import EasServerError, InvalidInput, ModelNotFound, PayloadTooLarge
 from .._resources import gpu_memory, host_memory, rss_bytes
 from ._host import LoadFailed, ModelHost
 
@@ -76,13 +85,7 @@ class RepositoryApp:
 
     def authorize(self, value: bytes | None) -> None:
         """As ``OipApp.authorize``: the instance's token, bare or as a Bearer token."""
-        if self._token is None:
-            return
-        if value is None:
-            raise Unauthorized("missing token: send Authorization: Bearer <token>")
-        given = value[7:] if value[:7].lower() == b"bearer " else value
-        if not hmac.compare_digest(given.strip(), self._token):
-            raise Unauthorized("invalid token")
+        check_token(self._token, value)
 
     @property
     def busy(self) -> bool:
@@ -92,13 +95,8 @@ class RepositoryApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         self.last_request = time.monotonic()

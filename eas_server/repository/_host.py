@@ -29,7 +29,7 @@ from .._metrics import MetricFamilies
 from .._resources import process_gpu_bytes, rss_bytes
 from .._settings import PER_MODEL_FIELDS, ServerSettings
 from ..processors import Processor, create_processor
-from ._layout import LayoutError, ModelSource, list_models, resolve
+from ._layout import LayoutError, ModelSource, list_models, resolve, version_key
 
 __all__ = ["Hosted", "LoadFailed", "ModelHost", "ModelState"]
 
@@ -68,10 +68,6 @@ class Hosted:
 
 Announce = Callable[[Hosted], Awaitable[Any]]
 """Register a model version that became ready; returns its registration (closed on unload)."""
-
-
-def _version_key(version: str) -> tuple[int, int | str]:
-    return (1, int(version)) if version.isdigit() else (0, version)
 
 
 class ModelHost:
@@ -120,7 +116,7 @@ class ModelHost:
             )
         if version is None:
             ready = [v for v, h in versions.items() if h.state is ModelState.READY]
-            version = max(ready or versions, key=_version_key)
+            version = max(ready or versions, key=version_key)
         hosted = versions[version]
         if hosted.state is ModelState.READY and hosted.app is not None:
             return hosted.app
@@ -133,7 +129,7 @@ class ModelHost:
     def apps(self) -> list[EasApp]:
         """The ready apps, by name and version."""
         found = [h for h in self.hosted() if h.state is ModelState.READY and h.app is not None]
-        found.sort(key=lambda h: (h.name, _version_key(h.version)))
+        found.sort(key=lambda h: (h.name, version_key(h.version)))
         return [h.app for h in found if h.app is not None]
 
     @property
@@ -145,28 +141,27 @@ class ModelHost:
         (``UNAVAILABLE``: ``unloaded``, or why their last load failed)."""
         entries = [
             {"name": h.name, "version": h.version, "state": str(h.state), "reason": ""}
-            for h in sorted(self.hosted(), key=lambda h: (h.name, _version_key(h.version)))
+            for h in self.hosted()
             if not ready_only or h.state is ModelState.READY
         ]
-        if ready_only:
-            return entries
-        hosted = {(h.name, h.version) for h in self.hosted()}
-        for (name, version), reason in self._failed.items():
-            # a failure before any version was found is news only while none is hosted
-            if (name, version) not in hosted and (version or name not in self._models):
-                entries.append(
-                    {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
-                )
-        named = {e["name"] for e in entries}
-        on_disk = list_models(self.root) if self.root is not None else {}
-        for name, versions in on_disk.items():
-            if name not in named:
-                version = versions[-1] if versions else ""
-                entries.append(
-                    {"name": name, "version": version, "state": "UNAVAILABLE",
-                     "reason": "unloaded"}
-                )  # fmt: skip
-        return sorted(entries, key=lambda e: (e["name"], _version_key(e["version"])))
+        if not ready_only:
+            hosted = {(h.name, h.version) for h in self.hosted()}
+            for (name, version), reason in self._failed.items():
+                # a failure before any version was found is news only while none is hosted
+                if (name, version) not in hosted and (version or name not in self._models):
+                    entries.append(
+                        {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+                    )
+            named = {e["name"] for e in entries}
+            on_disk = list_models(self.root) if self.root is not None else {}
+            for name, versions in on_disk.items():
+                if name not in named:
+                    version = versions[-1] if versions else ""
+                    entries.append(
+                        {"name": name, "version": version, "state": "UNAVAILABLE",
+                         "reason": "unloaded"}
+                    )  # fmt: skip
+        return sorted(entries, key=lambda e: (e["name"], version_key(e["version"])))
 
     # --------------------------------------------------------------------------- changes
 

@@ -48,14 +48,15 @@ class ModelSource:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
+    """Versions in order: numbers by value, after names (Triton's latest is the highest)."""
     return (1, int(version)) if version.isdigit() else (0, version)
 
 
 def _versions(model_dir: Path) -> list[str]:
     """The version directories of one model, oldest first (numbers by value, then names)."""
     found = [p.name for p in model_dir.iterdir() if p.is_dir() and _NAME.match(p.name)]
-    return sorted(found, key=_version_key)
+    return sorted(found, key=version_key)
 
 
 def list_models(root: Path) -> dict[str, list[str]]:
