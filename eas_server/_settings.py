@@ -137,7 +137,9 @@ class ServerSettings(BaseSettings):
     version: str = "1"
     """Model version served."""
     processor: str = "onnx"
-    """Processor (runtime) serving the model: ``onnx`` or ``blade``."""
+    """Processor (runtime) serving the model: ``onnx``, ``pipeline``, ``blade`` or one installed
+    through the ``autoai.processors`` entry points; a ``model`` that is a bundle (a directory
+    holding ``pipeline.json``) defaults to ``pipeline``."""
     host: str = "127.0.0.1"
     """Address to bind."""
     port: int = Field(0, ge=0, le=65535)
@@ -193,6 +195,15 @@ class ServerSettings(BaseSettings):
     """Pad requests of different lengths into one batch (onnx processor only): ``auto`` (default)
     probes the model at load, ``off`` never pads; ``metadata.padding`` may declare it instead
     (``{"inputs": {NAME: {"axis": 1, "value": 0}}, "outputs": {NAME: 1}}``, or ``false``: off)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bundle_processor(cls, data: Any) -> Any:
+        """``--model BUNDLE_DIR`` without a processor serves the bundle (``pipeline``)."""
+        if isinstance(data, dict) and not data.get("processor") and data.get("model"):
+            if (Path(str(data["model"])) / "pipeline.json").is_file():
+                data = {**data, "processor": "pipeline"}
+        return data
 
     @field_validator("padding", mode="before")
     @classmethod

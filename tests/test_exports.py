@@ -11,6 +11,7 @@ PACKAGES = [
     "config_store",
     "eas_client",
     "eas_server",
+    "eas_server.pipeline",
     "blade",
     "blade_client",
     "blade_aspect",

@@ -4,36 +4,45 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
+from .._tensors import TensorSpec
 from ..batching import Padding
 
 __all__ = ["Processor", "TensorSpec"]
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output.
-
-    Attributes:
-        name: tensor name.
-        datatype: OIP datatype (``FP32``, ``INT64``, ``BYTES``...).
-        shape: dims of ONE example, without the batch dim when the model batches; -1 = variable.
-    """
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
 class Processor(abc.ABC):
-    """Loads a model and runs batches of it.
+    """Loads a model and runs batches of it: the contract every runtime meets, built-in
+    (``onnx``, ``pipeline``, ``blade``) or a custom processor from an installed package.
 
-    Lifecycle: ``load()`` then ``warmup()`` (both may take seconds; called off the event loop),
+    Lifecycle: ``__init__(model_path, workers=, intra_op_threads=, spinning=)`` (cheap: no
+    loading), ``load()`` then ``warmup()`` (both may take seconds; called off the event loop),
     then ``run()`` from ``workers`` threads at once, each passing its own worker index, then
     ``close()``.
+
+    Writing one (EAS's custom processors):
+
+    - Implement ``load`` (raise ``ModelLoadError`` saying what is wrong), the ``inputs`` and
+      ``outputs`` properties (``TensorSpec``: OIP datatypes; shapes without the batch dim when
+      ``batchable``; -1 = variable), ``batchable`` (True when the first dim of every input and
+      output is the batch: the dynamic batcher then concatenates requests along it, and ``run``
+      must return outputs with the same number of rows, in order), and ``run``.
+    - ``run(inputs, worker, outputs)`` gets numpy arrays by input name, batch dim first (BYTES
+      as object arrays of ``bytes``), and returns arrays by output name (more than asked is
+      fine). Bad values raise ``InvalidInput`` (the client gets 400 with the message), other
+      failures ``ProcessorError`` (500). It is called from several threads (one per worker):
+      keep per-worker state indexed by ``worker``.
+    - Optional: ``kind`` (defaults to the name it is installed under), ``platform`` and
+      ``backend`` (shown in metadata and /config), ``device``, ``padding`` (only when padding
+      requests of different lengths to a common length is safe), ``warmup`` /
+      ``sample_inputs``, ``close``.
+    - Install it under a name in the ``autoai.processors`` entry-point group of your package
+      (``[project.entry-points."autoai.processors"] NAME = "pkg.module:MyProcessor"``); the
+      class or any callable ``factory(model_path, **options) -> Processor`` will do. Then
+      ``eas-server --processor NAME --model PATH`` or ``"processor": "NAME"`` in the service
+      JSON serves it, with no change to eas-server.
     """
 
     kind: str = ""

@@ -1,7 +1,8 @@
 """A model repository on disk, Triton's layout; pure apart from reading the directory.
 
-``DIR/{name}/{version}/model.onnx`` (the ``onnx`` processor) or ``DIR/{name}/{version}/`` holding
-a blade artifact (``blade.json``: the ``blade`` processor), and optionally an EAS service JSON per
+``DIR/{name}/{version}/model.onnx`` (the ``onnx`` processor), ``DIR/{name}/{version}/`` holding a
+bundle (``pipeline.json``: the ``pipeline`` processor) or a blade artifact (``blade.json``: the
+``blade`` processor), and optionally an EAS service JSON per
 model, ``DIR/{name}/config.json``, with the same keys as ``eas-server --config``. A load may bring
 its own service JSON instead (the repository API's ``parameters.config``); one with
 ``model_path`` names the model anywhere on the host, which is how the control plane places
@@ -18,12 +19,13 @@ from typing import Any
 
 from .._settings import service_fields
 
-__all__ = ["ModelSource", "list_models", "resolve"]
+__all__ = ["ModelSource", "default_processor", "list_models", "resolve"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _CONFIG = "config.json"
 _ONNX = "model.onnx"
 _BLADE = "blade.json"
+_PIPELINE = "pipeline.json"  # eas_server.pipeline.BUNDLE_SPEC
 
 
 class LayoutError(ValueError):
@@ -36,8 +38,8 @@ class ModelSource:
 
     Attributes:
         name, version: what clients address.
-        path: the ``.onnx`` file or blade artifact directory.
-        processor: ``onnx``, ``blade`` or another registered processor.
+        path: the ``.onnx`` file, bundle directory or blade artifact directory.
+        processor: ``onnx``, ``pipeline``, ``blade`` or another registered processor.
         fields: settings from its service JSON (``eas_server._settings.service_fields``).
     """
 
@@ -93,6 +95,16 @@ def _config_fields(text: str, where: str) -> dict[str, Any]:
         raise LayoutError(str(exc)) from None
 
 
+def default_processor(path: Path) -> str:
+    """The processor a model path implies: ``pipeline`` for a bundle (a directory with
+    ``pipeline.json``), ``blade`` for a blade artifact directory, else ``onnx``."""
+    if (path.is_dir() and (path / _PIPELINE).is_file()) or path.name == _PIPELINE:
+        return "pipeline"
+    if path.is_dir() and (path / _BLADE).is_file():
+        return "blade"
+    return "onnx"
+
+
 def resolve(root: Path | None, name: str, config: str | None = None) -> ModelSource:
     """Where model ``name`` is and how to serve it.
 
@@ -136,14 +148,18 @@ def resolve(root: Path | None, name: str, config: str | None = None) -> ModelSou
         if version not in versions:
             raise LayoutError(f"model {name!r} has no version {version} in {model_dir}")
         path = model_dir / version
-        if (path / _BLADE).is_file():
+        if (path / _PIPELINE).is_file():
+            pass  # a bundle (its model.onnx is the pipeline's inner model: checked first)
+        elif (path / _BLADE).is_file():
             pass  # a blade artifact (it holds a model.onnx of its own: checked first)
         elif (path / _ONNX).is_file():
             path = path / _ONNX
         else:
-            raise LayoutError(f"{path} holds neither {_ONNX} nor a blade artifact ({_BLADE})")
+            raise LayoutError(
+                f"{path} holds neither {_ONNX} nor a blade artifact ({_BLADE}) nor a bundle "
+                f"({_PIPELINE})"
+            )
     check_name(version, "version")
-    blade = path.is_dir() and (path / _BLADE).is_file()
-    processor = str(fields.get("processor") or ("blade" if blade else "onnx"))
+    processor = str(fields.get("processor") or default_processor(path))
     rest = {k: v for k, v in fields.items() if k not in ("model", "name", "version", "processor")}
     return ModelSource(name, version, path, processor, rest)
