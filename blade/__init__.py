@@ -9,6 +9,12 @@ Passes that fit the device are tried (ORT graph optimization, transformer fusion
 CPU, fp16 with fp32 IO and CUDA graphs on GPU, TensorRT where installed); each candidate is checked
 against the fp32 CPU reference and timed; the fastest that passes its gate is kept. The artifact
 is served by ``eas-server --processor blade --model ARTIFACT_DIR``.
+
+A pipeline bundle (a directory with ``pipeline.json``) is optimized through its model and comes
+out as a derived bundle (``"model": "blade"``, the artifact in ``blade/``) for the ``pipeline``
+processor. With ``eval_set=`` (labelled JSONL) each lossy step is also judged by the task metric
+(accuracy, or slot F1) through the bundle's own pre/post-processing, and refused when it loses
+more than ``task_tolerance`` points (default 0.5) against the fp32 plain model.
 """
 
 from ._artifact import Artifact, load_artifact, render_report

@@ -40,6 +40,10 @@ __all__ = [
     "from_cache",
     "load_artifact",
     "render_report",
+    "replace_dir",
+    "task_cells",
+    "task_line",
+    "why",
     "write",
 ]
 
@@ -77,6 +81,11 @@ class Outcome:
         synthetic: the test data was drawn from the signature, not given.
         elapsed_s: wall time of the run.
         key: the cache key (see ``cache_key``).
+        bundle: the source pipeline bundle's directory when a bundle was optimized.
+        task: the report's ``task`` section for a bundle (the labelled set, its metric, the
+            fp32 baseline and the tolerance; or a note that only numeric gates judged).
+        data_note: where the test data came from, when neither drawn nor given (a bundle's
+            evaluation set).
     """
 
     model: ModelInfo
@@ -101,6 +110,9 @@ class Outcome:
     synthetic: bool
     elapsed_s: float
     key: str
+    bundle: str | None = None
+    task: Mapping[str, Any] | None = None
+    data_note: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -117,7 +129,10 @@ def cache_key(
     tolerance: float | Mapping[str, float] | None,
     data: Mapping[str, np.ndarray],
     synthetic: bool,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
+    """The artifact's cache key; ``extra`` holds what else decides the outcome (for a bundle: its
+    files' digest, and the evaluation set's digest and task tolerance when one is given)."""
     h = hashlib.sha256()
     settings = {
         "format": ARTIFACT_FORMAT,
@@ -128,6 +143,8 @@ def cache_key(
         "tolerance": tolerance if not isinstance(tolerance, Mapping) else dict(tolerance),
         "synthetic": synthetic,
     }
+    if extra:
+        settings["extra"] = dict(extra)
     h.update(model.sha256.encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     for name in sorted(data):
@@ -136,7 +153,7 @@ def cache_key(
     return f"{model.sha256[:16]}-{hw.key()}-{h.hexdigest()[:16]}"
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Put ``src`` at ``dst`` (removing what was there) with one rename where possible."""
     if dst.exists():
         old = dst.with_name(dst.name + ".old")
@@ -159,7 +176,7 @@ def from_cache(key: str, out_dir: Path, cache_dir: str | Path | None) -> dict[st
     )
     shutil.rmtree(tmp)
     shutil.copytree(entry, tmp)
-    _replace_dir(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     report: dict[str, Any] = json.loads((out_dir / "report.json").read_text())
     report["cache"] = {"hit": True, "key": key}
     return report
@@ -180,7 +197,7 @@ def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str]:
 def build_report(o: Outcome) -> dict[str, Any]:
     """The report of a run, as written to ``report.json``."""
     rows = next(iter(o.data.values())).shape[0]
-    data_note = (
+    data_note = o.data_note or (
         f"synthetic: {rows} examples drawn from the signature (token ids from ordinary "
         "embedding rows, masks of ones with some padding, floats from a normal); "
         "pass real test data for a stronger check"
@@ -190,6 +207,8 @@ def build_report(o: Outcome) -> dict[str, Any]:
     return {
         "model": str(o.model.path),
         "model_sha256": o.model.sha256,
+        "bundle": o.bundle,
+        "task": None if o.task is None else dict(o.task),
         "device": o.hardware.device,
         "hardware": o.hardware.json(),
         "hardware_key": o.hardware.key(),
@@ -213,22 +232,64 @@ def build_report(o: Outcome) -> dict[str, Any]:
     }
 
 
+def task_line(report: Mapping[str, Any]) -> str | None:
+    """One line on how the task metric judged the run (None for a model that is no bundle)."""
+    task = report.get("task")
+    if not task:
+        return None
+    if not task.get("metric"):
+        return f"task: {task['note']}"
+    plain = "" if task.get("plain") is None else f", plain on the device {task['plain']:.2%}"
+    return (
+        f"task: {task['metric']} on {task['examples']} examples of {task['eval_set']}: fp32 plain "
+        f"{task['baseline']:.2%}{plain}; a lossy step may lose {task['tolerance_points']:g} points"
+    )
+
+
+def task_cells(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """A pass's numeric verdict, task metric after it, points lost and task verdict, as table
+    cells (``-`` where the pass was not scored)."""
+    numeric = (entry.get("numeric") or {}).get("verdict", "-")
+    task = entry.get("task")
+    if not task:
+        return numeric, "-", "-", "-"
+    return numeric, f"{task['after']:.2%}", f"{task['lost_points']:.2f}", task["verdict"]
+
+
+def why(entry: Mapping[str, Any]) -> str | None:
+    """Why a pass was not kept, both gates' reasons when both judged it (None when it passed)."""
+    if entry["verdict"] == "passed":
+        return None
+    numeric, task = entry.get("numeric"), entry.get("task")
+    if numeric and task:
+        return f"numeric: {numeric['reason']}; task: {task['reason']}"
+    return str(entry["reason"])
+
+
 def render_report(report: Mapping[str, Any]) -> str:
-    """The report as a fixed-width table."""
+    """The report as a fixed-width table (with the task metric per pass for a bundle optimized
+    with an evaluation set)."""
     batches = [str(b) for b in report["batch_sizes"]]
     base = report["baseline"]["latency_ms"]
+    task = report.get("task") or {}
+    judged = bool(task.get("metric"))
     head = (
         f"{'pass':38} {'tier':8} {'verdict':9} {'cosine':>8} {'rel L2':>8} {'top-1':>6} "
+        + (f"{'numeric':9} {task['metric']:>8} {'lost':>6} {'task':9} " if judged else "")
         + " ".join(f"{'b' + b + ' ms':>15}" for b in batches)
     )
+    plain_task = f"{'':9} {task['baseline']:8.2%} {'':>6} {'':9} " if judged else ""
     lines = [
         f"model {report['model']}  ({report['model_sha256'][:12]})",
+        *([f"bundle {report['bundle']}"] if report.get("bundle") else []),
         f"device {report['device']}  hardware {report['hardware_key']}",
         f"tensorrt: {report['tensorrt']}",
         f"test data: {report['test_data']}",
+        *([line] if (line := task_line(report)) else []),
         head,
         "-" * len(head),
         f"{'plain (baseline)':38} {'-':8} {'-':9} {'':>8} {'':>8} {'':>6} "
+        + plain_task
         + " ".join(f"{base[b]:15.2f}" for b in batches),
     ]
     for entry in report["passes"]:
@@ -241,11 +302,17 @@ def render_report(report: Mapping[str, Any]) -> str:
             for b in batches
         )
         tier, verdict = entry.get("tier", "-"), entry["verdict"]
+        scored = ""
+        if judged:
+            numeric, after, lost, task_verdict = task_cells(entry)
+            scored = f"{numeric:9} {after:>8} {lost:>6} {task_verdict[:9]:9} "
         lines.append(
-            f"{entry['name'][:38]:38} {tier:8} {verdict:9} {cos:>8} {rel:>8} {top1:>6} {cells}"
+            f"{entry['name'][:38]:38} {tier:8} {verdict:9} {cos:>8} {rel:>8} {top1:>6} "
+            f"{scored}{cells}"
         )
-        if entry["verdict"] != "passed":
-            lines.append(f"{'':4}why: {entry['reason']}")
+        reason = why(entry)
+        if reason:
+            lines.append(f"{'':4}why: {reason}")
     speedup = f"speedup {report['speedup']:.2f}x at the median batch"
     lines.append(f"chosen: {report['chosen']} ({report['reason']}); {speedup}")
     return "\n".join(lines)
@@ -284,7 +351,7 @@ def write(
             entry.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(tmp, entry.with_name(entry.name + ".tmp"), dirs_exist_ok=True)
             os.replace(entry.with_name(entry.name + ".tmp"), entry)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

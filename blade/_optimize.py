@@ -3,9 +3,11 @@ reference, time the ones that pass, keep the fastest, and write the artifact and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -17,20 +19,20 @@ from typing import Any
 import numpy as np
 
 from . import _artifact, _passes
-from ._errors import RuntimeNotAvailable
-from ._hardware import Hardware, detect_hardware
-from ._inputs import TestData, load_test_data, synthesize
+from ._bundle import ARTIFACT_DIR, SourceBundle, is_bundle, open_bundle
+from ._errors import InvalidTestData, RuntimeNotAvailable
+from ._hardware import detect_hardware
+from ._inputs import load_test_data, synthesize
 from ._model import ModelInfo, inspect_model
 from ._passes import Candidate
-from ._runtime import BladeRuntime, RuntimeConfig
-from ._verify import Gate, check, compare, gate_for, masked
+from ._runtime import RuntimeConfig
+from ._session import ProgressFn, Session, padding, rows
+from ._task import DEFAULT_TASK_TOLERANCE, TaskGate, check_tolerance, numeric_only
 
 __all__ = ["OptimizeResult", "optimize"]
 
 log = logging.getLogger("blade")
 
-ProgressFn = Callable[[str, str], None]
-"""``progress(pass_name, status)``: called as each pass starts and ends."""
 
 _INT8_RECOVERY = (1, 2, 4, 8, 16)  # nodes kept fp32 on successive retries (bounded)
 _FP16_RECOVERY = (
@@ -38,6 +40,7 @@ _FP16_RECOVERY = (
     ("Softmax", "Attention", "MultiHeadAttention"),
 )
 _MIN_GAIN = 1.05  # a candidate must beat plain by 5% to be chosen
+_EVAL_TEST_ROWS = 256  # evaluation-set texts that also feed the numeric gates of a bundle
 
 
 @dataclass(frozen=True)
@@ -56,155 +59,12 @@ class OptimizeResult:
     speedup: float
 
 
-def _time(runtime: BladeRuntime, feed: Mapping[str, np.ndarray], budget_s: float = 1.0) -> float:
-    """Median latency in seconds: 2 warm-up runs, then at least 3 and at most 50 timed runs, or
-    until ``budget_s`` has passed."""
-    for _ in range(2):
-        runtime.run(feed)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (len(times) < 50 and time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        runtime.run(feed)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _rows(data: TestData, n: int) -> dict[str, np.ndarray]:
-    """The first ``n`` examples of the test data, repeated when there are fewer."""
-    have = next(iter(data.values())).shape[0]
-    idx = np.arange(n) % have
-    return {k: np.ascontiguousarray(v[idx]) for k, v in data.items()}
-
-
-def _run_all(runtime: BladeRuntime, data: TestData, chunk: int) -> dict[str, np.ndarray]:
-    rows = next(iter(data.values())).shape[0]
-    parts = [
-        runtime.run({k: v[i : i + chunk] for k, v in data.items()}) for i in range(0, rows, chunk)
-    ]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-class _Session:
-    """State of one optimize() call: the model, data, reference, plain timings, the record."""
-
-    def __init__(
-        self,
-        model: ModelInfo,
-        hw: Hardware,
-        data: TestData,
-        batch_sizes: Sequence[int],
-        tolerance: float | Mapping[str, float] | None,
-        buckets: list[list[int]],
-        workdir: Path,
-        progress: ProgressFn | None,
-    ):
-        self.model, self.hw, self.data = model, hw, data
-        self.batch_sizes = list(batch_sizes)
-        self.tolerance = tolerance
-        self.buckets = buckets
-        self.workdir = workdir
-        self.progress = progress
-        self.chunk = max(self.batch_sizes)
-        self.passes: list[dict[str, Any]] = []
-        self.mask = data.get(model.mask_input) if model.mask_input else None
-        self.token_outputs = list(_padding(model).get("pad_outputs", {}))
-        reference_runtime = BladeRuntime(
-            model.path, RuntimeConfig(provider="cpu", graph_level="disabled")
-        )
-        self.reference = self.masked(_run_all(reference_runtime, data, self.chunk))
-        self.plain_config = RuntimeConfig(provider=hw.device)
-        plain = BladeRuntime(model.path, self.plain_config)
-        self.plain_latency = {b: _time(plain, _rows(data, b)) for b in self.batch_sizes}
-        self.plain_metrics = compare(self.reference, self.masked(_run_all(plain, data, self.chunk)))
-        self.passing: list[tuple[Candidate, dict[int, float]]] = []
-        self.last_latency: dict[int, float] = {}
-
-    def masked(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return masked(outputs, self.mask, self.token_outputs)
-
-    def gate(self, tier: str) -> Gate:
-        """The tier's gate; a lossless rewrite is held to the device's own noise floor when that
-        is above the default bound (fp32 on a GPU uses TF32 and other kernels than the CPU
-        reference: plain ORT itself differs from the reference by that much)."""
-        gate = gate_for(tier, self.tolerance)
-        if tier == "lossless" and gate.rel_l2_max is not None:
-            floor = max((m.rel_l2 for m in self.plain_metrics.values()), default=0.0)
-            return Gate(max(gate.rel_l2_max, 4 * floor), gate.cosine_min, gate.top1_min)
-        return gate
-
-    def evaluate(self, candidate: Candidate, time_rejected: bool = False) -> bool:
-        """Verify against the reference; time it when it passes (or ``time_rejected``); record
-        it either way. A rejected candidate is never chosen, whatever its time."""
-        gate = self.gate(candidate.tier)
-        runtime = BladeRuntime(candidate.model_path, candidate.runtime)
-        metrics = compare(self.reference, self.masked(_run_all(runtime, self.data, self.chunk)))
-        passed, reason = check(metrics, gate)
-        entry: dict[str, Any] = {
-            "name": candidate.name,
-            "tier": candidate.tier,
-            "gate": gate.json(),
-            "metrics": {k: m.json() for k, m in metrics.items()},
-            "notes": candidate.notes,
-            "verdict": "passed" if passed else "rejected",
-            "reason": reason,
-        }
-        if passed or time_rejected:
-            latency = {b: _time(runtime, _rows(self.data, b)) for b in self.batch_sizes}
-            entry["latency_ms"] = {
-                str(b): {"before": self.plain_latency[b] * 1e3, "after": t * 1e3}
-                for b, t in latency.items()
-            }
-            entry["speedup"] = {str(b): self.plain_latency[b] / t for b, t in latency.items()}
-            if passed:
-                self.passing.append((candidate, latency))
-            self.last_latency = latency
-        self.passes.append(entry)
-        return passed
-
-    def attempt(
-        self, name: str, build: Callable[[], Candidate | None], time_rejected: bool = False
-    ) -> Candidate | None:
-        """Build and evaluate one candidate; a build that raises is recorded as failed."""
-        if self.progress:
-            self.progress(name, "running")
-        try:
-            candidate = build()
-        except Exception as exc:  # a pass that cannot apply must not stop the others
-            log.info("pass %s failed: %s", name, exc)
-            self.passes.append(
-                {"name": name, "verdict": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-            )
-            if self.progress:
-                self.progress(name, "failed")
-            return None
-        if candidate is None:
-            return None
-        try:
-            ok = self.evaluate(candidate, time_rejected)
-        except Exception as exc:  # the runtime refused it (e.g. a CUDA graph over CPU nodes)
-            log.info("pass %s failed to run: %s", name, exc)
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
-            self.passes.append({"name": name, "verdict": "failed", "reason": reason})
-            if self.progress:
-                self.progress(name, "failed")
-            return None
-        if self.progress:
-            self.progress(name, "passed" if ok else "rejected")
-        return candidate if ok else None
-
-    def skip(self, name: str, reason: str) -> None:
-        self.passes.append({"name": name, "verdict": "skipped", "reason": reason})
-        if self.progress:
-            self.progress(name, "skipped")
-
-
 def _ready(candidate: Candidate) -> Callable[[], Candidate]:
     """A build step for a candidate that needs no building (a runtime variant of another)."""
     return lambda: candidate
 
 
-def _fastest(s: _Session, candidates: Sequence[Candidate | None]) -> Candidate | None:
+def _fastest(s: Session, candidates: Sequence[Candidate | None]) -> Candidate | None:
     """Of the given candidates that passed, the one fastest at the median batch size (or None
     when plain is faster than all of them)."""
     batch = sorted(s.batch_sizes)[len(s.batch_sizes) // 2]
@@ -215,7 +75,7 @@ def _fastest(s: _Session, candidates: Sequence[Candidate | None]) -> Candidate |
     return best
 
 
-def _trim(s: _Session, source: Path, runtime: RuntimeConfig) -> RuntimeConfig:
+def _trim(s: Session, source: Path, runtime: RuntimeConfig) -> RuntimeConfig:
     """Try cutting trailing padding (BERT-like models with a mask); the runtime to build on."""
     if not (s.model.bert_like and s.model.mask_input and runtime.pad_inputs):
         s.skip("trim-padding", "needs a BERT-like model with an attention-mask input")
@@ -228,9 +88,9 @@ def _trim(s: _Session, source: Path, runtime: RuntimeConfig) -> RuntimeConfig:
     return trimmed if got is not None else runtime
 
 
-def _cpu_passes(s: _Session, level: str) -> None:
+def _cpu_passes(s: Session, level: str) -> None:
     base = s.model.path
-    runtime = RuntimeConfig(provider="cpu", **_padding(s.model))
+    runtime = RuntimeConfig(provider="cpu", **padding(s.model))
     graph = s.attempt(
         "ort-graph",
         lambda: _passes.build_ort_graph(base, s.workdir / "ort-graph.onnx", runtime, "cpu"),
@@ -276,7 +136,7 @@ def _cpu_passes(s: _Session, level: str) -> None:
         s.skip("int8 precision recovery", reason)
         return
     # precision recovery: keep the nodes that add the most error in fp32, a few more each retry
-    probe = _rows(s.data, min(8, next(iter(s.data.values())).shape[0]))
+    probe = rows(s.data, min(8, next(iter(s.data.values())).shape[0]))
     ranked = [
         name
         for name, _ in _passes.int8_sensitivity(source, s.workdir / "int8.onnx", probe, s.workdir)
@@ -291,7 +151,7 @@ def _cpu_passes(s: _Session, level: str) -> None:
             return
 
 
-def _graph_buckets(s: _Session, runtime: RuntimeConfig) -> list[list[int]]:
+def _graph_buckets(s: Session, runtime: RuntimeConfig) -> list[list[int]]:
     """CUDA-graph buckets: the configured ones, and with padding trimmed also shorter sequences
     (a short request then replays a short graph)."""
     if not runtime.trim_mask:
@@ -301,9 +161,9 @@ def _graph_buckets(s: _Session, runtime: RuntimeConfig) -> list[list[int]]:
     return [[b, q] for b in sorted({b for b, _ in s.buckets}) for q in seqs]
 
 
-def _gpu_passes(s: _Session, level: str) -> None:
+def _gpu_passes(s: Session, level: str) -> None:
     base = s.model.path
-    plain = RuntimeConfig(provider="cuda", **_padding(s.model))
+    plain = RuntimeConfig(provider="cuda", **padding(s.model))
     graph = s.attempt(
         "ort-graph",
         lambda: _passes.build_ort_graph(base, s.workdir / "ort-graph.onnx", plain, "cuda"),
@@ -359,15 +219,6 @@ def _default_block() -> list[str]:
     return list(DEFAULT_OP_BLOCK_LIST)
 
 
-def _padding(model: ModelInfo) -> dict[str, Any]:
-    """Sequence padding is safe for BERT-like models with a mask: padded tokens are masked out."""
-    if not (model.bert_like and model.mask_input):
-        return {}
-    seq_inputs = {t.name: [1, 0] for t in model.inputs if len(t.shape) == 2 and t.shape[1] == -1}
-    seq_outputs = {t.name: 1 for t in model.outputs if len(t.shape) >= 3 and t.shape[1] == -1}
-    return {"pad_inputs": seq_inputs, "pad_outputs": seq_outputs}
-
-
 def _trt_shapes(model: ModelInfo, batch: int, seq: int) -> str:
     """A TensorRT EP profile string: every input, its dynamic dims set to ``batch`` / ``seq``."""
     parts = []
@@ -377,7 +228,7 @@ def _trt_shapes(model: ModelInfo, batch: int, seq: int) -> str:
     return ",".join(parts)
 
 
-def _trt_config(s: _Session) -> RuntimeConfig:
+def _trt_config(s: Session) -> RuntimeConfig:
     """TensorRT EP, fp16, engine and timing caches, one min/opt/max profile from the buckets."""
     batches = sorted(b for b, _ in s.buckets)
     seq = max(q for _, q in s.buckets)
@@ -395,7 +246,7 @@ def _trt_config(s: _Session) -> RuntimeConfig:
     return RuntimeConfig(provider="tensorrt", trt_options=options)
 
 
-def _choose(s: _Session) -> tuple[Candidate | None, float, str]:
+def _choose(s: Session) -> tuple[Candidate | None, float, str]:
     """The fastest passing candidate by geometric mean of its speedups over plain."""
     best: Candidate | None = None
     best_gain = 1.0
@@ -427,16 +278,21 @@ def optimize(
     shape_buckets: Sequence[Sequence[int]] | None = None,
     progress: bool | ProgressFn = True,
     cache_dir: str | Path | None = None,
-    seq: int = 128,
+    seq: int | None = None,
+    eval_set: str | Path | None = None,
+    task_tolerance: float = DEFAULT_TASK_TOLERANCE,
 ) -> OptimizeResult:
-    """Optimize an ONNX model for ``device`` and write a verified artifact.
+    """Optimize an ONNX model, or a pipeline bundle's model, for ``device`` and write a verified
+    artifact.
 
     Args:
-        model: path of the ONNX model.
+        model: path of the ONNX model, or of a pipeline bundle (a directory with
+            ``pipeline.json``): its model is optimized and a derived bundle is written.
         device: ``cpu`` or ``cuda``.
         test_data: inputs to verify with (npz path or dict of arrays, batch dim first); by default
             drawn from the signature (and the report says so).
-        output_dir: where to write the artifact (default: next to the model, ``<stem>.blade``).
+        output_dir: where to write the artifact (default: next to the model, ``<stem>.blade``;
+            for a bundle ``<bundle>.blade``, a derived bundle with the artifact in ``blade/``).
         level: ``o1`` (lossless passes; fp16 on GPU) or ``o2`` (adds int8).
         tolerance: overrides the gates: a float is the cosine floor of lossy tiers; a mapping
             may set ``rel_l2``, ``cosine``, ``top1``.
@@ -445,16 +301,28 @@ def optimize(
             test data's sequence length).
         progress: True prints a line per pass; a callable gets ``(pass, status)``.
         cache_dir: artifact cache (default ``~/.cache/autoai/blade``).
-        seq: sequence length of drawn test data.
+        seq: sequence length of drawn test data (default 128; a bundle's ``max_length``).
+        eval_set: bundles only: a JSONL file of labelled examples (``eas_server.pipeline``
+            ``read_examples``). Every lossy step is then also scored by the task metric
+            (accuracy, or slot F1) through the bundle's own pre/post-processing and refused when
+            it loses more than ``task_tolerance`` points against the fp32 plain model; without
+            ``test_data``, its first texts (encoded by the bundle) feed the numeric gates too.
+            Without it a bundle is judged by the numeric gates only (the report says so).
+        task_tolerance: points of the task metric a lossy step may lose (0.5 = 0.005 of
+            accuracy).
 
     Returns:
-        The artifact directory, the report and the speedup.
+        The artifact directory (for a bundle: the derived bundle), the report and the speedup.
 
     Raises:
-        InvalidModel: not ONNX, truncated, unsupported opset; nothing is written.
-        InvalidTestData: test data that does not fit the model; nothing is written.
+        InvalidModel: not ONNX, truncated, unsupported opset, a bundle that does not load or is
+            already optimized; nothing is written.
+        InvalidTestData: test data that does not fit the model, an evaluation set that does not
+            fit the bundle, or an evaluation set for a model that is no bundle; nothing is
+            written.
         RuntimeNotAvailable: ``device="cuda"`` without onnxruntime-gpu.
-        ValueError: bad ``device``, ``level`` or ``batch_sizes``.
+        ValueError: bad ``device``, ``level``, ``batch_sizes`` or ``task_tolerance``, or a
+            bundle's ``output_dir`` inside the bundle.
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -462,29 +330,111 @@ def optimize(
         raise ValueError(f"level must be 'o1' or 'o2', got {level!r}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
-    info = inspect_model(model)
-    data = load_test_data(test_data, info) if test_data is not None else None
-    if device == "cuda":
+    task_tolerance = check_tolerance(task_tolerance)
+    if not is_bundle(model):
+        if eval_set is not None:
+            raise InvalidTestData(
+                f"an evaluation set ({eval_set}) needs a pipeline bundle (a directory with "
+                f"pipeline.json, tokenizer and labels) to score the task through; {model} is not "
+                "one. Optimize the bundle, or leave the evaluation set out"
+            )
+        run = _Run(device, test_data, level, tolerance, batch_sizes, shape_buckets, seq or 128)
+        info = inspect_model(model)
+        out_dir = Path(output_dir) if output_dir else info.path.with_suffix(".blade")
+        return _optimize_model(run, info, out_dir, progress, cache_dir)
+    source = open_bundle(model)
+    task = TaskGate.open(source.bundle, eval_set, task_tolerance) if eval_set else None
+    data_note = None
+    if test_data is None and task is not None:
+        test_data, data_note = task.test_data(_EVAL_TEST_ROWS)
+    run = _Run(
+        device,
+        test_data,
+        level,
+        tolerance,
+        batch_sizes,
+        shape_buckets,
+        seq or source.bundle.spec.max_length,
+        source,
+        task,
+        data_note,
+    )
+    info = inspect_model(source.bundle.model_path)
+    out_dir = Path(output_dir) if output_dir else source.default_output()
+    if out_dir.resolve().is_relative_to(source.root.resolve()):
+        raise ValueError(
+            f"output_dir {out_dir} would replace the bundle {source.root} or write inside it: "
+            "give a directory outside the bundle (default: BUNDLE.blade beside it)"
+        )
+    staging = source.staging(out_dir)
+    try:
+        result = _optimize_model(run, info, staging / ARTIFACT_DIR, progress, cache_dir)
+        source.finish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return OptimizeResult(out_dir, result.report, result.speedup)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one optimize call that decide its outcome (and its cache key)."""
+
+    device: str
+    test_data: str | Path | Mapping[str, np.ndarray] | None
+    level: str
+    tolerance: float | Mapping[str, float] | None
+    batch_sizes: Sequence[int]
+    shape_buckets: Sequence[Sequence[int]] | None
+    seq: int
+    source: SourceBundle | None = None
+    task: TaskGate | None = None
+    data_note: str | None = None
+
+    def key_extra(self) -> dict[str, Any] | None:
+        """A bundle's files, and the evaluation set and tolerance when given."""
+        if self.source is None:
+            return None
+        return {**self.source.key(), **(self.task.key() if self.task else {})}
+
+    def task_section(self) -> dict[str, Any] | None:
+        if self.source is None:
+            return None
+        return self.task.summary() if self.task else numeric_only(self.source.bundle.spec.task)
+
+
+def _optimize_model(
+    run: _Run,
+    info: ModelInfo,
+    out_dir: Path,
+    progress: bool | ProgressFn,
+    cache_dir: str | Path | None,
+) -> OptimizeResult:
+    """Optimize one ONNX model into an artifact at ``out_dir`` (from the cache when there)."""
+    data = load_test_data(run.test_data, info) if run.test_data is not None else None
+    if run.device == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeNotAvailable(
                 "device='cuda' needs onnxruntime-gpu: pip install 'autoai[gpu]'"
             )
-    hw = detect_hardware(device)
+    hw = detect_hardware(run.device)
     synthetic = data is None
+    batch_sizes = run.batch_sizes
     if data is None:
-        data = synthesize(info, rows=max(32, max(batch_sizes)), seq=seq)
+        data = synthesize(info, rows=max(32, max(batch_sizes)), seq=run.seq)
     seq_len = next(
-        (v.shape[1] for k, v in data.items() if k == info.token_input and v.ndim == 2), seq
+        (v.shape[1] for k, v in data.items() if k == info.token_input and v.ndim == 2), run.seq
     )
     buckets = (
-        [list(b) for b in shape_buckets]
-        if shape_buckets
+        [list(b) for b in run.shape_buckets]
+        if run.shape_buckets
         else [[b, seq_len] for b in sorted(set(batch_sizes))]
     )
-    out_dir = Path(output_dir) if output_dir else info.path.with_suffix(".blade")
-    key = _artifact.cache_key(info, hw, level, batch_sizes, buckets, tolerance, data, synthetic)
+    key = _artifact.cache_key(
+        info, hw, run.level, batch_sizes, buckets, run.tolerance, data, synthetic, run.key_extra()
+    )
     cached = _artifact.from_cache(key, out_dir, cache_dir)
     if cached is not None:
         if callable(progress) or progress:
@@ -495,19 +445,35 @@ def optimize(
         report_progress = (
             progress if callable(progress) else (_print_progress if progress else None)
         )
-        s = _Session(info, hw, data, batch_sizes, tolerance, buckets, Path(tmp), report_progress)
-        (_gpu_passes if device == "cuda" else _cpu_passes)(s, level)
+        s = Session(
+            info,
+            hw,
+            data,
+            batch_sizes,
+            run.tolerance,
+            buckets,
+            Path(tmp),
+            report_progress,
+            run.task,
+        )
+        (_gpu_passes if run.device == "cuda" else _cpu_passes)(s, run.level)
         chosen, gain, why = _choose(s)
         median_batch = sorted(s.batch_sizes)[len(s.batch_sizes) // 2]
         speedup = _speedup_at(s, chosen, median_batch) if chosen is not None else 1.0
         outcome = _outcome(s, chosen, why, speedup, gain, synthetic, time.time() - started, key)
+        outcome = dataclasses.replace(
+            outcome,
+            bundle=str(run.source.root) if run.source else None,
+            task=run.task_section(),
+            data_note=run.data_note,
+        )
         report = _artifact.build_report(outcome)
         _artifact.write(out_dir, outcome, report, cache_dir)
     return OptimizeResult(out_dir, report, speedup)
 
 
 def _outcome(
-    s: _Session,
+    s: Session,
     chosen: Candidate | None,
     why: str,
     speedup: float,
@@ -545,7 +511,7 @@ def _outcome(
     )
 
 
-def _speedup_at(s: _Session, chosen: Candidate, batch: int) -> float:
+def _speedup_at(s: Session, chosen: Candidate, batch: int) -> float:
     for cand, latency in s.passing:
         if cand is chosen:
             return s.plain_latency[batch] / latency[batch]

@@ -3,11 +3,16 @@
 - ``on_deploy``: the control plane hands over a model and an EAS-style service spec; a blade spec
   (``"processor": "blade"`` or ``"blade": true | {options}``) runs ``blade.optimize`` (its artifact
   cache makes a repeat free) and gets the ``blade`` processor and the artifact; a plain spec, or a
-  model no blade candidate improves, gets the ``onnx`` processor and the model as it is.
+  model no blade candidate improves, gets the ``onnx`` processor and the model as it is. A bundle
+  (a directory with ``pipeline.json``: text in, labels out) is always served by the ``pipeline``
+  processor: plain, the registered bundle; blade, the derived bundle the optimizer writes (its
+  model a blade artifact), with the optimizer's record kept.
 - ``on_publish``: one published route ``{version, weight}`` plus what its deployment recorded
   becomes a route-table entry, ``autoai.schema.RouteEntry`` (service, processor, and for blade
   the engine, profiles, fallback version, report digest and speedup).
-- ``on_call``: the SDK asks which client class serves a route, and with which extra options.
+- ``on_call``: the SDK asks which client class serves a route, and with which extra options. A
+  ``pipeline`` route, blade-optimized or not, takes the plain client: its server tokenizes and
+  pads to the engine's buckets itself, so no profile-aware splitting or fallback is needed.
 
 Nothing else in the project compares a processor to ``"blade"``. ``autoai.schema`` is the one
 import from above this layer: the route entry is the shared contract of the control plane, this
@@ -31,10 +36,12 @@ from ._errors import InvalidDeploySpec, InvalidRouteRequest, NotOptimized
 
 __all__ = [
     "BLADE",
+    "PIPELINE",
     "PLAIN",
     "DeployPlan",
     "call_options",
     "is_blade",
+    "is_bundle",
     "on_call",
     "on_deploy",
     "on_publish",
@@ -43,9 +50,22 @@ __all__ = [
 
 BLADE = "blade"
 PLAIN = "onnx"
+PIPELINE = "pipeline"
+"""The processor of bundles (text in, labels out), plain or blade-optimized."""
 _M = TypeVar("_M", bound=BaseModel)
 _DEFAULT_MAX_BATCH = 32
-_BLADE_OPTIONS = {"device", "level", "tolerance", "test_data", "batch_sizes", "seq", "required"}
+_BLADE_OPTIONS = {
+    "device",
+    "level",
+    "tolerance",
+    "test_data",
+    "batch_sizes",
+    "seq",
+    "eval_set",
+    "task_tolerance",
+    "required",
+}
+_BUNDLE_SPEC = "pipeline.json"  # eas_server.pipeline.BUNDLE_SPEC, without importing tokenizers
 
 
 class _RouteLike(Protocol):
@@ -58,8 +78,9 @@ class DeployPlan:
     """What to start for a deployment.
 
     Attributes:
-        processor: ``"onnx"`` or ``"blade"`` (the ``eas-server --processor``).
-        model_path: what ``eas-server --model`` gets (the blade artifact directory for blade).
+        processor: ``"onnx"``, ``"blade"`` or ``"pipeline"`` (the ``eas-server --processor``).
+        model_path: what ``eas-server --model`` gets (the blade artifact directory for blade;
+            the bundle directory for pipeline: the derived one when blade optimized it).
         blade: the optimizer's record of a blade deployment (engine, profiles, report digest,
             speedup), which ``on_publish`` puts in its route entries; None for plain.
         report: the optimizer's report when blade was asked for (also when it chose plain).
@@ -82,9 +103,10 @@ def wants_blade(spec: Mapping[str, Any]) -> bool:
     """
     processor = spec.get("processor")
     blade = spec.get("blade", False)
-    if processor is not None and processor not in (PLAIN, BLADE):
+    if processor is not None and processor not in (PLAIN, BLADE, PIPELINE):
         raise InvalidDeploySpec(
-            f"processor is {processor!r}, expected {PLAIN!r} or {BLADE!r} (or blade: true)"
+            f"processor is {processor!r}, expected {PLAIN!r} or {BLADE!r} (or blade: true); "
+            f"{PIPELINE!r} for a bundle"
         )
     if not isinstance(blade, bool | Mapping):
         raise InvalidDeploySpec(f"blade is {blade!r}, expected true, false or an options object")
@@ -141,6 +163,47 @@ def _engine(doc: Mapping[str, Any]) -> str:
     return candidate if provider == "tensorrt" else f"ort-{provider}-{candidate}"
 
 
+def is_bundle(model: str | Path) -> bool:
+    """Whether a registered model is a bundle: a directory holding ``pipeline.json``."""
+    path = Path(model)
+    return path.is_dir() and (path / _BUNDLE_SPEC).is_file()
+
+
+def _served_as(path: Path, spec: Mapping[str, Any]) -> str:
+    """The plain processor of a model: ``pipeline`` for a bundle, ``onnx`` for an ONNX file.
+
+    Raises:
+        InvalidDeploySpec: the spec's processor does not fit the model.
+    """
+    processor = spec.get("processor")
+    if not is_bundle(path):
+        if processor == PIPELINE:
+            raise InvalidDeploySpec(
+                f"processor {PIPELINE!r} serves bundles (a model with its tokenizer, labels and "
+                f"{_BUNDLE_SPEC}); this version is a single ONNX model: use {PLAIN!r} or "
+                f"{BLADE!r}"
+            )
+        return PLAIN
+    if processor == PLAIN:
+        raise InvalidDeploySpec(
+            f"this version is a bundle (text in, labels out), served by the {PIPELINE!r} "
+            f"processor: leave processor out or give {PIPELINE!r} (plain), or blade: true"
+        )
+    return PIPELINE
+
+
+def _artifact_meta(artifact: Path) -> tuple[dict[str, Any], Path]:
+    """The blade artifact's ``blade.json`` and its report's path: in ``artifact`` itself, or in
+    the directory a derived bundle's ``pipeline.json`` names as its model."""
+    home = artifact
+    if not (artifact / "blade.json").is_file() and (artifact / _BUNDLE_SPEC).is_file():
+        home = artifact / str(json.loads((artifact / _BUNDLE_SPEC).read_text())["model"])
+    report = home / "report.json"
+    if not report.is_file():
+        report = artifact / "report.json"
+    return json.loads((home / "blade.json").read_text()), report
+
+
 def on_deploy(
     model: str | Path,
     spec: Mapping[str, Any],
@@ -153,11 +216,13 @@ def on_deploy(
     """Decide what to serve for a deployment, optimizing when the spec asks for blade.
 
     Args:
-        model: the registered ONNX model.
+        model: the registered ONNX model, or bundle directory.
         spec: the EAS-style service spec (``processor``, ``blade``, ``metadata.rpc``...).
             ``blade`` may be an object of optimizer options: ``device`` (``cpu``/``cuda``),
-            ``level``, ``tolerance``, ``test_data`` (npz path), ``batch_sizes``, ``seq``, and
-            ``required`` (fail rather than serve plain when no candidate qualifies).
+            ``level``, ``tolerance``, ``test_data`` (npz path), ``batch_sizes``, ``seq``,
+            ``eval_set`` and ``task_tolerance`` (bundles: a labelled JSONL set and the points of
+            accuracy or slot F1 a lossy pass may lose), and ``required`` (fail rather than
+            serve plain when no candidate qualifies).
         output_dir: where the artifact goes (default: next to the model).
         cache_dir: the optimizer's artifact cache.
         progress: passed to the optimizer.
@@ -165,16 +230,21 @@ def on_deploy(
 
     Returns:
         The plan; for blade, ``report`` is the optimizer's report. When no candidate passed its
-        gate and beat the plain model, the plan is plain (processor ``onnx``) and says why.
+        gate and beat the plain model, the plan is plain (processor ``onnx``, or ``pipeline``
+        for a bundle) and says why. A bundle's blade plan keeps the ``pipeline`` processor and
+        serves the derived bundle, with the optimizer's record in ``blade``.
 
     Raises:
-        InvalidDeploySpec: the spec is malformed.
+        InvalidDeploySpec: the spec is malformed, or its processor does not fit the model
+            (``pipeline`` for an ONNX file, ``onnx`` for a bundle).
         NotOptimized: ``required`` was set and the optimizer kept the plain model.
         blade.BladeError: the optimizer refused the model or its test data.
     """
     path = Path(model)
-    if not wants_blade(spec):
-        return DeployPlan(PLAIN, path, reason="plain deployment asked for")
+    wanted = wants_blade(spec)
+    plain = _served_as(path, spec)
+    if not wanted:
+        return DeployPlan(plain, path, reason="plain deployment asked for")
     options = _blade_options(spec)
     required = options.pop("required", False)
     max_batch = _max_batch(spec)
@@ -194,18 +264,17 @@ def on_deploy(
                 f"model: {why}",
                 report,
             )
-        return DeployPlan(PLAIN, path, report=report, reason=f"served plain: {why}")
+        return DeployPlan(plain, path, report=report, reason=f"served plain: {why}")
     artifact = Path(result.artifact_dir)
-    doc = json.loads((artifact / "blade.json").read_text())
-    digest = hashlib.sha256((artifact / "report.json").read_bytes()).hexdigest()
+    doc, report_file = _artifact_meta(artifact)
     meta = BladeMeta(
         engine=_engine(doc),
         profiles=_profiles(doc, max_batch),
-        report_sha256=digest,
+        report_sha256=hashlib.sha256(report_file.read_bytes()).hexdigest(),
         speedup=round(float(result.speedup), 3),
     )
     return DeployPlan(
-        BLADE,
+        PIPELINE if plain == PIPELINE else BLADE,
         artifact,
         blade=meta,
         report=report,
@@ -260,6 +329,16 @@ def on_publish(
             raise InvalidRouteRequest(f"route {version}: a blade route cannot fall back to itself")
         meta = {**deployment.blade.model_dump(), "fallback_version": fallback}
         blade = _validated(BladeMeta, meta, version, "blade.")
+    elif deployment.processor == PIPELINE and deployment.blade is not None:
+        # kept for the record (engine, speedup, report); the server pads to its buckets and
+        # serves every request itself, so the route has nothing to fall back to
+        if route.fallback_version is not None:
+            raise InvalidRouteRequest(
+                f"route {version}: a pipeline route takes no fallback_version (its server "
+                "serves every request, blade-optimized or not)"
+            )
+        meta = {**deployment.blade.model_dump(), "fallback_version": None}
+        blade = _validated(BladeMeta, meta, version, "blade.")
     entry = {"version": version, "weight": route.weight, "service": deployment.service}
     return _validated(
         RouteEntry, {**entry, "processor": deployment.processor, "blade": blade}, version, ""
@@ -282,8 +361,8 @@ def is_blade(route: _RouteLike) -> bool:
 
 
 def on_call(route: _RouteLike, *, asynchronous: bool = False) -> type[Any]:
-    """The client class that serves a route: ``BladeClient`` for blade, ``EasClient`` otherwise
-    (their ``Async`` twins with ``asynchronous=True``)."""
+    """The client class that serves a route: ``BladeClient`` for blade, ``EasClient`` otherwise,
+    ``pipeline`` routes included (their ``Async`` twins with ``asynchronous=True``)."""
     if is_blade(route):
         from blade_client import AsyncBladeClient, BladeClient
 

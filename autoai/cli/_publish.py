@@ -23,6 +23,7 @@ from ._common import (
 from ._parse import parse_routes, parse_shadow
 
 __all__ = [
+    "labels_text",
     "publish_command",
     "release_table",
     "releases_command",
@@ -42,11 +43,18 @@ def shadow_text(shadow: Mapping[str, Any] | None) -> str:
     return "" if not shadow else f"{shadow.get('version')}:{shadow.get('ratio'):g}"
 
 
+def labels_text(release: Mapping[str, Any]) -> str:
+    """A release's label set, marked ``(changed)`` when that revision changed it."""
+    labels = ", ".join(release.get("labels") or [])
+    return f"{labels} (changed)" if release.get("label_change") else labels
+
+
 def release_table(title: str, releases: list[dict[str, Any]], *, model: bool = False) -> Table:
     """Releases (``GET .../releases`` entries) as a table; ``model`` adds a model column."""
     table = Table(title=title)
     columns = ["model"] if model else []
-    columns += ["revision", "published", "routes", "sticky key", "shadow", "by", "reason"]
+    columns += ["revision", "published", "routes", "sticky key", "shadow", "labels", "by"]
+    columns += ["reason"]
     for col in columns:
         table.add_column(col, justify="right" if col == "revision" else "left")
     for r in releases:
@@ -57,6 +65,7 @@ def release_table(title: str, releases: list[dict[str, Any]], *, model: bool = F
             routes_text(r["routes"]),
             r.get("sticky_key") or "",
             shadow_text(r.get("shadow")),
+            labels_text(r),
             r.get("published_by") or "",
             r.get("reason") or "",
         ]
@@ -83,11 +92,21 @@ def publish_command(
         typer.Option("--expected-revision", help="refuse unless this is the current revision"),
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="why, for the history")] = None,
+    allow_label_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-label-change",
+            help="publish versions whose label sets differ (from each other or from the "
+            "published table's); recorded in the release",
+        ),
+    ] = False,
     url: Url = DEFAULT_URL,
     token_file: TokenFile = None,
     as_json: AsJson = False,
 ) -> None:
-    """Publish the model's route table: weights per version, sticky key, shadow traffic."""
+    """Publish the model's route table: weights per version, sticky key, shadow traffic. A
+    change of the label set (bundles) is refused unless --allow-label-change says it is
+    intended."""
     with fail_on_errors():
         mirror = None if shadow is None else parse_shadow(shadow)
         body = {
@@ -97,6 +116,8 @@ def publish_command(
             "expected_revision": expected_revision,
             "reason": reason,
         }
+        if allow_label_change:  # sent only when set: an older control plane refuses the field
+            body["allow_label_change"] = True
         with connect(url, token_file) as api:
             answer = api.post(f"/api/v1/models/{quote(name)}/publish", json=body)
         if as_json:
@@ -105,6 +126,9 @@ def publish_command(
         weights = {str(r["version"]): r["weight"] for r in answer["table"]["routes"]}
         extra = f", shadow {shadow_text(mirror)}" if mirror else ""
         sticky = f", sticky key {sticky_key}" if sticky_key else ""
+        labels = answer["table"].get("labels")
+        if answer["table"].get("label_change"):
+            extra += f", labels changed to {', '.join(labels or []) or '(none)'}"
         typer.echo(
             f"published {name} revision {answer['revision']}: {routes_text(weights)}{sticky}{extra}"
         )

@@ -6,6 +6,7 @@ from autoai.control import ControlClient, ControlError
 
 with ControlClient("http://127.0.0.1:8080", token=token) as control:
     version = control.register_model("intent", file=Path("model.onnx")).version
+    bundle = control.register_model("intent", file=Path("intent-bundle/"))  # packed, uploaded
     job_id = control.deploy("intent", version, {"processor": "onnx"})
     control.wait_job(job_id, timeout=300, on_progress=lambda job: print(job.step))
     control.publish("intent", {"routes": [{"version": version, "weight": 100}]})
@@ -19,6 +20,7 @@ one subclass per error status, ``Unreachable`` when nothing answers, ``JobFailed
 
 from ._async import AsyncControlClient
 from ._base import DEFAULT_URL, JOB_DONE, Body, OnProgress
+from ._bundle import BUNDLE_PARTS, pack_bundle
 from ._client import ControlClient
 from ._errors import (
     Conflict,
@@ -38,6 +40,7 @@ from ._errors import (
 )
 
 __all__ = [
+    "BUNDLE_PARTS",
     "DEFAULT_URL",
     "JOB_DONE",
     "AsyncControlClient",
@@ -58,4 +61,5 @@ __all__ = [
     "Unavailable",
     "UnexpectedAnswer",
     "Unreachable",
+    "pack_bundle",
 ]

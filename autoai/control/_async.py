@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -109,14 +109,13 @@ class AsyncControlClient(_BaseControlClient):
         file: Path | bytes | None = None,
         uri: str | None = None,
         filename: str | None = None,
+        parts: Mapping[str, Path | bytes] | None = None,
     ) -> ModelVersion:
-        """Register the next version of model ``name``: upload ``file`` (a path, or the bytes
-        of an ONNX model named ``filename``), or let the control plane fetch ``uri``
-        (``file://``, ``http(s)://``). Returns the new version."""
-        if isinstance(file, Path):  # read off the event loop: a model may be large
-            filename = filename or file.name
-            file = await asyncio.to_thread(file.read_bytes)
-        return await self._send(self._register(name, file, uri, filename))
+        """Register the next version of model ``name`` (see ``ControlClient.register_model``:
+        an ONNX file, a bundle archive or directory, a bundle by ``parts``, or a ``uri``)."""
+        # files are read (and a directory packed) off the event loop: a model may be large
+        call = await asyncio.to_thread(self._register, name, file, uri, filename, parts)
+        return await self._send(call)
 
     async def list_models(self) -> list[ModelInfo]:
         """Every model with its versions."""

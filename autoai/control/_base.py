@@ -40,6 +40,7 @@ from ..schema import (
     RollbackResult,
     TargetGroup,
 )
+from ._bundle import pack_bundle, part_uploads
 from ._errors import (
     STATUS_ERRORS,
     ControlError,
@@ -293,14 +294,22 @@ class _BaseControlClient:
         file: Path | bytes | None,
         uri: str | None,
         filename: str | None,
+        parts: Mapping[str, Path | bytes] | None = None,
     ) -> Call[ModelVersion]:
-        if (file is None) == (uri is None):
-            raise ValueError("register_model needs exactly one of file= and uri=")
+        if sum(x is not None for x in (file, uri, parts)) != 1:
+            raise ValueError(
+                "register_model needs exactly one of file= and uri= (or parts= for a bundle)"
+            )
         read = _model(ModelVersion)
         if uri is not None:
             return Call("POST", f"{_API}/models", read, json={"name": name, "uri": uri})
+        if parts is not None:
+            uploads = part_uploads(parts)
+            return Call("POST", f"{_API}/models", read, files=uploads, data={"name": name})
         assert file is not None
-        if isinstance(file, Path):
+        if isinstance(file, Path) and file.is_dir():  # a bundle directory: one archive
+            content, filename = pack_bundle(file), filename or f"{file.name}.tar.gz"
+        elif isinstance(file, Path):
             content, filename = file.read_bytes(), filename or file.name
         else:
             content, filename = file, filename or "model.onnx"

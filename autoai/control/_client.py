@@ -4,7 +4,7 @@ job polling are ``_base``'s; this module only sends and sleeps."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -109,11 +109,21 @@ class ControlClient(_BaseControlClient):
         file: Path | bytes | None = None,
         uri: str | None = None,
         filename: str | None = None,
+        parts: Mapping[str, Path | bytes] | None = None,
     ) -> ModelVersion:
-        """Register the next version of model ``name``: upload ``file`` (a path, or the bytes
-        of an ONNX model named ``filename``), or let the control plane fetch ``uri``
-        (``file://``, ``http(s)://``). Returns the new version."""
-        return self._send(self._register(name, file, uri, filename))
+        """Register the next version of model ``name``: upload ``file`` (a path: an ONNX
+        model, a bundle archive, or a bundle directory, sent packed as one ``.tar.gz``; or the
+        bytes of a model or archive named ``filename``), upload a bundle by ``parts``
+        (``model``, ``tokenizer``, ``pipeline`` and, for classify and slots, ``labels``: paths
+        or bytes), or let the control plane fetch ``uri`` (``file://`` also names a bundle
+        directory on its host, ``http(s)://``). Returns the new version (a bundle's has
+        ``bundle``: task, labels, files).
+
+        Raises:
+            ValueError: not exactly one of ``file``, ``uri`` and ``parts``; a bundle directory
+                holding a link.
+        """
+        return self._send(self._register(name, file, uri, filename, parts))
 
     def list_models(self) -> list[ModelInfo]:
         """Every model with its versions."""

@@ -6,11 +6,10 @@ What the control plane stores in its ``control`` group, one document per key, ea
 - ``deployment.<name>.<version>``: a ``DeploymentRecord`` (the deploy job writes it last; scale and
   the reconciler rewrite it by compare-and-swap);
 - ``operation.<name>.<version>``: an ``OperationMarker`` while a deploy, scale or undeploy runs;
-- ``model.<name>``: a ``ModelRecord`` (the versions of a model).
 
 And what the API answers: ``Deployment`` (a record described with its instances' health and
-endpoints), ``JobInfo``, ``ModelVersion`` / ``ModelInfo``, ``Health``, ``TargetGroup``, and
-``ErrorAnswer`` for every refusal. The deploy and scale bodies are in ``_spec``.
+endpoints), ``JobInfo``, ``Health``, ``TargetGroup``, and ``ErrorAnswer`` for every refusal. The
+deploy and scale bodies are in ``_spec``; model versions and their records in ``_models``.
 
 Records that are read, changed and written back (``DeploymentRecord``, ``ModelRecord``) keep the
 fields they do not know (``extra="allow"``), so a replica of an older version rewriting a record
@@ -29,15 +28,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    StrictStr,
     Tag,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-from ._base import Document, Request
-from ._routes import BladeMeta, Signature
+from ._base import Document
+from ._routes import BladeMeta
 from ._spec import (
     BLADE_OPTIONS,
     DEFAULT_POOL_INSTANCES,
@@ -79,10 +77,6 @@ __all__ = [
     "KubernetesObjects",
     "LocalInstance",
     "LocalInstanceHealth",
-    "ModelInfo",
-    "ModelList",
-    "ModelRecord",
-    "ModelVersion",
     "OperationMarker",
     "PaddedInput",
     "PaddingSpec",
@@ -91,7 +85,6 @@ __all__ = [
     "PodSlot",
     "PoolMove",
     "PooledPlacement",
-    "RegisterRequest",
     "RpcOptions",
     "ScaleMetadata",
     "ScaleRequest",
@@ -408,55 +401,6 @@ class JobAccepted(Document):
     """A 202 answer: poll ``GET /api/v1/jobs/{job}``."""
 
     job: str = Field(description="The job's id.")
-
-
-# -- models ---------------------------------------------------------------------------------------
-
-
-class ModelVersion(Document):
-    """One registered version of a model."""
-
-    name: str = Field(description="The model.")
-    version: str = Field(description='"1", "2", ... in registration order (never reused).')
-    sha256: str = Field(description="Digest of the ONNX file (its key in the repository).")
-    size: int = Field(description="Bytes.")
-    signature: Signature = Field(description="Inputs and outputs, with OIP datatypes.")
-    source: str = Field(description="Where it came from (the upload's file name, or the URI).")
-    created: float = Field(description="Registration time (Unix seconds).")
-    path: str = Field(description="The stored file on the control plane's host.")
-
-
-class ModelInfo(Document):
-    """A model and its versions, oldest first."""
-
-    name: str = Field(description="The model.")
-    versions: tuple[ModelVersion, ...] = Field(default=(), description="Its versions.")
-
-
-class ModelList(Document):
-    """``GET /api/v1/models``: by name."""
-
-    models: list[ModelInfo] = Field(description="Every registered model.")
-
-
-class ModelRecord(Document):
-    """``control/model.<name>``: a model's versions and its next version number."""
-
-    model_config = ConfigDict(extra="allow")
-
-    schema_version: Literal[1] = Field(1, description="The record's schema version (1).")
-    name: str = Field(description="The model.")
-    versions: list[ModelVersion] = Field(default_factory=list, description="Oldest first.")
-    next: int = Field(1, ge=1, description="The next version number (deleted ones included).")
-
-
-class RegisterRequest(Request):
-    """A JSON registration: the model file behind a URI (``file://``, ``http(s)://``)."""
-
-    name: StrictStr = Field(
-        description="The model (1-63 of a-z, 0-9, '-', alphanumeric at both ends)."
-    )
-    uri: StrictStr = Field(description="file://, http:// or https:// URI of the ONNX file.")
 
 
 # -- the rest of the API --------------------------------------------------------------------------

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from ._base import Document, Request
 from ._checks import Text, describe_error, refuse
@@ -96,6 +104,11 @@ class PublishRequest(Request):
         "null: whatever it is.",
     )
     reason: StrictStr | None = Field(default=None, description="Why, kept in the history.")
+    allow_label_change: StrictBool = Field(
+        default=False,
+        description="Publish versions whose label sets differ from each other or from the "
+        "published table's (otherwise refused); recorded in the table as label_change.",
+    )
 
     @model_validator(mode="after")
     def _routes(self) -> PublishRequest:
@@ -138,6 +151,12 @@ class Release(Document):
     shadow: Shadow | None = Field(default=None, description="The table's shadow.")
     published_by: str | None = Field(default=None, description="Who published it.")
     reason: str | None = Field(default=None, description="Why.")
+    labels: tuple[str, ...] | None = Field(
+        default=None, description="The table's label set (null: its versions have none)."
+    )
+    label_change: bool = Field(
+        default=False, description="Whether the publish said a change of labels was intended."
+    )
 
 
 class ReleaseList(Document):

@@ -63,11 +63,21 @@ POOL_NAME: Final = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 """A pool's name: a DNS label that starts with a letter, so its service ``pool-NAME`` is never a
 model version's ``name-version`` (versions are numbers)."""
 BLADE_OPTIONS: Final = frozenset(
-    {"device", "level", "tolerance", "test_data", "batch_sizes", "seq", "required"}
+    {
+        "device",
+        "level",
+        "tolerance",
+        "test_data",
+        "batch_sizes",
+        "seq",
+        "eval_set",
+        "task_tolerance",
+        "required",
+    }
 )
 """The keys of a ``blade`` options object (``blade_aspect`` passes all but ``required`` to
 ``blade.optimize``)."""
-_PROCESSORS: Final = ("onnx", "blade")
+_PROCESSORS: Final = ("onnx", "blade", "pipeline")
 _QUANTITY: Final = re.compile(r"^(?=[0-9.]*[1-9])[0-9]+(?:\.[0-9]+)?(?:Ki|Mi|Gi|Ti|k|M|G|T)?$")
 """A Kubernetes quantity above zero (``4Gi``, ``1.5G``, ``512Mi``)."""
 
@@ -104,6 +114,18 @@ def _pool_name(value: object) -> object:
     raise _refuse(
         f"metadata.pool is {value!r}, expected a pool name: 1-63 of a-z, 0-9 and '-', starting "
         "with a letter and ending with a letter or digit"
+    )
+
+
+def _points(value: object) -> object:
+    """``blade.task_tolerance``: a JSON number (never a bool) from 0 to 100."""
+    if value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100
+    ):
+        return value
+    raise _refuse(
+        f"blade.task_tolerance is {value!r}, expected points of the task metric from 0 to 100 "
+        "(0.5 = at most 0.005 of accuracy lost)"
     )
 
 
@@ -366,6 +388,16 @@ class BladeOptions(_Given):
     seq: Annotated[int | None, _integer("blade.seq", 1)] = Field(
         None, ge=1, description="Sequence length of drawn test data (default 128)."
     )
+    eval_set: StrictStr | None = Field(
+        None,
+        description="Pipeline bundles: a JSONL file of labelled examples on the control plane's "
+        "host; every lossy pass is then also judged by the task metric (accuracy, or slot F1).",
+    )
+    task_tolerance: Annotated[float | None, BeforeValidator(_points)] = Field(
+        None,
+        description="Points of the task metric a lossy pass may lose against the fp32 model "
+        "(default 0.5, i.e. 0.005 of accuracy).",
+    )
     required: Annotated[bool, _flag("blade.required")] = Field(
         False, description="Fail the deploy rather than serve plain when no candidate wins."
     )
@@ -397,8 +429,10 @@ class DeploySpec(_Given):
         }
     )
 
-    processor: Literal["onnx", "blade"] | None = Field(
-        None, description="onnx: served as registered; blade: optimized (as blade: true)."
+    processor: Literal["onnx", "blade", "pipeline"] | None = Field(
+        None,
+        description="onnx: served as registered; blade: optimized (as blade: true); pipeline: "
+        "a bundle (text in, labels out; the default for bundles, optimized with blade: true).",
     )
     blade: Annotated[
         Annotated[StrictBool, Tag("flag")] | Annotated[BladeOptions, Tag("object")],
@@ -443,7 +477,8 @@ class DeploySpec(_Given):
         processor, blade = data.get("processor"), data.get("blade", False)
         if processor is not None and processor not in _PROCESSORS:
             raise _refuse(
-                f"processor is {processor!r}, expected 'onnx' or 'blade' (or blade: true)"
+                f"processor is {processor!r}, expected 'onnx' or 'blade' (or blade: true); "
+                "'pipeline' for a bundle"
             )
         if not isinstance(blade, bool | Mapping | BladeOptions):
             raise _refuse(f"blade is {blade!r}, expected true, false or an options object")

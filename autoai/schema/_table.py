@@ -19,7 +19,9 @@ rely on is checked at construction, so that the writer cannot publish what a rea
   ``blade``, and no weight but 0) inside the shadow itself; not both. Either way ``Shadow.route``
   is a route entry of weight 0, and ``RouteTable.route`` finds it;
 - ``signature`` is null (no input check) or ``{"inputs", "outputs"}`` of ``{"name", "datatype",
-  "shape"}``: unique names, OIP datatypes, dims ``-1`` (dynamic) or ``>= 0``.
+  "shape"}``: unique names, OIP datatypes, dims ``-1`` (dynamic) or ``>= 0``;
+- ``labels`` is null or the label set of the versions (non-empty strings); ``label_change`` a
+  boolean (false when absent).
 
 Fields a model does not know are ignored (``Document``), so additive fields can be published before
 every SDK knows them. JSON integers never come from booleans or strings (strict types).
@@ -40,6 +42,7 @@ from pydantic import (
     AfterValidator,
     Field,
     PrivateAttr,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -336,6 +339,16 @@ class RouteTable(Document):
     signature: Signature = Field(
         default_factory=Signature,
         description="The model's inputs and outputs; null or no inputs: calls are not checked.",
+    )
+    labels: tuple[Text, ...] | None = Field(
+        default=None,
+        description="The label set every version of the table answers with (bundles of the "
+        "classify and slots tasks), sorted; null: the versions have none.",
+    )
+    label_change: StrictBool = Field(
+        default=False,
+        description="Whether the publish said a change of the label set from the previous "
+        "revision was intended (allow_label_change).",
     )
     published_by: StrictStr | None = Field(default=None, description="Who published it.")
     reason: StrictStr | None = Field(default=None, description="Why, as the publisher said.")

@@ -51,6 +51,7 @@ async def test_publish_and_rollback_bodies_list_their_fields(doc: dict[str, Any]
         "shadow",
         "expected_revision",
         "reason",
+        "allow_label_change",
     }
     assert publish["required"] == ["routes"]
     route = _resolve(doc, publish["properties"]["routes"]["items"])

@@ -94,7 +94,7 @@ def text_file(tmp_path: Path) -> Path:
         ),
         (
             ["blade", "optimize", "missing.onnx"],
-            "error: Invalid value for 'model': file 'missing.onnx' does not exist; see "
+            "error: Invalid value for 'model': path 'missing.onnx' does not exist; see "
             "'autoai blade optimize --help'",
         ),
         (["blade", "frob"], "error: No such command 'frob'; see 'autoai blade --help'"),
