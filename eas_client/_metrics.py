@@ -2,8 +2,8 @@
 
 One :class:`ClientMetrics` defines all of them on a registry; ``EasClient`` observes calls, and the
 routing SDK (``autoai.sdk``) and ``blade_client`` feed the route, shadow and fallback families.
-Every family has the labels ``model``, ``version``, ``processor``, plus ``outcome`` or ``reason``
-where named:
+Every family has the labels ``model``, ``version``, ``processor``, plus ``outcome``, ``reason`` or
+``output`` where named:
 
 | family | type | extra label |
 |---|---|---|
@@ -13,6 +13,7 @@ where named:
 | ``autoai_client_route_revision`` | Gauge | |
 | ``autoai_client_shadow_requests_total`` | Counter | ``outcome``: agree, disagree, error, dropped |
 | ``autoai_client_shadow_agreement`` | Histogram of cosine similarity, buckets near 1 | |
+| ``autoai_client_shadow_label_agreement_total`` | Counter (rows) | ``output``, ``outcome`` |
 | ``autoai_client_fallbacks_total`` | Counter | ``reason`` (free text, few values) |
 
 Nothing is registered at import time.
@@ -27,11 +28,19 @@ from typing import Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LABELS", "OUTCOMES", "SHADOW_OUTCOMES", "CallMetrics", "ClientMetrics"]
+__all__ = [
+    "LABELS",
+    "LABEL_OUTCOMES",
+    "OUTCOMES",
+    "SHADOW_OUTCOMES",
+    "CallMetrics",
+    "ClientMetrics",
+]
 
 LABELS: Final = ("model", "version", "processor")
 OUTCOMES: Final = ("ok", "error", "timeout", "unavailable", "invalid")
 SHADOW_OUTCOMES: Final = ("agree", "disagree", "error", "dropped")
+LABEL_OUTCOMES: Final = ("agree", "disagree")
 
 _DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 _DURATION_BUCKETS_ALL: Final = (*_DURATION_BUCKETS, 1.0, 2.5, 5.0, 10.0)
@@ -60,7 +69,10 @@ class ClientMetrics:
         retries: retries made (Counter).
         route_revision: revision of the route table in use (Gauge).
         shadow_requests: shadow calls by ``outcome`` agree / disagree / error / dropped (Counter).
-        shadow_agreement: cosine similarity of shadow and primary outputs (Histogram).
+        shadow_agreement: cosine similarity of shadow and primary numeric outputs (Histogram).
+        shadow_label_agreement: rows of shadow calls whose BYTES output (top label, or set of
+            slot spans) agrees with the primary's, by ``output`` and ``outcome`` agree / disagree
+            (Counter).
         fallbacks: calls served by a fallback route, by ``reason`` (Counter).
 
     Raises:
@@ -74,6 +86,7 @@ class ClientMetrics:
     route_revision: Gauge
     shadow_requests: Counter
     shadow_agreement: Histogram
+    shadow_label_agreement: Counter
     fallbacks: Counter
 
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -122,10 +135,19 @@ class ClientMetrics:
         )
         self.shadow_agreement = Histogram(
             "autoai_client_shadow_agreement",
-            "Cosine similarity between the shadow's and the primary's outputs",
+            "Cosine similarity between the shadow's and the primary's numeric outputs",
             labels,
             registry=registry,
             buckets=_AGREEMENT_BUCKETS,
+        )
+        # Rows, not calls: a batch of 32 texts with one label flipped is 31 agree + 1 disagree,
+        # so agree / (agree + disagree) is the label agreement rate over the traffic.
+        self.shadow_label_agreement = Counter(
+            "autoai_client_shadow_label_agreement_total",
+            "Rows of shadow calls whose BYTES output (top label, or set of slot spans) agrees "
+            "with the primary's, by output and outcome (agree, disagree)",
+            (*labels, "output", "outcome"),
+            registry=registry,
         )
         self.fallbacks = Counter(
             "autoai_client_fallbacks_total",

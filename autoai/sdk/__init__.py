@@ -4,16 +4,19 @@
 from autoai.sdk import ModelClient
 with ModelClient("zk://127.0.0.1:2181/autoai") as client:
     out = client.predict("intent-cls", {"input_ids": ids, "attention_mask": mask})
+    out = client.predict("intent", {"text": ["turn on the lights"]})  # text in, out["label"] str
 ```
 The client watches each model's route table in the store (pushed, cached in memory and in the
 local snapshot), splits calls between versions by weight or by a sticky key, mirrors a fraction
-to a shadow version, and hands each call to the client ``blade_aspect.on_call`` picks for the
-route (``EasClient`` or ``BladeClient``), which finds live instances and retries elsewhere.
+to a shadow version (numeric outputs compared by cosine, labels and slots by agreement), and
+hands each call to the client ``blade_aspect.on_call`` picks for the route (``EasClient`` or
+``BladeClient``), which finds live instances and retries elsewhere. BYTES inputs take Python
+text and BYTES outputs come back as ``str``.
 """
 
 from ._async import AsyncModelClient
 from ._client import ModelClient
-from ._compare import Comparison, compare_outputs
+from ._compare import Comparison, LabelAgreement, compare_outputs
 from ._errors import (
     InvalidInput,
     InvalidRouteTable,
@@ -31,6 +34,7 @@ __all__ = [
     "Comparison",
     "InvalidInput",
     "InvalidRouteTable",
+    "LabelAgreement",
     "ModelClient",
     "ModelClientError",
     "ModelNotFound",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -46,7 +46,8 @@ class AsyncModelClient(_BaseModelClient):
         outputs: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Outputs:
-        """Run ``model`` on ``inputs`` (see ``ModelClient.predict``)."""
+        """Run ``model`` on ``inputs`` (see ``ModelClient.predict``: arrays, or text for BYTES
+        inputs; BYTES outputs come back as ``str``)."""
         sub = self._subscriptions.get(model)
         if sub is None or not sub.first.is_set():
             await asyncio.to_thread(self._subscribe, model)
@@ -55,19 +56,19 @@ class AsyncModelClient(_BaseModelClient):
                 task = asyncio.get_running_loop().create_task(stale.aclose())
                 self._closing.add(task)  # kept referenced until done, awaited on close
                 task.add_done_callback(self._closing.discard)
-        routing, route = self._route(model, inputs, key, version)
+        routing, route, arrays = self._route(model, inputs, key, version)
         client = self._client(routing.table, route)
-        result: Outputs = await client.infer(inputs, outputs, timeout)
+        result = self._finish(await client.infer(arrays, outputs, timeout))
         shadow = self._shadow_route(routing, version)
         if shadow is not None:
-            self._mirror(routing, shadow, inputs, outputs, result)
+            self._mirror(routing, shadow, arrays, outputs, result)
         return result
 
     def _mirror(
         self,
         routing: _Routing,
         route: Route,
-        inputs: Inputs,
+        inputs: Mapping[str, Any],
         outputs: Sequence[str] | None,
         primary: Outputs,
     ) -> None:

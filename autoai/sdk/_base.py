@@ -1,5 +1,6 @@
 """What ``ModelClient`` and ``AsyncModelClient`` share: the watched route tables, route choice,
-the input check, the per-route clients, the shadow comparison and the client-side metrics.
+text inputs and outputs, the input check, the per-route clients, the shadow comparison and the
+client-side metrics.
 
 The call path is a dict lookup (model -> state), one ``RouteSelector.pick`` and one dict lookup
 (route -> client); the store is only touched the first time a model is called (to subscribe) and
@@ -14,7 +15,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +30,24 @@ from ._errors import InvalidRouteTable, ModelNotFound
 from ._routes import Route, RouteTable, Signature, parse_route_table
 from ._selector import RouteSelector
 from ._signature import check_inputs
+from ._strings import StringInputs, decode_outputs, string_inputs, to_arrays
 
-__all__ = ["GROUP", "Inputs", "Outputs"]
+__all__ = ["GROUP", "InputValue", "Inputs", "Outputs"]
 
 log = logging.getLogger("autoai.sdk")
 
 GROUP = "models"
 """The store group of route tables (one document per model)."""
 
-Inputs = Mapping[str, np.ndarray]
+InputValue = np.ndarray[Any, Any] | str | bytes | Sequence[Any]
+"""An input's value: a numpy array; for a BYTES input also a ``str`` or ``bytes`` (one row) or a
+list or tuple of them (nested for a higher rank)."""
+Inputs = Mapping[str, InputValue]
 Outputs = dict[str, np.ndarray]
+
+# Shadow calls whose rows agree at least this much (and whose numeric outputs have at least this
+# cosine) count as agreeing calls in autoai_client_shadow_requests_total.
+_AGREE = 0.99
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,7 @@ class _Routing:
     table: RouteTable
     selector: RouteSelector
     signature: Signature  # table.signature, one slot read away on the call path
+    strings: StringInputs  # its BYTES inputs, for turning text into arrays
 
 
 class _Subscription:
@@ -76,6 +86,7 @@ class _BaseModelClient:
         subscribe_timeout: float = 10.0,
         snapshot_dir: str | None = None,
         retire_after: float = 30.0,
+        decode_bytes: bool = True,
         **client_options: Any,
     ) -> None:
         """Args:
@@ -89,6 +100,9 @@ class _BaseModelClient:
         snapshot_dir: the store's local snapshot directory, when opening by URL.
         retire_after: seconds a route's client lives on after a revision dropped the route (calls
             still in flight finish), before it is closed.
+        decode_bytes: give BYTES outputs back as ``str`` (each output whose elements are all
+            UTF-8; one that is not stays ``bytes``). False: always ``bytes``, as sent (binary
+            payloads such as images that might happen to be valid UTF-8).
         **client_options: passed to every ``EasClient`` (``max_attempts``, ``binary``,
             ``transport``, ``retry_budget``, ...).
         """
@@ -112,6 +126,7 @@ class _BaseModelClient:
         # one retires its dependents too, so that none keeps calling through a closed client.
         self._depends: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
         self._retire_after = retire_after
+        self._decode_bytes = decode_bytes
         self._retired: list[tuple[float, Any]] = []  # (close at, client), oldest first
         self._lock = threading.RLock()
         self._closed = False
@@ -148,7 +163,9 @@ class _BaseModelClient:
                 sub.error = exc
                 return
             old = sub.routing
-            sub.routing = _Routing(table, RouteSelector(table), table.signature)
+            sub.routing = _Routing(
+                table, RouteSelector(table), table.signature, string_inputs(table.signature)
+            )
             sub.error = None
             self._export_revision(old.table if old else None, table)
             self._retire_stale(table)
@@ -188,11 +205,18 @@ class _BaseModelClient:
 
     def _route(
         self, model: str, inputs: Inputs, key: str | bytes | None, version: str | None
-    ) -> tuple[_Routing, Route]:
+    ) -> tuple[_Routing, Route, Mapping[str, Any]]:
+        """The routing, the route, and the inputs as arrays (text turned into BYTES arrays),
+        checked against the signature."""
         routing = self._routing(model)
         route = routing.table.route(version) if version is not None else routing.selector.pick(key)
-        check_inputs(routing.signature, inputs)
-        return routing, route
+        arrays = to_arrays(inputs, routing.strings)
+        check_inputs(routing.signature, arrays)
+        return routing, route, arrays
+
+    def _finish(self, outputs: Outputs) -> Outputs:
+        """What ``predict`` returns: BYTES outputs decoded to ``str`` unless told not to."""
+        return decode_outputs(outputs) if self._decode_bytes else outputs
 
     # -- clients --------------------------------------------------------------------------
 
@@ -275,16 +299,24 @@ class _BaseModelClient:
     def _compare(
         self, table: RouteTable, route: Route, primary: Outputs, shadow: Outputs | None
     ) -> None:
-        """Record one shadow comparison (``shadow`` None: the shadow call failed)."""
+        """Record one shadow comparison (``shadow`` None: the shadow call failed): the cosine of
+        the numeric outputs, the agreeing and disagreeing rows of each BYTES output, and the call's
+        outcome (agree when cosine, top-1 and label agreement all reach ``_AGREE``)."""
         if shadow is None:
             self._count_shadow(table, route, "error")
             return
         result = compare_outputs(primary, shadow)
-        agree = result.cosine >= 0.99 and (
-            result.top1_agreement is None or result.top1_agreement >= 0.99
-        )
         labels = (table.model, route.version, route.processor)
-        self._metrics.shadow_agreement.labels(*labels).observe(result.cosine)
+        if result.cosine is not None:
+            self._metrics.shadow_agreement.labels(*labels).observe(result.cosine)
+        rows = self._metrics.shadow_label_agreement
+        for output in result.labels:
+            rows.labels(*labels, output.output, "agree").inc(output.agreeing)
+            rows.labels(*labels, output.output, "disagree").inc(output.rows - output.agreeing)
+        agree = all(
+            value is None or value >= _AGREE
+            for value in (result.cosine, result.top1_agreement, result.label_agreement)
+        )
         self._count_shadow(table, route, "agree" if agree else "disagree")
 
     def _count_shadow(self, table: RouteTable, route: Route, outcome: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +25,8 @@ class ModelClient(_BaseModelClient):
     ```python
     with ModelClient("zk://127.0.0.1:2181/autoai") as client:
         out = client.predict("intent-cls", {"input_ids": ids, "attention_mask": mask})
+        out = client.predict("intent", {"text": ["turn on the lights", "play jazz"]})
+        out["label"].tolist()                                        # ['lights_on', 'music']
         out = client.predict("intent-cls", inputs, key=user_id)     # sticky when the table says so
         out = client.predict("intent-cls", inputs, version="3")     # pinned
     ```
@@ -32,8 +34,8 @@ class ModelClient(_BaseModelClient):
     off the caller's latency; when they fall behind, extra shadow calls are dropped (counted).
 
     Args: see ``_BaseModelClient.__init__`` (``store``, ``token``, ``timeout``, ``registry``,
-    ``subscribe_timeout``, ``snapshot_dir``, and ``EasClient`` options); ``shadow_threads`` sizes
-    the shadow pool.
+    ``subscribe_timeout``, ``snapshot_dir``, ``decode_bytes``, and ``EasClient`` options);
+    ``shadow_threads`` sizes the shadow pool.
     """
 
     _asynchronous = False
@@ -69,6 +71,10 @@ class ModelClient(_BaseModelClient):
         Args:
             model: the published model name.
             inputs: input name -> array (batch first), checked against the table's signature.
+                A BYTES input also takes Python text: a list of ``str`` (one per row), a single
+                ``str`` (a batch of one), ``bytes`` alike, or a numpy ``str_``/``bytes_``/
+                ``object`` array; ``str`` is sent as UTF-8. No tokenizer runs here: a pipeline
+                model tokenizes on the server.
             key: the caller's sticky key (user id, session); used when the table sets
                 ``sticky_key``, so the same key always reaches the same version.
             version: pin a version (bypasses weights and shadow).
@@ -76,30 +82,34 @@ class ModelClient(_BaseModelClient):
             timeout: seconds for this call, retries included.
 
         Returns:
-            Output name -> array.
+            Output name -> array. A BYTES output is a numpy ``object`` array of ``str`` when every
+            element is UTF-8 (labels, JSON slot spans); one with any element that is not UTF-8
+            stays an ``object`` array of ``bytes``, as does every BYTES output when the client
+            was made with ``decode_bytes=False``.
 
         Raises:
             ModelNotFound: the model is not published (the message lists what is).
             VersionNotFound: ``version`` is not in the route table.
-            InvalidInput: the inputs do not match the signature (nothing was sent).
+            InvalidInput: the inputs do not match the signature, or a BYTES input holds
+                something other than text (nothing was sent).
             eas_client.NoInstanceAvailable: no live instance answered within the retry budget.
             eas_client.EasClientError: the other transport and server errors.
         """
         if self._retired:
             for stale in self._due():
                 stale.close()
-        routing, route = self._route(model, inputs, key, version)
-        result: Outputs = self._client(routing.table, route).infer(inputs, outputs, timeout)
+        routing, route, arrays = self._route(model, inputs, key, version)
+        result = self._finish(self._client(routing.table, route).infer(arrays, outputs, timeout))
         shadow = self._shadow_route(routing, version)
         if shadow is not None:
-            self._mirror(routing, shadow, inputs, outputs, result)
+            self._mirror(routing, shadow, arrays, outputs, result)
         return result
 
     def _mirror(
         self,
         routing: _Routing,
         route: Route,
-        inputs: Inputs,
+        inputs: Mapping[str, Any],
         outputs: Sequence[str] | None,
         primary: Outputs,
     ) -> None:

@@ -134,7 +134,7 @@ def overhead(tmp: Path, calls: int, rounds: int) -> dict[str, Any]:
             table = sdk.routes("ident")
 
             def route_only() -> None:
-                _, route = sdk._route("ident", inputs, None, None)
+                _, route, _ = sdk._route("ident", inputs, None, None)
                 sdk._client(table, route)
 
             path = _times(route_only, 20000)

@@ -22,7 +22,7 @@ def test_identical_outputs_agree_fully():
 def test_close_outputs_in_other_dtypes_compare_in_float64():
     shadow = LOGITS.astype(np.float16) + np.float16(0.25)
     result = compare_outputs({"logits": LOGITS}, {"logits": shadow})
-    assert 0.98 < result.cosine < 1.0
+    assert result.cosine is not None and 0.98 < result.cosine < 1.0
     assert result.max_abs == pytest.approx(0.25, abs=1e-3)
     assert result.top1_agreement == 1.0 and result.reason is None
 
@@ -111,14 +111,6 @@ def test_huge_magnitudes_do_not_overflow():
     assert compare_outputs({"x": x}, {"x": x.copy()}).cosine == 1.0
 
 
-def test_bytes_outputs_compare_exactly():
-    labels = np.array([b"pos", b"neg"], dtype=object)
-    assert compare_outputs({"label": labels}, {"label": labels.copy()}).cosine == 1.0
-    differ = compare_outputs({"label": labels}, {"label": np.array([b"pos", b"pos"], dtype=object)})
-    assert (differ.cosine, differ.max_abs) == (0.0, math.inf)
-    assert differ.reason == "output 'label': non-numeric values differ"
-
-
 def test_empty_outputs_agree():
     result = compare_outputs({"x": np.zeros((0, 2))}, {"x": np.zeros((0, 2))})
     assert (result.cosine, result.max_abs, result.top1_agreement) == (1.0, 0.0, None)
@@ -139,6 +131,7 @@ def test_cosine_is_bounded_symmetric_and_scale_free(x: np.ndarray, scale: float)
     y = np.roll(x, 1)
     forward = compare_outputs({"x": x}, {"x": y})
     backward = compare_outputs({"x": y}, {"x": x})
+    assert forward.cosine is not None and backward.cosine is not None
     assert -1.0 <= forward.cosine <= 1.0
     assert forward.cosine == pytest.approx(backward.cosine, abs=1e-12)
     assert forward.max_abs == backward.max_abs
