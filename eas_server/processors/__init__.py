@@ -20,6 +20,7 @@ See ``Processor`` for what to implement.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -75,7 +76,9 @@ def _load_builtin() -> None:
     if "pipeline" not in _FACTORIES:
         from .pipeline import PipelineProcessor
 
-        register_processor("pipeline", PipelineProcessor)
+        register_processor(
+            "pipeline", functools.partial(PipelineProcessor, create=create_processor)
+        )
     for module in _PLUGINS:
         try:
             importlib.import_module(module)  # registers itself when installed

@@ -15,7 +15,7 @@ of different lengths are never padded together: each length runs as its own sub-
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,14 @@ from .._errors import InvalidInput
 from ..batching import Padding
 from ..pipeline import BUNDLE_SPEC, Bundle, BundleError, Encoded
 from ..pipeline._bundle import read_bundle
-from . import create_processor
 from ._base import Processor, TensorSpec
 from ._padding import ModelTensor, probe
 
 __all__ = ["PipelineProcessor"]
+
+InnerFactory = Callable[..., Processor]
+"""Builds the inner processor by name (``create_processor``): passed in by the registry, which
+imports this module, so that this module need not import the registry back."""
 
 log = logging.getLogger("eas_server.pipeline")
 
@@ -93,10 +96,12 @@ class PipelineProcessor(Processor):
         workers: int = 1,
         intra_op_threads: int | None = None,
         spinning: bool = False,
+        create: InnerFactory,
     ):
         super().__init__(
             model_path, workers=workers, intra_op_threads=intra_op_threads, spinning=spinning
         )
+        self._create = create
         self.bundle: Bundle | None = None
         self.inner: Processor | None = None
         self._inputs: list[TensorSpec] = []
@@ -108,7 +113,7 @@ class PipelineProcessor(Processor):
         if root.name == BUNDLE_SPEC and root.is_file():
             root = root.parent
         unbound = read_bundle(root)  # spec, tokenizer, labels: fail before loading the model
-        inner = create_processor(
+        inner = self._create(
             "blade" if unbound.is_blade else "onnx",
             str(unbound.model_path),
             workers=self.workers,
