@@ -65,7 +65,7 @@ models: install
 # `autoai up` (left running, on 127.0.0.1:8080 or a free port; AUTOAI_DEMO_PORT to choose), the
 # example model registered, deployed plain and blade, published 90/10, promoted, rolled back.
 # `$(PY) scripts/demo.py --stop` stops what the last demo left running.
-demo: install models
+demo: install models bundles
 	$(PY) scripts/demo.py
 
 # A 3-node ZooKeeper ensemble on loopback (deploy/local-ensemble.sh, Debian's zookeeper package, no

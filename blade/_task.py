@@ -182,15 +182,17 @@ class TaskGate:
         return entry
 
     def test_data(self, rows: int) -> tuple[dict[str, np.ndarray], str]:
-        """Feeds for the numeric gates: the set's first ``rows`` texts, encoded by the bundle and
-        padded to its ``max_length`` (real text rather than token ids drawn at random), and the
-        report's note on them."""
+        """Feeds for the numeric gates and the timings: the set's first ``rows`` texts, encoded by
+        the bundle and padded to their longest row, as the pipeline processor pads a batch (real
+        text rather than token ids drawn at random; padding every row to ``max_length`` would time
+        shapes that serving never runs), and the report's note on them."""
         chosen = self.examples[:rows]
         columns = [[e.texts[j] for e in chosen] for j in range(len(self.bundle.spec.inputs))]
-        feeds = self.bundle.encode(columns, pad_to=self.bundle.spec.max_length).feeds
+        feeds = self.bundle.encode(columns).feeds
+        longest = int(next(iter(feeds.values())).shape[1])
         note = (
             f"evaluation set: its first {len(chosen)} texts, encoded by the bundle and padded to "
-            f"max_length {self.bundle.spec.max_length}"
+            f"their longest row ({longest} tokens; max_length {self.bundle.spec.max_length})"
         )
         return dict(feeds), note
 

@@ -10,7 +10,10 @@
    store), then v2 promoted to 100% and one rollback; for each step a table of client-side QPS and
    RT per version next to the server side (deltas of the instances' /metrics), as in the original
    Blade write-up's tables;
-5. the control plane and its two instances keep running: how to reach and stop them is printed.
+5. text in, labels out: the intent bundle of `make bundles` (all-MiniLM-L6-v2 with a trained head,
+   its tokenizer and labels) registered as model `intent`, deployed (processor `pipeline`),
+   published, and a few sentences sent through the SDK as strings, answered with labels;
+6. the control plane and its three instances keep running: how to reach and stop them is printed.
 
     python scripts/demo.py [--port 8080] [--seconds 8] [--concurrency 8]
     python scripts/demo.py --stop          # undeploy through REST, stop the control plane by PID
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 from demo_controlplane import admin_token, save_state, start, stop_previous
 from demo_traffic import Fleet, Load, ServerDelta, add_rows, percentile_ms, scrape_all, step_table
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -35,12 +39,21 @@ from rich.table import Table
 from autoai.cli._blade import _table as blade_table
 from autoai.control import ControlClient, ControlError, JobFailed
 from autoai.schema import Deployment, JobInfo, LocalInstanceHealth
+from autoai.sdk import ModelClient
 from autoai.testing import free_port, models_dir, port_free
 from config_store import open_store
 
 CACHE = models_dir()
 HOME = Path(os.environ.get("AUTOAI_DEMO_HOME", Path.home() / ".autoai" / "demo"))
 MODEL = "minilm"
+TEXT_MODEL = "intent"
+SENTENCES = (
+    "turn on the lights in the kitchen",
+    "could you set a timer for twenty minutes",
+    "what's the weather like in Lisbon tomorrow",
+    "play something by Miles Davis",
+    "turn the volume down a bit",
+)
 RPC = {"batching": True, "max_batch_size": 32, "max_batch_timeout": 5}
 
 # Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80).
@@ -87,8 +100,10 @@ def follow(control: ControlClient, job_id: str, title: str) -> JobInfo:
             raise SystemExit(f"{title} failed: {exc.error}\n{tail}") from None
 
 
-def deploy(control: ControlClient, version: str, spec: dict[str, Any], title: str) -> Deployment:
-    job = follow(control, control.deploy(MODEL, version, spec), title)
+def deploy(
+    control: ControlClient, version: str, spec: dict[str, Any], title: str, model: str = MODEL
+) -> Deployment:
+    job = follow(control, control.deploy(model, version, spec), title)
     if job.result is None or job.result.deployment is None:
         raise SystemExit(f"{title}: the job succeeded without a deployment: {job}")
     if job.result.report:
@@ -118,7 +133,9 @@ def cli_commands() -> set[str]:
     return {n.removesuffix("_command").replace("_", "-") for n in names}
 
 
-def goodbye(cp_pid: int, url: str, token_from: str, log: Path, versions: list[str]) -> None:
+def goodbye(
+    cp_pid: int, url: str, token_from: str, log: Path, versions: list[tuple[str, str]]
+) -> None:
     token = "$AUTOAI_ADMIN_TOKEN" if token_from == "AUTOAI_ADMIN_TOKEN" else f"$(cat {token_from})"
     commands = cli_commands()
     console.rule("left running")
@@ -129,13 +146,13 @@ def goodbye(cp_pid: int, url: str, token_from: str, log: Path, versions: list[st
     console.print("  curl $AUTOAI_URL/api/v1/deployments  # instances with pid, health, endpoints")
     console.print("stop everything: python scripts/demo.py --stop   (undeploy, then kill by PID)")
     console.print("or by hand, instances first (they run detached and outlive the control plane):")
-    for v in versions:
+    for model, v in versions:
         if "undeploy" in commands:
-            console.print(f"  autoai undeploy {MODEL} --version {v} --force")
+            console.print(f"  autoai undeploy {model} --version {v} --force")
         else:
             console.print(
                 f'  curl -X DELETE -H "Authorization: Bearer $AUTOAI_TOKEN" '
-                f"$AUTOAI_URL/api/v1/models/{MODEL}/versions/{v}/deploy?force=true"
+                f"$AUTOAI_URL/api/v1/models/{model}/versions/{v}/deploy?force=true"
             )
     console.print(f"  kill {cp_pid}")
 
@@ -196,6 +213,10 @@ def run(argv: list[str] | None) -> int:
     processors = {v: d.processor for v, d in deployments.items()}
     endpoints = {v: list(d.endpoints) for v, d in deployments.items()}
     traffic(api, cp.store_url, cp.run_dir, data, processors, endpoints, args)
+    text = text_model(api, cp.store_url, cp.run_dir, metadata)
+    if text is not None:
+        pids += pids_of(text)
+        save_state(HOME, cp, pids)
 
     releases = api.releases(MODEL)
     table = Table(title=f"releases of {MODEL} (GET .../releases)", title_justify="left")
@@ -206,8 +227,52 @@ def run(argv: list[str] | None) -> int:
         table.add_row(str(r.revision), routes, str(r.published_by), str(r.reason))
     console.print(table)
     console.print(f"demo took {time.monotonic() - began:.0f} s\n")
-    goodbye(cp.pid, cp.url, token_from, cp.log, list(deployments))
+    served = [(MODEL, v) for v in deployments] + ([(TEXT_MODEL, "1")] if text else [])
+    goodbye(cp.pid, cp.url, token_from, cp.log, served)
     return 0
+
+
+def text_model(
+    api: ControlClient, store_url: str, run_dir: Path, metadata: dict[str, Any]
+) -> Deployment | None:
+    """The intent bundle registered, deployed as a pipeline, published, asked in plain text."""
+    bundle = CACHE / "bundles" / TEXT_MODEL
+    if not (bundle / "pipeline.json").exists():
+        console.print(f"no intent bundle in {bundle}: `make bundles` builds it (skipped)\n")
+        return None
+    version = api.register_model(TEXT_MODEL, file=bundle)
+    info = version.bundle
+    labels = ", ".join(info.labels) if info else "?"
+    console.print(
+        f"registered {TEXT_MODEL} version {version.version}: a bundle (task "
+        f"{info.task if info else '?'}, labels {labels})"
+    )
+    deployment = deploy(
+        api, version.version, {"metadata": metadata}, f"deploy {TEXT_MODEL} v1", TEXT_MODEL
+    )
+    routes = [{"version": version.version, "weight": 100}]
+    revision = api.publish(TEXT_MODEL, {"routes": routes, "reason": "text demo"}).revision
+    store = open_store(store_url, snapshot_dir=run_dir / "sdk-text-snapshot", failover_dir=False)
+    try:
+        with ModelClient(store, registry=CollectorRegistry()) as client:
+            deadline = time.monotonic() + 30
+            while client.routes(TEXT_MODEL).revision < revision:  # the store pushes it
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{TEXT_MODEL}: revision {revision} did not reach the SDK")
+                time.sleep(0.01)
+            out = client.predict(TEXT_MODEL, {"text": list(SENTENCES)})
+    finally:
+        store.close()
+    table = Table(
+        title=f'ModelClient.predict("{TEXT_MODEL}", {{"text": [...]}}): strings in, labels out',
+        title_justify="left",
+    )
+    for col in ("text", "label", "score"):
+        table.add_column(col)
+    for sentence, label, score in zip(SENTENCES, out["label"], out["score"], strict=True):
+        table.add_row(sentence, str(label), f"{float(score):.3f}")
+    console.print(table)
+    return deployment
 
 
 def traffic(
