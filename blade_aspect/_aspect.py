@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from autoai.schema import BladeMeta, PublishRoute, RouteEntry, describe_error
+from autoai.schema import BLADE_OPTIONS, BladeMeta, PublishRoute, RouteEntry, describe_error
 
 from ._errors import InvalidDeploySpec, InvalidRouteRequest, NotOptimized
 
@@ -54,17 +54,6 @@ PIPELINE = "pipeline"
 """The processor of bundles (text in, labels out), plain or blade-optimized."""
 _M = TypeVar("_M", bound=BaseModel)
 _DEFAULT_MAX_BATCH = 32
-_BLADE_OPTIONS = {
-    "device",
-    "level",
-    "tolerance",
-    "test_data",
-    "batch_sizes",
-    "seq",
-    "eval_set",
-    "task_tolerance",
-    "required",
-}
 _BUNDLE_SPEC = "pipeline.json"  # eas_server.pipeline.BUNDLE_SPEC, without importing tokenizers
 
 
@@ -122,10 +111,10 @@ def wants_blade(spec: Mapping[str, Any]) -> bool:
 def _blade_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     options = spec.get("blade")
     options = dict(options) if isinstance(options, Mapping) else {}
-    unknown = sorted(set(options) - _BLADE_OPTIONS)
+    unknown = sorted(set(options) - BLADE_OPTIONS)
     if unknown:
         raise InvalidDeploySpec(
-            f"unknown blade option(s) {unknown}, expected some of {sorted(_BLADE_OPTIONS)}"
+            f"unknown blade option(s) {unknown}, expected some of {sorted(BLADE_OPTIONS)}"
         )
     if not isinstance(options.get("required", False), bool):
         raise InvalidDeploySpec(
