@@ -146,6 +146,9 @@ def test_a_blade_deploy_of_a_bundle_serves_the_derived_bundle_as_a_pipeline(
 
 
 @pytest.mark.slow
+# One backend: the optimizer's run dominates, and the stores' part of a deploy is the same as in
+# the plain test above, which runs on both.
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_a_blade_deployed_bundle_answers_text_through_the_plain_client(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
