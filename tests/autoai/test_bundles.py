@@ -15,12 +15,13 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-from autoai.api import ControlSettings, create_app
+from autoai.api import ControlSettings
 from autoai.errors import InvalidRequest, PayloadTooLarge
 from autoai.repository import BundleLimits, ModelRepository
 from config_store import open_store
 from tests.eas_server.bundles import CLASSIFY_LABELS, SLOT_LABELS, make_bundle
 from tests.fixtures import onnx_models
+from tests.fixtures.system import control_api
 
 TOKEN = "bundle-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -259,11 +260,8 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         run_dir=tmp_path / "run",
         admin_token=TOKEN,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
-            yield c
+    async with control_api(settings) as c:
+        yield c
 
 
 async def _post(client: httpx.AsyncClient, code: int = 201, **kwargs: Any) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from autoai.api import ControlSettings, create_app
+from autoai.api import ControlSettings
 from tests.eas_server.bundles import CLASSIFY_LABELS, make_bundle
-from tests.fixtures.system import kill_recorded_instances
+from tests.fixtures.system import control_api
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -37,14 +37,8 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         run_dir=tmp_path / "run",
         admin_token=TOKEN,
     )
-    app = create_app(settings)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
-                yield c
-    finally:
-        kill_recorded_instances(settings.store_url)
+    async with control_api(settings) as c:
+        yield c
 
 
 async def _ok(answer: httpx.Response, code: int = 200) -> dict[str, Any]:

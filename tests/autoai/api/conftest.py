@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoai.api import ControlSettings, create_app
-from tests.fixtures.system import kill_recorded_instances
+from autoai.api import ControlSettings
+from tests.fixtures.system import control_api
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,11 +33,5 @@ def settings(tmp_path: Path) -> ControlSettings:
 
 @pytest.fixture
 async def client(settings: ControlSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
-                yield c
-    finally:
-        kill_recorded_instances(settings.store_url)
+    async with control_api(settings) as c:
+        yield c
