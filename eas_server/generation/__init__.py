@@ -1,0 +1,1 @@
+"""Generation: encoder-decoder (Whisper-shaped) models served with iteration-level batching."""
