@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the example and benchmark ONNX models into a cache directory outside git.
 
-    python scripts/build_models.py [--out DIR] [--only minilm|bert-base|tiny-bert] [--force]
+    python scripts/build_models.py [--out DIR] [--force]
+        [--only minilm|minilm-l3|bert-base|tiny-bert|whisper-tiny|whisper-base|whisper]
 
 The default directory is `$AUTOAI_CACHE/models`, else `~/.cache/autoai/models`. What exists is
 skipped unless `--force`. With torch importable (the `models` extra) it builds:
@@ -16,6 +17,14 @@ skipped unless `--force`. With torch importable (the `models` extra) it builds:
   serving benchmark's fast model (about 3 ms per batch-1 call at seq 32 on 2 cores); same inputs.
 - `bert-base.onnx`: `transformers.BertConfig()` shapes (12 layers, hidden 768) with weights from
   `torch.manual_seed(0)`.
+
+Only on request (`--only`, torch needed), Whisper-shaped generation bundles, each a directory
+(`encoder.onnx`, `decoder.onnx` with a key/value cache, `generation.json`) exported and checked
+against torch by `scripts/whisper_export.py`, weights from `torch.manual_seed(0)` redrawn at fan-in
+scales (random, not a trained model); `--only whisper` builds both:
+
+- `whisper-tiny/`: openai/whisper-tiny shapes (d_model 384, 4 + 4 layers), about 150 MiB.
+- `whisper-base/`: openai/whisper-base shapes (d_model 512, 6 + 6 layers), about 290 MiB.
 
 Without torch it generates `tiny-bert.onnx` (+ `tiny-bert.inputs.npz`) with onnx.helper instead: a
 BERT-shaped stand-in with random weights, not a trained model; the output says so.
@@ -38,7 +47,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +332,39 @@ def build_tiny_bert(out: Path, force: bool) -> None:
     print(f"built    {npz_path} (random token ids, {SAMPLE_ROWS} rows at seq 128 and 32)")
 
 
+WHISPER = {"whisper-tiny": "tiny", "whisper-base": "base"}
+
+
+def build_whisper(out: Path, force: bool, name: str) -> None:
+    """The generation bundle `out/<name>/`, exported into a temporary directory and renamed into
+    place, so that a directory under that name is complete."""
+    from whisper_export import ExportCheckFailed, export_whisper  # scripts/, beside this file
+
+    final = out / name
+    if not force and (final / "generation.json").is_file():
+        print(f"exists   {final}/ (Whisper-shaped bundle, seeded weights; --force rebuilds)")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the renamed directory
+    try:
+        try:
+            figures = export_whisper(tmp, WHISPER[name], seed=0)
+        except ExportCheckFailed as exc:
+            raise SystemExit(f"{name}: {exc}") from exc
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    checks = ("encoder", "chunk", "steps", "batch_vs_alone", "batch_vs_torch")
+    print("  verified vs torch (max abs): " + ", ".join(f"{k} {figures[k]:.2e}" for k in checks))
+    size = figures["encoder_mib"] + figures["decoder_mib"]
+    print(
+        f"built    {final}/ ({name} shapes, torch.manual_seed(0) weights, {size:.0f} MiB, "
+        f"{figures['export_s'] + figures['check_s']:.0f} s)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -330,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         help="default: $AUTOAI_CACHE/models or ~/.cache/autoai/models",
     )
     parser.add_argument(
-        "--only", choices=["minilm", "minilm-l3", "bert-base", "tiny-bert"], default=None
+        "--only",
+        choices=["minilm", "minilm-l3", "bert-base", "tiny-bert", *WHISPER, "whisper"],
+        default=None,
     )
     parser.add_argument("--force", action="store_true", help="rebuild what exists")
     parser.add_argument(
@@ -352,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         have_torch = False
         missing = exc.name or str(exc)
     wanted = (
-        [args.only]
+        ([*WHISPER] if args.only == "whisper" else [args.only])
         if args.only
         else (["minilm", "minilm-l3", "bert-base"] if have_torch else ["tiny-bert"])
     )
@@ -373,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             build_minilm_l3(out, args.force, args.minilm_dir)
         elif name == "bert-base":
             build_bert_base(out, args.force)
+        elif name in WHISPER:
+            build_whisper(out, args.force, name)
         else:
             build_tiny_bert(out, args.force)
     return 0

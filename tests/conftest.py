@@ -11,6 +11,7 @@ pytest_plugins = [
     "config_store.testing.plugin",
     "autoai.testing.plugin",
     "tests.fixtures.servers",
+    "tests.fixtures.whisper",
 ]
 
 
