@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     a("--name", help="model name clients address")
     a("--version", help="model version (default 1)")
-    a("--processor", help="runtime: onnx (default) or blade")
+    a(
+        "--processor",
+        help="runtime: onnx (default), blade, pipeline (a text bundle) or seq2seq (a generation "
+        "bundle); picked from the model directory when left out",
+    )
     a(
         "--host",
         help="address to bind (default 127.0.0.1; beyond loopback, only with a token or "

@@ -199,10 +199,13 @@ class ServerSettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _bundle_processor(cls, data: Any) -> Any:
-        """``--model BUNDLE_DIR`` without a processor serves the bundle (``pipeline``)."""
+        """``--model BUNDLE_DIR`` without a processor serves the bundle (``pipeline``, or
+        ``seq2seq`` for a generation bundle)."""
         if isinstance(data, dict) and not data.get("processor") and data.get("model"):
             if (Path(str(data["model"])) / "pipeline.json").is_file():
                 data = {**data, "processor": "pipeline"}
+            elif (Path(str(data["model"])) / "generation.json").is_file():
+                data = {**data, "processor": "seq2seq"}
         return data
 
     @field_validator("padding", mode="before")
@@ -269,6 +272,15 @@ class ServerSettings(BaseSettings):
             return cls(**{k: v for k, v in flags.items() if v is not None})
         finally:
             _SERVICE_JSON.reset(token)
+
+    def processor_options(self) -> dict[str, Any]:
+        """What ``create_processor`` takes from these settings besides workers, threads and
+        spinning: ``padding`` (onnx) or the running batch and queue (``seq2seq``, whose engine
+        batches decoder steps itself)."""
+        options: dict[str, Any] = {} if self.padding == "auto" else {"padding": self.padding}
+        if self.processor == "seq2seq":
+            options.update(max_batch_size=self.max_batch_size, max_queue_size=self.max_queue_size)
+        return options
 
     @property
     def service_name(self) -> str:

@@ -1,7 +1,8 @@
 """Processors: the runtimes eas-server can serve a model with. ``create_processor`` picks one by
 name from three places, first match wins:
 
-1. built in: ``onnx`` and ``pipeline`` (a bundle: tokenizer + model + labels);
+1. built in: ``onnx``, ``pipeline`` (a bundle: tokenizer + model + labels) and ``seq2seq`` (a
+   generation bundle: encoder + decoder step, served with iteration-level batching);
 2. registered in-process with ``register_processor`` (``blade`` registers itself when importable);
 3. installed packages' entry points in the group ``autoai.processors``
    (``importlib.metadata.entry_points(group="autoai.processors")``): the entry point's name is
@@ -79,6 +80,10 @@ def _load_builtin() -> None:
         register_processor(
             "pipeline", functools.partial(PipelineProcessor, create=create_processor)
         )
+    if "seq2seq" not in _FACTORIES:
+        from .seq2seq import Seq2SeqProcessor
+
+        register_processor("seq2seq", Seq2SeqProcessor)
     for module in _PLUGINS:
         try:
             importlib.import_module(module)  # registers itself when installed

@@ -26,6 +26,7 @@ _CONFIG = "config.json"
 _ONNX = "model.onnx"
 _BLADE = "blade.json"
 _PIPELINE = "pipeline.json"  # eas_server.pipeline.BUNDLE_SPEC
+_GENERATION = "generation.json"  # eas_server.generation._spec.GENERATION_SPEC
 
 
 class LayoutError(ValueError):
@@ -97,9 +98,12 @@ def _config_fields(text: str, where: str) -> dict[str, Any]:
 
 def default_processor(path: Path) -> str:
     """The processor a model path implies: ``pipeline`` for a bundle (a directory with
-    ``pipeline.json``), ``blade`` for a blade artifact directory, else ``onnx``."""
+    ``pipeline.json``), ``seq2seq`` for a generation bundle (``generation.json``), ``blade`` for a
+    blade artifact directory, else ``onnx``."""
     if (path.is_dir() and (path / _PIPELINE).is_file()) or path.name == _PIPELINE:
         return "pipeline"
+    if (path.is_dir() and (path / _GENERATION).is_file()) or path.name == _GENERATION:
+        return "seq2seq"
     if path.is_dir() and (path / _BLADE).is_file():
         return "blade"
     return "onnx"
@@ -148,7 +152,7 @@ def resolve(root: Path | None, name: str, config: str | None = None) -> ModelSou
         if version not in versions:
             raise LayoutError(f"model {name!r} has no version {version} in {model_dir}")
         path = model_dir / version
-        if (path / _PIPELINE).is_file():
+        if (path / _PIPELINE).is_file() or (path / _GENERATION).is_file():
             pass  # a bundle (its model.onnx is the pipeline's inner model: checked first)
         elif (path / _BLADE).is_file():
             pass  # a blade artifact (it holds a model.onnx of its own: checked first)
@@ -157,7 +161,7 @@ def resolve(root: Path | None, name: str, config: str | None = None) -> ModelSou
         else:
             raise LayoutError(
                 f"{path} holds neither {_ONNX} nor a blade artifact ({_BLADE}) nor a bundle "
-                f"({_PIPELINE})"
+                f"({_PIPELINE} or {_GENERATION})"
             )
     check_name(version, "version")
     processor = str(fields.get("processor") or default_processor(path))
