@@ -1,26 +1,39 @@
-"""The HTTP face of the server: Open Inference Protocol plus Triton's /config and /stats, as a raw
-ASGI application.
+"""The HTTP face of the server: Open Inference Protocol plus Triton's /config and /stats, and
+Triton's generate extension for generative (seq2seq) models, as a raw ASGI application.
 
 The infer route is the hot path: it reads the raw body (no Content-Type needed, tritonclient sends
 none), decodes with the shared codec, checks against the signature, queues into the batcher and
 writes the encoded answer, with no framework request parsing in between. Errors are always
 ``{"error": "..."}``; the status of each error class is in ``_STATUS`` and nowhere else.
+
+A generative model (an app with a ``generator``, the seq2seq processor's engine) takes
+``POST .../generate`` (the whole answer as JSON), ``POST .../generate_stream`` (one server-sent
+event per token event) and ``/infer`` (input ``audio``, outputs ``tokens`` and ``text``). While a
+generation runs, the client's connection is watched (``receive()`` answers ``http.disconnect``):
+a client that goes away cancels its request, whose decoder rows are free at the next step.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from eas_client import ProtocolError, decode_request, encode_error, encode_response
+from eas_client import (
+    InferRequest,
+    ProtocolError,
+    decode_request,
+    encode_error,
+    encode_response,
+)
 
 from ._errors import (
     EasServerError,
@@ -33,9 +46,23 @@ from ._errors import (
     Unauthorized,
     Unavailable,
 )
+from ._generate import (
+    OIP_PARAMETERS,
+    event_document,
+    generate_document,
+    generate_params,
+    generation_outputs,
+    parse_generate_body,
+    sse,
+)
 from ._metrics import ServerMetrics
-from ._model import ModelInfo, plan_request
+from ._model import ModelInfo, RequestPlan, plan_request
 from .batching import BatchResult, DynamicBatcher
+from .generation._engine import (
+    GenerateResult,
+    GenerationEngine,
+    GenerationStream,
+)
 
 __all__ = [
     "EasApp", "OipApp", "check_token", "lifespan", "respond", "respond_error", "status_of",
@@ -62,6 +89,14 @@ _STATUS: tuple[tuple[type[EasServerError], int, str], ...] = (
 )
 _JSON = b"application/json"
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+_COUNTED = frozenset({"infer", "generate", "generate_stream"})
+"""The routes whose outcomes count in the request metrics."""
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_T = TypeVar("_T")
+
+
+def _counted(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] in _COUNTED
 
 
 def status_of(exc: EasServerError) -> tuple[int, str]:
@@ -120,7 +155,31 @@ async def respond_error(send: Send, status: int, message: str, exc: Exception | 
 
 
 class _ClientGone(Exception):
-    """The client disconnected before sending its whole body."""
+    """The client disconnected before sending its whole body, or while its answer was made."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone (the request's body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_disconnect(receive: Receive, work: Awaitable[_T]) -> _T:
+    """``await work``, cancelled when the client disconnects first (then ``_ClientGone``)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task.done():
+        watcher.cancel()
+        return task.result()
+    task.cancel()  # the work cancels its generation (GenerationStream.collect, _stream_events)
+    await asyncio.gather(task, return_exceptions=True)
+    raise _ClientGone
 
 
 class OipApp(abc.ABC):
@@ -140,6 +199,10 @@ class OipApp(abc.ABC):
         server_version: reported by ``GET /v2``.
         parameters: the /config ``parameters`` (name -> string value), e.g. ``padding``.
     """
+
+    generator: GenerationEngine | None = None
+    """The generation engine of a generative model (``/generate``, ``/generate_stream``, and
+    ``/infer`` go to it); None for the others."""
 
     def __init__(
         self,
@@ -301,12 +364,12 @@ class OipApp(abc.ABC):
             return
         except EasServerError as exc:
             status, outcome = status_of(exc)
-            if scope["path"].endswith("/infer"):
+            if _counted(scope["path"]):
                 self.on_failure(outcome, time.perf_counter() - started)
             await self._error(send, status, str(exc), exc)
         except Exception as exc:
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            if scope["path"].endswith("/infer"):
+            if _counted(scope["path"]):
                 self.on_failure("error", time.perf_counter() - started)
             await self._error(send, 500, f"internal error: {type(exc).__name__}: {exc}", None)
 
@@ -358,6 +421,8 @@ class OipApp(abc.ABC):
     ) -> None:
         if action == ["infer"] and method == "POST":
             await self._infer(scope, receive, send, started)
+        elif action in (["generate"], ["generate_stream"]) and method == "POST":
+            await self._generate(scope, receive, send, started, stream=action[0] != "generate")
         elif not action and method == "GET":
             await self._send(send, 200, self._metadata, _JSON)
         elif action == ["ready"] and method == "GET":
@@ -385,16 +450,26 @@ class OipApp(abc.ABC):
         except ProtocolError as exc:
             raise InvalidInput(str(exc)) from exc
         plan = plan_request(request, self.model)
-        wanted = frozenset(plan.outputs) if len(plan.outputs) < len(self.model.outputs) else None
-        result = await self.submit(
-            plan.feed, priority=plan.priority, timeout_s=plan.timeout_s, outputs=wanted
-        )
+        if self.generator is not None:
+            work = self.generate_infer(request, plan)
+            generated = await _until_disconnect(receive, work)
+            outputs = generation_outputs(generated, plan.outputs)
+            queue_s, compute_s = generated.queue_s, generated.total_s - generated.queue_s
+        else:
+            wanted = (
+                frozenset(plan.outputs) if len(plan.outputs) < len(self.model.outputs) else None
+            )
+            result = await self.submit(
+                plan.feed, priority=plan.priority, timeout_s=plan.timeout_s, outputs=wanted
+            )
+            outputs = [(name, result.outputs[name]) for name in plan.outputs]
+            queue_s, compute_s = result.queue_s, result.compute_s
         try:
             payload, json_length = encode_response(
                 model_name=self.model.name,
                 model_version=self.model.version,
                 request_id=request.id,
-                outputs=[(name, result.outputs[name]) for name in plan.outputs],
+                outputs=outputs,
                 binary=request.wants_binary,
             )
         except ProtocolError as exc:
@@ -403,7 +478,83 @@ class OipApp(abc.ABC):
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))
         await self._send(send, 200, payload, headers=headers)
-        self.on_success(time.perf_counter() - started, result.queue_s, result.compute_s)
+        self.on_success(time.perf_counter() - started, queue_s, compute_s)
+
+    # ---------------------------------------------------------------------------- generation
+
+    def _generator(self) -> GenerationEngine:
+        if self.generator is None:
+            raise InvalidInput(
+                f"model {self.model.name} is not generative (platform {self.model.platform!r}): "
+                "/generate and /generate_stream serve seq2seq models; call /infer"
+            )
+        return self.generator
+
+    async def generate_infer(self, request: InferRequest, plan: RequestPlan) -> GenerateResult:
+        """A generative model's answer to a checked OIP request (``/infer``, gRPC ModelInfer):
+        input ``audio``, parameters ``max_new_tokens``, ``num_beams``, ``timeout``.
+
+        Raises:
+            InvalidInput: bad audio or parameters. QueueFull, QueueTimeout, ShuttingDown,
+                ProcessorError: as the engine raises them.
+        """
+        params = generate_params(request.parameters, ignored=OIP_PARAMETERS)
+        return await self._generator().submit(plan.feed["audio"], params).collect()
+
+    async def _generate(
+        self, scope: Scope, receive: Receive, send: Send, started: float, *, stream: bool
+    ) -> None:
+        generator = self._generator()
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        request = parse_generate_body(await self._read_body(receive, length))
+        generation = generator.submit(request.audio, request.params)  # 400 / 503 from here
+        if stream:
+            await _until_disconnect(
+                receive, self._stream_events(generation, send, request.id, started)
+            )
+            return
+        result = await _until_disconnect(receive, generation.collect())
+        document = generate_document(self.model, request.id, result)
+        await self._send(send, 200, orjson.dumps(document), _JSON)
+        self.on_success(time.perf_counter() - started, result.queue_s,
+                        result.total_s - result.queue_s)  # fmt: skip
+
+    async def _stream_events(
+        self, generation: GenerationStream, send: Send, request_id: str | None, started: float
+    ) -> None:
+        """Send each event as it comes. An error before the first event raises (the client gets
+        its status); after it, an ``{"error"}`` event ends the stream."""
+        try:
+            event = await anext(generation)
+        except BaseException:
+            generation.cancel()
+            raise
+        await send({"type": "http.response.start", "status": 200, "headers": list(_SSE_HEADERS)})
+        tail = b""
+        try:
+            while True:
+                chunk = sse(event_document(self.model, request_id, event))
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if event.finish_reason is not None:
+                    break
+                event = await anext(generation)
+        except StopAsyncIteration:  # cancelled meanwhile: nothing more will come
+            pass
+        except EasServerError as exc:
+            self.on_failure(status_of(exc)[1], time.perf_counter() - started)
+            tail = sse({"error": str(exc)})
+        except Exception as exc:
+            log.exception("generation stream failed")
+            self.on_failure("error", time.perf_counter() - started)
+            tail = sse({"error": f"internal error: {type(exc).__name__}: {exc}"})
+        else:
+            request = generation.request
+            ended = generation.finished_at or time.monotonic()
+            begun = request.started or ended
+            self.on_success(time.perf_counter() - started, begun - request.arrived, ended - begun)
+        finally:
+            generation.cancel()  # no-op once finished; frees the rows of one that is not
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
         if content_length is not None:
@@ -467,18 +618,34 @@ class OipApp(abc.ABC):
 
 
 class EasApp(OipApp):
-    """The in-process application: requests go to ``batcher``, records to ``metrics``.
+    """The in-process application: requests go to ``batcher`` (or ``generator``), records to
+    ``metrics``.
 
     Args:
         batcher: where requests go.
         metrics: metrics and statistics sink.
+        generator: a generative model's engine (its ``/infer`` and generate routes go there).
         **options: ``OipApp``'s arguments.
     """
 
-    def __init__(self, *, batcher: DynamicBatcher, metrics: ServerMetrics, **options: Any):
+    def __init__(
+        self,
+        *,
+        batcher: DynamicBatcher,
+        metrics: ServerMetrics,
+        generator: GenerationEngine | None = None,
+        **options: Any,
+    ):
         super().__init__(**options)
         self.batcher = batcher
         self.metrics = metrics
+        self.generator = generator
+
+    @property
+    def busy(self) -> bool:
+        """Requests are queued or running (in the batcher or the generation engine)."""
+        generator = self.generator
+        return self.batcher.busy or (generator is not None and not generator.scheduler.idle())
 
     # the catalog that the gRPC front end reads (a repository app has the same three)
 

@@ -1,5 +1,6 @@
 """Wiring one loaded model version into an app: its batcher, metrics and documents (used by the
-single-model server, the model repository and in-process tests)."""
+single-model server, the model repository and in-process tests). A generative model
+(``Seq2SeqProcessor``) also gives the app its generation engine, which reports to the metrics."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from ._metrics import MetricFamilies, ServerMetrics
 from ._model import ModelInfo
 from ._settings import ServerSettings
 from .batching import DynamicBatcher
+from .generation._spec import MAX_BEAMS
 from .processors import Processor
 from .processors._padding import padding_json
+from .processors.seq2seq import Seq2SeqProcessor
 
 __all__ = ["app_options", "build_app", "server_version"]
 
@@ -73,7 +76,14 @@ def build_app(
         backend=processor.backend,
     )
     options = app_options(settings, processor)
-    return EasApp(model=model, batcher=batcher, metrics=metrics, **options)
+    generator = None
+    if isinstance(processor, Seq2SeqProcessor):
+        if processor.engine is None:
+            raise ValueError("build_app needs a loaded processor (seq2seq: load() first)")
+        generator = processor.engine
+        metrics.track_generation()
+        generator.observer = metrics
+    return EasApp(model=model, batcher=batcher, metrics=metrics, generator=generator, **options)
 
 
 def app_options(settings: ServerSettings, processor: Processor) -> dict[str, Any]:
@@ -106,5 +116,20 @@ def app_options(settings: ServerSettings, processor: Processor) -> dict[str, Any
             }
         ],
         "server_version": server_version(),
-        "parameters": {"padding": padding_json(processor.padding)},
+        "parameters": {"padding": padding_json(processor.padding), **_generation(processor)},
+    }
+
+
+def _generation(processor: Processor) -> dict[str, str]:
+    """A generative model's /config parameters: its ``generation.json`` and the request limits."""
+    if not isinstance(processor, Seq2SeqProcessor) or processor.spec is None:
+        return {}
+    spec = processor.spec
+    return {
+        "generation": spec.model_dump_json(),
+        "max_new_tokens": str(spec.max_new_tokens),
+        "max_output_tokens": str(spec.max_output),
+        "max_beams": str(min(MAX_BEAMS, processor.capacity)),
+        "decoder_rows": str(processor.capacity),
+        "max_queue_size": str(processor.max_queue),
     }

@@ -1,6 +1,9 @@
-"""Prometheus metrics (prefix ``eas_``) and Triton-shaped statistics, fed by one observer.
+"""Prometheus metrics (prefix ``eas_``) and Triton-shaped statistics, fed by one observer (the
+batcher's, and for a generative model the generation engine's too).
 
-Metrics objects are built per server on an injected registry, never at import time.
+Metrics objects are built per server on an injected registry, never at import time. The
+generation families (``eas_generation_*``) are created on a registry only once a generative model
+uses it, so other servers' expositions do not list them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["OUTCOMES", "TRIGGERS", "MetricFamilies", "ServerMetrics"]
+__all__ = ["OUTCOMES", "TRIGGERS", "GenerationFamilies", "MetricFamilies", "ServerMetrics"]
 
 _LATENCY_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
 _LATENCY_BUCKETS += (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -49,13 +52,57 @@ class _Stats:
     batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
 
 
+class GenerationFamilies:
+    """The generation metric families of one registry (labelled like the others)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: tuple[str, ...]):
+        self.time_to_first_token = Histogram(
+            "eas_generation_time_to_first_token_seconds",
+            "Time from a generation request's arrival to its first output token",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.time_per_output_token = Histogram(
+            "eas_generation_time_per_output_token_seconds",
+            "Mean time between a generation request's output tokens (requests of 2+ tokens)",
+            labels, registry=registry, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.output_tokens = Counter(
+            "eas_generation_output_tokens", "Output tokens of finished generation requests",
+            labels, registry=registry,
+        )  # fmt: skip
+        self.running = Gauge(
+            "eas_generation_running_sequences", "Generation requests in the running batch",
+            labels, registry=registry,
+        )  # fmt: skip
+        self.waiting = Gauge(
+            "eas_generation_waiting_sequences", "Generation requests waiting for decoder rows",
+            labels, registry=registry,
+        )  # fmt: skip
+
+    def all(self) -> tuple[Histogram | Counter | Gauge, ...]:
+        return (self.time_to_first_token, self.time_per_output_token, self.output_tokens,
+                self.running, self.waiting)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _GenerationSeries:
+    """One model version's generation series."""
+
+    time_to_first_token: Histogram
+    time_per_output_token: Histogram
+    output_tokens: Counter
+    running: Gauge
+    waiting: Gauge
+
+
 class MetricFamilies:
     """The metric families of one registry, shared by every model version an instance hosts
     (one family per name in an exposition; each model version is a set of labels in it)."""
 
     def __init__(self, registry: CollectorRegistry):
-        labels = ("model", "version", "processor")
+        labels = self.labels = ("model", "version", "processor")
         self.registry = registry
+        self._generation: GenerationFamilies | None = None
         self.request_duration = Histogram(
             "eas_request_duration_seconds", "Time from request received to response ready",
             labels, registry=registry, buckets=_LATENCY_BUCKETS,
@@ -89,9 +136,16 @@ class MetricFamilies:
             registry=registry,
         )
 
+    def generation(self) -> GenerationFamilies:
+        """The generation families (registered on first use)."""
+        if self._generation is None:
+            self._generation = GenerationFamilies(self.registry, self.labels)
+        return self._generation
+
 
 class ServerMetrics:
-    """One model version's metrics and statistics; also its batcher's ``BatchObserver``.
+    """One model version's metrics and statistics; also its batcher's ``BatchObserver`` and, for
+    a generative model, its engine's ``GenerationObserver`` (``track_generation`` first).
 
     Args:
         registry: where they are registered (one per server; never the global registry).
@@ -127,6 +181,7 @@ class ServerMetrics:
         self.queue_depth = f.queue_depth.labels(*values)
         f.build.labels(*self._build).set(1)
         self._stats = _Stats()
+        self._generation: _GenerationSeries | None = None
         self.memory: list[dict[str, Any]] = []
         """Triton's ``memory_usage`` entries (``{"type": "CPU"|"GPU", "id", "byte_size"}``):
         what loading this model version added, when the instance measured it."""
@@ -152,6 +207,39 @@ class ServerMetrics:
         for trigger in TRIGGERS:
             f.batches.remove(*values, trigger)
         f.build.remove(*self._build)
+        if self._generation is not None:
+            for generation_family in f.generation().all():
+                generation_family.remove(*values)
+            self._generation = None
+
+    def track_generation(self) -> None:
+        """Create this model version's generation series (a generative model; idempotent), so
+        that they are exposed, at zero, before its first request."""
+        if self._generation is None:
+            f, values = self.families.generation(), self._values
+            self._generation = _GenerationSeries(
+                f.time_to_first_token.labels(*values),
+                f.time_per_output_token.labels(*values),
+                f.output_tokens.labels(*values),
+                f.running.labels(*values),
+                f.waiting.labels(*values),
+            )
+
+    # generation observer (called on the engine's thread; prometheus_client is thread-safe)
+    def on_first_token(self, seconds: float) -> None:
+        if self._generation is not None:
+            self._generation.time_to_first_token.observe(seconds)
+
+    def on_finished(self, tokens: int, per_token_s: float | None) -> None:
+        if self._generation is not None:
+            self._generation.output_tokens.inc(tokens)
+            if per_token_s is not None:
+                self._generation.time_per_output_token.observe(per_token_s)
+
+    def on_sequences(self, running: int, waiting: int) -> None:
+        if self._generation is not None:
+            self._generation.running.set(running)
+            self._generation.waiting.set(waiting)
 
     # batcher observer
     def on_queue_depth(self, depth: int) -> None:

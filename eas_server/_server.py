@@ -31,9 +31,13 @@ __all__ = ["build_app", "serve"]
 log = logging.getLogger("eas_server")
 
 
-def plan_frontends(asked: int, device: str, cores: int) -> int:
+def plan_frontends(asked: int, device: str, cores: int, *, generative: bool = False) -> int:
     """Front end processes: as asked, else (0) one on a CPU runtime, where the runtime needs the
-    cores, and on a GPU one per spare core up to 4 (one core is the executor's)."""
+    cores, and on a GPU one per spare core up to 4 (one core is the executor's). A generative
+    model always gets one: its engine lives in this process, and the front end processes carry
+    whole requests and answers only, not streams of events."""
+    if generative:
+        return 1
     if asked:
         return asked
     return 1 if device == "cpu" else max(1, min(4, cores - 1))
@@ -104,8 +108,7 @@ class _Runner:
             workers=s.workers,
             intra_op_threads=cpu.threads,
             spinning=cpu.spinning,
-            # ``auto`` is each processor's own default; settings allow others for onnx only
-            **({} if s.padding == "auto" else {"padding": s.padding}),
+            **s.processor_options(),
         )
         await asyncio.to_thread(processor.load)
         await asyncio.to_thread(processor.warmup)
@@ -126,7 +129,16 @@ class _Runner:
             except BaseException:
                 processor.close()
                 raise
-        frontends = plan_frontends(s.frontends, processor.device, cpu.cores)
+        generative = app.generator is not None
+        frontends = plan_frontends(s.frontends, processor.device, cpu.cores, generative=generative)
+        if generative and s.frontends > 1:
+            log.warning(
+                "--frontends %d ignored: a generative model is served by one process (its "
+                "generation engine runs here)",
+                s.frontends,
+            )
+        elif generative:
+            log.info("one HTTP process: a generative model's engine runs in this process")
         if frontends > 1:
             return await self._run_with_frontends(app, processor, frontends)
         started = await self._start_http(app)
@@ -376,7 +388,7 @@ class _Runner:
     def _busy(self) -> bool:
         if self.host is not None:
             return bool(self.host.busy)
-        return self.app is not None and self.app.batcher.busy
+        return self.app is not None and self.app.busy
 
 
 def serve(settings: ServerSettings) -> int:

@@ -5,23 +5,35 @@ metadata ``authorization: Bearer <token>`` or the bare token), its model, its re
 ``plan_request``, its batcher and its metrics (``ModelInfer`` counts outcomes with HTTP's labels).
 ``ServerLive`` and ``ServerReady`` are open, as ``/v2/health/*`` are. Errors become status codes
 through ``_CODES`` and nowhere else, with the text HTTP puts in its ``{"error": ...}`` bodies. The
-RPCs not implemented here (repository, shared memory, trace, log settings, streaming) answer
-UNIMPLEMENTED.
+RPCs not implemented here (repository, shared memory, trace, log settings) answer UNIMPLEMENTED.
+
+Generative (seq2seq) models: ``ModelInfer`` returns the whole answer (as HTTP ``/infer``);
+``ModelStreamInfer`` answers in Triton's decoupled style: for each ``ModelInferRequest`` on the
+stream, one ``ModelStreamInferResponse`` per token event (output ``tokens`` INT64 [n], and
+``text`` with a tokenizer), the last with the parameters ``triton_final_response=true``,
+``finish_reason`` and ``output_tokens``; a request that fails gets one response whose
+``error_message`` says why (the stream goes on). Requests of one stream run at once, their
+responses interleaved (each echoes its request's ``id``). A model that is not generative answers
+each streamed request with its one response, marked final. A client that cancels the stream
+cancels its generations (their decoder rows are free at the next step).
 
 Handlers are coroutines run on the event loop of the HTTP server and of the batcher.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from eas_client import ProtocolError
+import numpy as np
+
+from eas_client import InferRequest, ProtocolError
 
 from .._app import EasApp
 from .._errors import (
@@ -35,7 +47,9 @@ from .._errors import (
     Unauthorized,
     Unavailable,
 )
-from .._model import plan_request
+from .._generate import OIP_PARAMETERS, generate_params, generation_outputs
+from .._model import RequestPlan, plan_request
+from ..generation._engine import GenerationEvent
 from ._convert import decode_infer_request, encode_infer_response
 from ._documents import (
     model_config_response,
@@ -215,28 +229,137 @@ class InferenceServicer:
             h.app.metrics.statistics(h.app.model.name, h.app.model.version) for h in hosted
         )
 
-    @_rpc(counted=True)
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        started = time.perf_counter()
+    def _plan(self, request: Any) -> tuple[EasApp, InferRequest, RequestPlan]:
+        """The model a ``ModelInferRequest`` addresses, the request decoded, and its plan.
+
+        Raises:
+            ModelNotFound, Unavailable: as ``_lookup``. InvalidInput: a bad request.
+        """
         app = self._lookup(request.model_name, request.model_version).app
         try:
             decoded = decode_infer_request(request)
         except ProtocolError as exc:
             raise InvalidInput(str(exc)) from exc
-        plan = plan_request(decoded, app.model)
-        wanted = frozenset(plan.outputs) if len(plan.outputs) < len(app.model.outputs) else None
-        result = await app.batcher.infer(
-            plan.feed, priority=plan.priority, timeout_s=plan.timeout_s, outputs=wanted
-        )
-        try:
-            response = encode_infer_response(
-                model_name=app.model.name,
-                model_version=app.model.version,
-                request_id=decoded.id,
-                outputs=[(name, result.outputs[name]) for name in plan.outputs],
-                raw=decoded.binary_output,
+        return app, decoded, plan_request(decoded, app.model)
+
+    @_rpc(counted=True)
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        started = time.perf_counter()
+        return await self._infer(*self._plan(request), started)
+
+    async def _infer(
+        self, app: EasApp, decoded: InferRequest, plan: RequestPlan, started: float
+    ) -> Any:
+        """One whole answer (``ModelInfer``, and a streamed request to a model that is not
+        generative); counts its success."""
+        if app.generator is not None:
+            generated = await app.generate_infer(decoded, plan)
+            outputs = generation_outputs(generated, plan.outputs)
+            queue_s, compute_s = generated.queue_s, generated.total_s - generated.queue_s
+        else:
+            wanted = frozenset(plan.outputs) if len(plan.outputs) < len(app.model.outputs) else None
+            result = await app.batcher.infer(
+                plan.feed, priority=plan.priority, timeout_s=plan.timeout_s, outputs=wanted
             )
-        except ProtocolError as exc:
-            raise InvalidInput(f"cannot encode the answer as asked: {exc}") from exc
-        app.metrics.on_success(time.perf_counter() - started, result.queue_s, result.compute_s)
+            outputs = [(name, result.outputs[name]) for name in plan.outputs]
+            queue_s, compute_s = result.queue_s, result.compute_s
+        response = _encode(app, decoded, outputs)
+        app.metrics.on_success(time.perf_counter() - started, queue_s, compute_s)
         return response
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        """Triton's decoupled streaming (see the module docstring)."""
+        self.app.last_request = time.monotonic()
+        try:
+            self.app.authorize(_authorization(context))
+        except Unauthorized as exc:
+            await context.abort(_Code.UNAUTHENTICATED, str(exc))
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        end = object()
+        running: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    self.app.last_request = time.monotonic()
+                    task = asyncio.ensure_future(self._stream_one(request, out.put_nowait))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            finally:
+                out.put_nowait(end)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await out.get()) is not end:
+                yield response
+        finally:  # the client went away (or the stream ended): stop what still runs
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _stream_one(self, request: Any, put: Callable[[Any], None]) -> None:
+        """Answer one streamed request with its responses (or one error response)."""
+        started = time.perf_counter()
+        try:
+            app, decoded, plan = self._plan(request)
+            if app.generator is None:
+                response = await self._infer(app, decoded, plan, started)
+                _mark(response, final=True)
+                put(service_pb2.ModelStreamInferResponse(infer_response=response))
+                return
+            params = generate_params(decoded.parameters, ignored=OIP_PARAMETERS)
+            stream = app.generator.submit(plan.feed["audio"], params)
+            try:
+                async for event in stream:
+                    response = _encode(app, decoded, _event_outputs(event, plan.outputs))
+                    _mark(response, final=event.finish_reason is not None, event=event)
+                    put(service_pb2.ModelStreamInferResponse(infer_response=response))
+            finally:
+                stream.cancel()  # a no-op once finished
+            req = stream.request
+            ended = stream.finished_at or time.monotonic()
+            begun = req.started or ended
+            app.metrics.on_success(
+                time.perf_counter() - started, begun - req.arrived, ended - begun
+            )
+            return
+        except EasServerError as exc:
+            outcome, message = _code_of(exc)[1], str(exc)
+        except Exception as exc:
+            log.exception("unexpected error in ModelStreamInfer")
+            outcome, message = "error", f"internal error: {type(exc).__name__}: {exc}"
+        self.app.record_failure(request.model_name, outcome, time.perf_counter() - started)
+        put(service_pb2.ModelStreamInferResponse(error_message=message))
+
+
+def _encode(app: EasApp, decoded: InferRequest, outputs: list[tuple[str, Any]]) -> Any:
+    try:
+        return encode_infer_response(
+            model_name=app.model.name,
+            model_version=app.model.version,
+            request_id=decoded.id,
+            outputs=outputs,
+            raw=decoded.binary_output,
+        )
+    except ProtocolError as exc:
+        raise InvalidInput(f"cannot encode the answer as asked: {exc}") from exc
+
+
+def _event_outputs(event: GenerationEvent, names: list[str]) -> list[tuple[str, Any]]:
+    """One token event as the outputs asked for: ``tokens`` INT64 [n], ``text`` BYTES [1]."""
+    arrays: dict[str, Any] = {"tokens": np.asarray(event.tokens, dtype=np.int64)}
+    if event.text is not None:
+        text = np.empty(1, dtype=object)
+        text[0] = event.text.encode()
+        arrays["text"] = text
+    return [(name, arrays[name]) for name in names if name in arrays]
+
+
+def _mark(response: Any, *, final: bool, event: GenerationEvent | None = None) -> None:
+    """Triton's decoupled markers: ``triton_final_response``, and on the last response of a
+    generation its ``finish_reason`` and ``output_tokens``."""
+    response.parameters["triton_final_response"].bool_param = final
+    if final and event is not None and event.finish_reason is not None:
+        response.parameters["finish_reason"].string_param = event.finish_reason
+        response.parameters["output_tokens"].int64_param = event.output_tokens

@@ -3,7 +3,8 @@ server metadata, /metrics, statistics of every model, Triton's repository extens
 ``/v2/resources``), and every model route handed whole to that model's app.
 
 A model's app checks the token, the address and the request again, as it does when it serves
-alone, so a hosted model answers exactly what a single-model server answers.
+alone, so a hosted model answers exactly what a single-model server answers: ``/infer``, and for
+a generative (seq2seq) model ``/generate`` and ``/generate_stream`` too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ log = logging.getLogger("eas_server.repository")
 _JSON = b"application/json"
 _MAX_CONTROL_BODY = 1 << 20
 """Largest body of a repository call (a service JSON)."""
+_COUNTED = frozenset({"infer", "generate", "generate_stream"})
+"""Model routes whose failures count on the model addressed (as its own app counts them)."""
 
 
 class RepositoryApp:
@@ -118,7 +121,7 @@ class RepositoryApp:
             await self._route(scope, receive, send, parts)
         except EasServerError as exc:
             status, _ = status_of(exc)
-            if parts[-1:] == ["infer"] and len(parts) >= 3:
+            if parts[-1] in _COUNTED and len(parts) >= 3:
                 self.record_failure(parts[2], "not_found" if status == 404 else "unavailable",
                                     0.0)  # fmt: skip
             await respond_error(send, status, str(exc), exc)

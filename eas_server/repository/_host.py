@@ -134,7 +134,7 @@ class ModelHost:
 
     @property
     def busy(self) -> bool:
-        return any(h.app.batcher.busy for h in self.hosted() if h.app is not None)
+        return any(h.app.busy for h in self.hosted() if h.app is not None)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: every hosted version, and the repository's other models
@@ -314,10 +314,9 @@ class ModelHost:
         )  # fmt: skip
         gc.collect()
         rss_before, gpu_before = rss_bytes(), process_gpu_bytes()
-        options = {} if settings.padding == "auto" else {"padding": settings.padding}
         processor = create_processor(
             settings.processor, settings.model, workers=settings.workers,
-            intra_op_threads=cpu.threads, spinning=cpu.spinning, **options,
+            intra_op_threads=cpu.threads, spinning=cpu.spinning, **settings.processor_options(),
         )  # fmt: skip
         try:
             await asyncio.to_thread(processor.load)
@@ -391,7 +390,7 @@ class ModelHost:
             # Calls already routed here (reading their body, queued, running) finish first;
             # new ones cannot reach it any more (not READY).
             deadline = time.monotonic() + self.base.drain_timeout_s
-            while (app.in_progress or app.batcher.busy) and time.monotonic() < deadline:
+            while (app.in_progress or app.busy) and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
             app.ready = False
             await app.batcher.close()
