@@ -7,6 +7,12 @@ with eas_client.EasClient(store="zk://zk1:2181/autoai", service="intent-cls-3") 
 body, header_length = eas_client.encode_request({"x": array}, outputs=["y"])
 response = eas_client.decode_response(answer_body, answer_header_length)
 response.outputs["y"]
+
+with eas_client.EasClient(urls=["http://127.0.0.1:8000"], model="whisper") as client:
+    result = client.generate(samples, max_new_tokens=64)        # float32 at 16 kHz
+    result.tokens, result.text, result.finish_reason
+    for chunk in client.generate_stream(samples):               # a chunk per token
+        chunk.tokens, chunk.text
 ```
 """
 
@@ -40,6 +46,7 @@ from ._errors import (
     TransportError,
     Unauthorized,
 )
+from ._generate import GenerateChunk, GenerateResult, SseDecoder, encode_audio
 from ._metrics import ClientMetrics
 
 __all__ = [
@@ -49,6 +56,8 @@ __all__ = [
     "ConnectError",
     "EasClient",
     "EasClientError",
+    "GenerateChunk",
+    "GenerateResult",
     "InferRequest",
     "InferResponse",
     "InvalidRequest",
@@ -60,6 +69,7 @@ __all__ = [
     "RetryBudget",
     "ServerError",
     "ServiceUnavailable",
+    "SseDecoder",
     "TimeoutException",
     "TransportError",
     "Unauthorized",
@@ -69,6 +79,7 @@ __all__ = [
     "decode_response",
     "dtype_of",
     "element_size",
+    "encode_audio",
     "encode_error",
     "encode_request",
     "encode_response",

@@ -13,6 +13,12 @@ Retry policy: a connect error or dropped connection, a timeout that leaves time,
 retried on *another* instance, while attempts are under ``max_attempts``, the call's deadline has
 time left and the :class:`RetryBudget` allows; 400, 401/403, 404, 500 and malformed answers never
 are. Inference is free of side effects, so a request the server may have seen is safe to repeat.
+
+Generation (``eas_client._generate``) goes through the same loop: a whole ``generate`` is one
+request like ``infer`` (its body made per attempt, with the time left as the server's deadline).
+A ``generate_stream`` is driven by :class:`_StreamCall`, the same policy with one more rule: once
+the first event has arrived the stream is pinned to its instance, and any failure after it is
+raised (the tokens already handed out cannot be taken back).
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -40,6 +46,14 @@ from ._errors import (
     ServiceUnavailable,
     TimeoutException,
     Unauthorized,
+)
+from ._generate import (
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    SseDecoder,
+    parse_chunk,
+    parse_result,
 )
 from ._metrics import CallMetrics, ClientMetrics
 from ._transport import Reply, Request
@@ -60,6 +74,14 @@ _CONNECT_TIMEOUT_S: Final = 1.0
 _MIN_ATTEMPT_S: Final = 0.001
 _BINARY_TYPE: Final = "application/octet-stream"
 _JSON_TYPE: Final = "application/json"
+_EVENTS_TYPE: Final = "text/event-stream"
+# A generation's deadline is the server's: it ends the answer there (finish_reason "deadline").
+# The client waits this much longer for that answer before it gives up on the instance.
+_GENERATE_GRACE_S: Final = 1.0
+
+T = TypeVar("T")
+Body = Callable[[float], tuple[bytes, dict[str, str]]]
+"""The body and headers of an attempt, given the seconds the call has left."""
 
 
 def _number(value: object, what: str, *, minimum: float, integer: bool = False) -> Any:
@@ -87,6 +109,11 @@ def _infer_path(model: str, version: str | None) -> str:
     if version is not None:
         path += f"/versions/{quote(version, safe='')}"
     return path + "/infer"
+
+
+def _generate_url(infer_url: str, stream: bool) -> str:
+    """The generate (or generate_stream) URL of a model, from its infer URL."""
+    return infer_url[: -len("infer")] + ("generate_stream" if stream else "generate")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -295,37 +322,119 @@ class _BaseEasClient:
         outputs: Sequence[str] | None,
         timeout: float | None,
     ) -> Generator[Request, Reply, Outputs]:
-        """The call loop: yields requests, is sent their replies (or has the transport's error
-        thrown in), returns the outputs or raises."""
+        """The call loop of ``infer``: yields requests, is sent their replies (or has the
+        transport's error thrown in), returns the outputs or raises."""
+        started, limit = self._begin(timeout)
+        try:
+            body, headers = self._encode(inputs, outputs)
+        except EasClientError as exc:
+            self._observe(exc, started, 0)
+            raise
+        return (
+            yield from self._attempts(
+                lambda _left: (body, headers), None, self._decode, started, limit
+            )
+        )
+
+    def _generate_call(
+        self, request: GenerateRequest, limit: float
+    ) -> Generator[Request, Reply, GenerateResult]:
+        """The call loop of ``generate``: as ``_call``, with the time left sent as the server's
+        deadline and ``_GENERATE_GRACE_S`` more to wait for the answer it ends there."""
+        started = time.perf_counter()
+        headers = self._json_headers
+
+        def body(left: float) -> tuple[bytes, dict[str, str]]:
+            return request.body(left), headers
+
+        return (
+            yield from self._attempts(
+                body, False, _decode_generated, started, limit, grace=_GENERATE_GRACE_S
+            )
+        )
+
+    def _generate_request(
+        self,
+        audio: object,
+        max_new_tokens: int | None,
+        num_beams: int,
+        request_id: str | None,
+        timeout: float | None,
+    ) -> tuple[GenerateRequest, float]:
+        """A generate call's request and time limit, checked before anything is sent.
+
+        Raises:
+            ProtocolError: the audio cannot be sent (counted as an invalid call).
+            ValueError: a parameter or the timeout is out of range.
+            RuntimeError: the client is closed.
+        """
         if self._closed:
             raise RuntimeError(f"this {self._kind} is closed")
-        started = time.perf_counter()
-        limit = self._timeout if timeout is None else _number(timeout, "timeout", minimum=1e-6)
+        limit = self._limit(timeout)
+        try:
+            request = GenerateRequest(
+                audio, max_new_tokens=max_new_tokens, num_beams=num_beams, request_id=request_id
+            )
+        except ProtocolError as exc:
+            self._observe(exc, time.perf_counter(), 0)
+            raise
+        return request, limit
+
+    def _limit(self, timeout: float | None) -> float:
+        return float(
+            self._timeout if timeout is None else _number(timeout, "timeout", minimum=1e-6)
+        )
+
+    def _begin(self, timeout: float | None) -> tuple[float, float]:
+        """A call's start (``perf_counter``) and time limit; raises when the client is closed."""
+        if self._closed:
+            raise RuntimeError(f"this {self._kind} is closed")
+        return time.perf_counter(), self._limit(timeout)
+
+    def _observe(self, error: EasClientError | None, started: float, retries: int) -> None:
+        if self._metrics is not None:
+            outcome = "ok" if error is None else _outcome(error)
+            self._metrics.observe(outcome, time.perf_counter() - started, retries)
+
+    def _attempts(
+        self,
+        body_of: Body,
+        stream: bool | None,
+        decode: Callable[[Reply], T],
+        started: float,
+        limit: float,
+        *,
+        grace: float = 0.0,
+    ) -> Generator[Request, Reply, T]:
+        """The retry loop shared by ``infer`` (``stream`` None: the infer URL) and ``generate``
+        (False: the generate URL)."""
         deadline = started + limit
         retries = 0
         try:
-            body, headers = self._encode(inputs, outputs)
             self._budget.deposit()
             tried: list[str] = []  # instance ids, never picked again in this call
             failed: list[str] = []  # "id (what went wrong)", for the note of the final error
             last: EasClientError | None = None
             while True:
+                remaining = deadline - time.perf_counter()
+                body, headers = body_of(remaining)
                 endpoint = self._next(tried, failed, last)
                 if last is not None:
                     retries += 1
                 target = endpoint.target
-                remaining = deadline - time.perf_counter()
+                # A generation takes as long as its tokens do: attempt_timeout (the bound of a
+                # hung instance's cost on infer) does not apply to it (grace > 0).
                 wait = (
                     remaining
-                    if self._attempt_timeout is None
+                    if self._attempt_timeout is None or grace
                     else min(remaining, self._attempt_timeout)
                 )
                 request = Request(
-                    target.url,
+                    target.url if stream is None else _generate_url(target.url, stream),
                     target.origin,
                     body,
                     headers,
-                    timeout=wait,
+                    timeout=wait + grace,
                     connect=min(wait, _CONNECT_TIMEOUT_S),
                     pool=remaining,
                 )
@@ -337,22 +446,31 @@ class _BaseEasClient:
                     self._balancer.release(endpoint, None)
                     raise
                 else:
-                    result = self._settle(endpoint, reply)
+                    result = self._settle(endpoint, reply, decode)
                     if not isinstance(result, EasClientError):
-                        if self._metrics is not None:
-                            self._metrics.observe("ok", time.perf_counter() - started, retries)
+                        self._observe(None, started, retries)
                         return result
                     last = result
                 tried.append(target.id)
                 failed.append(f"{target.id} ({_brief(last)})")
-                if len(tried) >= self._max_attempts:
-                    raise self._give_up(last, failed, f"max_attempts={self._max_attempts} reached")
-                if deadline - time.perf_counter() < _MIN_ATTEMPT_S:
-                    raise self._give_up(last, failed, f"the {limit:g} s deadline has passed")
+                self._may_retry(last, tried, failed, deadline, limit)
         except EasClientError as exc:
-            if self._metrics is not None:
-                self._metrics.observe(_outcome(exc), time.perf_counter() - started, retries)
+            self._observe(exc, started, retries)
             raise
+
+    def _may_retry(
+        self,
+        last: EasClientError,
+        tried: list[str],
+        failed: list[str],
+        deadline: float,
+        limit: float,
+    ) -> None:
+        """Raise the final error when no attempt may follow ``last``."""
+        if len(tried) >= self._max_attempts:
+            raise self._give_up(last, failed, f"max_attempts={self._max_attempts} reached")
+        if deadline - time.perf_counter() < _MIN_ATTEMPT_S:
+            raise self._give_up(last, failed, f"the {limit:g} s deadline has passed")
 
     def _next(self, tried: list[str], failed: list[str], last: EasClientError | None) -> Endpoint:
         """The instance for the next attempt; raises when the call must stop instead."""
@@ -369,13 +487,15 @@ class _BaseEasClient:
             raise self._give_up(last, failed, "the retry budget is spent")
         return endpoint
 
-    def _settle(self, endpoint: Endpoint, reply: Reply) -> Outputs | EasClientError:
-        """Release ``endpoint`` with the verdict of its reply; return the outputs or a retryable
-        error (503), raise the errors that must not be retried."""
+    def _settle(
+        self, endpoint: Endpoint, reply: Reply, decode: Callable[[Reply], T]
+    ) -> T | EasClientError:
+        """Release ``endpoint`` with the verdict of its reply; return the decoded answer or a
+        retryable error (503), raise the errors that must not be retried."""
         status = reply.status_code
         self._balancer.release(endpoint, status != 503)
         if status == 200:
-            return self._decode(reply)
+            return decode(reply)
         error = self._server_error(reply)
         if status != 503:
             error.add_note(f"from instance {endpoint.target.id} of service {self._name!r}")
@@ -428,3 +548,194 @@ class _BaseEasClient:
             decode_error(reply.content),
             retry_after=_retry_after(reply.headers.get("retry-after")),
         )
+
+
+def _decode_generated(reply: Reply) -> GenerateResult:
+    return parse_result(reply.content)
+
+
+def _not_a_stream(reply: Reply) -> None:
+    raise AssertionError("a 200 answer of generate_stream is read as a stream")
+
+
+class _StreamCall:
+    """The decisions of one ``generate_stream`` call (``_StreamCall(client, request, limit)``),
+    driven by a client's I/O shell::
+
+        request = call.first()
+        loop: open a stream with `request`
+              - the transport failed:      request = call.failed(error)
+              - a status other than 200:   request = call.refused(reply)
+              - 200: for each piece of body read: hand out call.events(piece)
+                     (a transport error while reading: request = call.failed(error))
+                     at the end of the body: return if call.done, else request = call.ended()
+                     (once call.done, an error reading on to the end is ignored: the answer
+                     was whole)
+        finally: call.close()
+
+    Each of ``failed``, ``refused`` and ``ended`` returns the next attempt's request, or raises
+    the call's final error (also when ``failed`` is handed an error this object raised itself).
+    Before the first event, attempts follow ``infer``'s retry policy; from the first event on
+    the call is pinned to its instance and any failure is raised.
+    """
+
+    __slots__ = (
+        "_client",
+        "_decoder",
+        "_endpoint",
+        "_events",
+        "_failed",
+        "_last",
+        "_limit",
+        "_request",
+        "_retries",
+        "_started",
+        "_tried",
+        "done",
+    )
+
+    def __init__(self, client: _BaseEasClient, request: GenerateRequest, limit: float):
+        self._client = client
+        self._request = request
+        self._started = 0.0
+        self._limit = limit
+        self._tried: list[str] = []
+        self._failed: list[str] = []
+        self._last: EasClientError | None = None
+        self._endpoint: Endpoint | None = None
+        self._decoder = SseDecoder()
+        self._events = 0
+        self._retries = 0
+        self.done = False
+        """The final event has been handed out."""
+
+    def first(self) -> Request:
+        """The first attempt's request; the call's deadline counts from here."""
+        client = self._client
+        if client._closed:
+            raise RuntimeError(f"this {client._kind} is closed")
+        self._started = time.perf_counter()
+        client._budget.deposit()
+        return self._attempt()
+
+    def _attempt(self) -> Request:
+        client = self._client
+        remaining = self._started + self._limit - time.perf_counter()
+        body = self._request.body(remaining)
+        try:
+            endpoint = client._next(self._tried, self._failed, self._last)
+        except EasClientError as exc:
+            client._observe(exc, self._started, self._retries)
+            raise
+        if self._last is not None:
+            self._retries += 1
+        self._endpoint = endpoint
+        self._decoder = SseDecoder()
+        target = endpoint.target
+        return Request(
+            _generate_url(target.url, True),
+            target.origin,
+            body,
+            {**client._json_headers, "accept": _EVENTS_TYPE},
+            timeout=remaining + _GENERATE_GRACE_S,
+            connect=min(remaining, _CONNECT_TIMEOUT_S),
+            pool=remaining,
+        )
+
+    def _end(self, ok: bool | None, error: EasClientError | None) -> None:
+        """Release the instance with verdict ``ok``; count the call's outcome."""
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            self._client._balancer.release(endpoint, ok)
+        self._client._observe(error, self._started, self._retries)
+
+    def _next_attempt(self, error: EasClientError, target_id: str) -> Request:
+        self._last = error
+        self._tried.append(target_id)
+        self._failed.append(f"{target_id} ({_brief(error)})")
+        client = self._client
+        deadline = self._started + self._limit
+        try:
+            client._may_retry(error, self._tried, self._failed, deadline, self._limit)
+        except EasClientError as exc:
+            client._observe(exc, self._started, self._retries)
+            raise
+        return self._attempt()
+
+    def failed(self, error: EasClientError) -> Request:
+        """The transport failed (opening the stream or reading it)."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise error  # the call already ended (with this error, raised here before)
+        target = endpoint.target
+        if self._events:
+            # Pinned: the tokens handed out came from this instance's generation.
+            retryable = isinstance(error, ConnectError | TimeoutException)
+            self._end(False if retryable else None, error)
+            error.add_note(
+                f"the stream from instance {target.id} of service {self._client._name!r} "
+                f"failed after {self._events} event(s); a started stream is not retried"
+            )
+            raise error
+        self._endpoint = None
+        try:
+            again = self._client._failed(endpoint, error)
+        except EasClientError as exc:
+            self._client._observe(exc, self._started, self._retries)
+            raise
+        return self._next_attempt(again, target.id)
+
+    def refused(self, reply: Reply) -> Request:
+        """The instance answered a status other than 200 (a 503 is retried)."""
+        endpoint = self._endpoint
+        assert endpoint is not None, "refused() after the call ended"
+        self._endpoint = None
+        try:
+            error = self._client._settle(endpoint, reply, _not_a_stream)
+        except EasClientError as exc:
+            self._client._observe(exc, self._started, self._retries)
+            raise
+        assert error is not None
+        return self._next_attempt(error, endpoint.target.id)
+
+    def events(self, data: bytes) -> list[GenerateChunk]:
+        """The events completed by ``data``, a piece of the body (none after the final one).
+
+        Raises:
+            ServerError: an ``{"error": ...}`` event: the generation failed on the server.
+            ProtocolError: a malformed event.
+        """
+        if self.done:
+            return []
+        try:
+            chunks = [parse_chunk(event) for event in self._decoder.feed(data)]
+        except ServerError as exc:
+            self._end(True, exc)  # the instance answered; the request failed
+            raise
+        except EasClientError as exc:
+            self._end(None, exc)
+            raise
+        for i, chunk in enumerate(chunks):
+            if chunk.finish_reason is not None:
+                del chunks[i + 1 :]
+                self.done = True
+                self._end(True, None)
+                break
+        self._events += len(chunks)
+        return chunks
+
+    def ended(self) -> Request:
+        """The body ended before the final event: the connection was cut."""
+        endpoint = self._endpoint
+        assert endpoint is not None and not self.done, "ended() after the call ended"
+        url = _generate_url(endpoint.target.url, True)
+        cut = "in the middle of an event" if self._decoder.pending else "before its final event"
+        return self.failed(
+            ConnectError(f"the stream of {url} ended {cut}, after {self._events} event(s)", url=url)
+        )
+
+    def close(self) -> None:
+        """The shell is done with the call (the caller may have stopped reading early)."""
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            self._client._balancer.release(endpoint, None)

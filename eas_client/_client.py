@@ -1,27 +1,111 @@
-"""``EasClient``: the blocking client. I/O only; every decision is made in ``_base``."""
+"""``EasClient``: the blocking client. I/O only; every decision is made in ``_base``.
+
+``generate_stream`` reads the answer as it arrives, which the transports of ``infer`` (one reply
+per request) do not do: its streams go through an ``httpx.Client`` of their own (over the
+injected ``transport=`` when there is one), made on the first stream.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import httpx
 import numpy as np
 
 from ._balancer import RetryBudget
-from ._base import Outputs, _BaseEasClient
+from ._base import _BaseEasClient, _StreamCall
 from ._errors import EasClientError
-from ._httpx import HttpxTransport
+from ._generate import GenerateChunk, GenerateRequest, GenerateResult
+from ._httpx import HttpxTransport, _error
 from ._instances import Instances
 from ._metrics import ClientMetrics
-from ._transport import Transport
+from ._transport import Reply, Request, Transport
 
 if TYPE_CHECKING:
-    import httpx
-
     from config_store import ConfigStore
 
 __all__ = ["EasClient"]
+
+T = TypeVar("T")
+
+
+def _timeouts(request: Request) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=request.connect, read=request.timeout, write=request.timeout, pool=request.pool
+    )
+
+
+@contextlib.contextmanager
+def _opened(http: httpx.Client, request: Request) -> Iterator[httpx.Response]:
+    """POST ``request`` and hold its answer open (closed on exit: the server sees the
+    disconnect when the body was not read to its end)."""
+    try:
+        response = http.send(
+            http.build_request(
+                "POST",
+                request.url,
+                content=request.body,
+                headers=request.headers,
+                timeout=_timeouts(request),
+            ),
+            stream=True,
+        )
+    except httpx.HTTPError as exc:
+        raise _error(exc, request.url) from exc
+    try:
+        yield response
+    finally:
+        response.close()
+
+
+def _pieces(response: httpx.Response, url: str) -> Iterator[bytes]:
+    """The body as it arrives, with our errors."""
+    try:
+        yield from response.iter_raw()
+    except httpx.HTTPError as exc:
+        raise _error(exc, url) from exc
+
+
+def _whole(response: httpx.Response, url: str) -> Reply:
+    try:
+        content = response.read()
+    except httpx.HTTPError as exc:
+        raise _error(exc, url) from exc
+    return Reply(response.status_code, response.headers, content)
+
+
+class _Streams:
+    """The ``httpx.Client`` of ``generate_stream``, made on first use (thread-safe)."""
+
+    def __init__(self, transport: httpx.BaseTransport | None, limit: int):
+        self._transport = transport
+        self._limit = limit
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def http(self) -> httpx.Client:
+        http = self._http
+        if http is None:
+            with self._lock:
+                if self._http is None:
+                    limits = httpx.Limits(
+                        max_connections=None, max_keepalive_connections=self._limit
+                    )
+                    self._http = httpx.Client(
+                        transport=self._transport, limits=limits, trust_env=False
+                    )
+                http = self._http
+        return http
+
+    def close(self) -> None:
+        with self._lock:
+            http, self._http = self._http, None
+        if http is not None:
+            http.close()
 
 
 class EasClient(_BaseEasClient):
@@ -32,7 +116,9 @@ class EasClient(_BaseEasClient):
     goes to one instance chosen by weighted least-outstanding-requests (power of two choices);
     connect errors, dropped connections, timeouts with time left and 503s are retried on another
     instance; instances that keep failing are ejected for a while. Thread-safe: share one client
-    between threads.
+    between threads. A generative (seq2seq) model also answers :meth:`generate` (the whole
+    answer) and :meth:`generate_stream` (a chunk per token), balanced and retried the same way
+    (a stream only until its first chunk).
 
     ```python
     with EasClient(store="zk://zk1:2181/autoai", service="intent-cls-3") as client:
@@ -121,6 +207,7 @@ class EasClient(_BaseEasClient):
             if transport is None
             else HttpxTransport.over(transport)
         )
+        self._streams = _Streams(transport, self._max_connections)
         try:
             self._start_discovery()
         except BaseException:
@@ -156,11 +243,115 @@ class EasClient(_BaseEasClient):
 
             When retries ran out, the error's notes name the instances tried and why it stopped.
         """
+        return self._drive(self._call(inputs, outputs, timeout))
+
+    def generate(
+        self,
+        audio: object,
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> GenerateResult:
+        """Transcribe ``audio`` with a generative (seq2seq) model: the whole answer at once.
+
+        Args:
+            audio: one utterance, 1-D float samples in [-1, 1] at the model's sample rate (16 kHz
+                for Whisper), a numpy array or a list of floats; sent as float32. Integer PCM is
+                refused: scale it first (``int16 / 32768``).
+            max_new_tokens: the most output tokens (default: the model's).
+            num_beams: 1 = greedy; 2 to 4 = beam search of that width.
+            timeout_s: the generation's deadline in seconds, retries included (default: the
+                client's ``timeout``). The server ends the answer there with the tokens so far
+                and ``finish_reason`` ``"deadline"``; the client waits one second more for that
+                answer. ``attempt_timeout`` does not apply to generation.
+            request_id: sent as the request's ``id``; echoed in the result.
+
+        Returns:
+            The tokens, their text (with a tokenizer), why the generation ended, and the server's
+            timing.
+
+        Raises:
+            ProtocolError: ``audio`` is not 1-D finite float samples (nothing was sent), or a
+                malformed answer.
+            ValueError: ``max_new_tokens``, ``num_beams`` or ``timeout_s`` out of range.
+            InvalidRequest: 400, the server refused the audio or the parameters (too long, too
+                many tokens, too many beams; never retried); or the model is not generative.
+            ServiceUnavailable: 503 from the last instance tried: queue full, or the deadline
+                passed while waiting.
+            ModelNotFound, Unauthorized, TimeoutException, NoInstanceAvailable, ServerError:
+                as for :meth:`infer`; connect errors, timeouts with time left and 503s are retried
+                on another instance like ``infer``'s.
+        """
+        request, limit = self._generate_request(
+            audio, max_new_tokens, num_beams, request_id, timeout_s
+        )
+        return self._drive(self._generate_call(request, limit))
+
+    def generate_stream(
+        self,
+        audio: object,
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> Generator[GenerateChunk, None, None]:
+        """Transcribe ``audio``, the tokens handed out as the server makes them.
+
+        ```python
+        with contextlib.closing(client.generate_stream(audio, max_new_tokens=64)) as stream:
+            for chunk in stream:
+                print(chunk.text or chunk.tokens, end="", flush=True)
+        ```
+        One chunk per token (beam search: one chunk with every token, at the end), then a final
+        chunk with no tokens and the ``finish_reason``. Closing the iterator before its end
+        (``close()``, leaving ``contextlib.closing``, or dropping it after a ``break``) closes
+        the connection, and the server stops the generation.
+
+        Before the first chunk, a connect error, a timeout with time left or a 503 is retried
+        on another instance as for :meth:`generate`; once a chunk was handed out, the stream
+        stays on its instance and a failure is raised. The deadline counts from the first
+        ``next()``. Arguments and errors: see :meth:`generate` (checked here, before anything
+        is sent); also ``ServerError`` (500) when the server reports a failure in the stream.
+        """
+        request, limit = self._generate_request(
+            audio, max_new_tokens, num_beams, request_id, timeout_s
+        )
+        return self._stream(request, limit)
+
+    def _stream(
+        self, request: GenerateRequest, limit: float
+    ) -> Generator[GenerateChunk, None, None]:
+        call = _StreamCall(self, request, limit)
+        try:
+            attempt = call.first()
+            http = self._streams.http()
+            while True:
+                try:
+                    with _opened(http, attempt) as response:
+                        if response.status_code != 200:
+                            attempt = call.refused(_whole(response, attempt.url))
+                            continue
+                        for piece in _pieces(response, attempt.url):
+                            yield from call.events(piece)
+                        if call.done:
+                            return
+                        attempt = call.ended()
+                except EasClientError as exc:  # the transport's (or the call's own, raised again)
+                    if call.done:
+                        return  # the answer was whole: reading on to the end failed
+                    attempt = call.failed(exc)
+        finally:
+            call.close()
+
+    def _drive(self, call: Generator[Request, Reply, T]) -> T:
+        """Run a call loop of ``_base`` over the transport."""
         transport = self._transport
         if self._retired:
             for origin in self._reapable():
                 transport.discard(origin)
-        call = self._call(inputs, outputs, timeout)
         try:
             request = next(call)
             while True:
@@ -171,7 +362,7 @@ class EasClient(_BaseEasClient):
                 else:
                     request = call.send(reply)
         except StopIteration as done:
-            return cast(Outputs, done.value)
+            return cast(T, done.value)
         finally:
             call.close()
 
@@ -186,7 +377,10 @@ class EasClient(_BaseEasClient):
         try:
             self._stop_discovery()
         finally:
-            self._transport.close()
+            try:
+                self._transport.close()
+            finally:
+                self._streams.close()
 
     def __enter__(self) -> EasClient:
         return self

@@ -3,8 +3,10 @@
 Through the SDK (``--store``, routed as published) or straight to one instance (``--url``);
 closed loop over ``--concurrency`` levels, or open loop at ``--rate`` (Poisson arrivals, latency
 from the intended send time); from one generator process, or ``--processes N`` sharing the
-load. The work is ``autoai.bench``'s; this module parses the flags, shows progress and renders
-the report (rich tables, ``--json``, ``--plot``).
+load. ``--generate`` loads a generative (seq2seq) model with streaming generate calls instead
+(closed loop, synthetic clips of ``--audio-seconds``) and reports QPS, RT, time to first token
+and tokens/s. The work is ``autoai.bench``'s; this module parses the flags, shows progress and
+renders the report (rich tables, ``--json``, ``--plot``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from ._parse import parse_input
 from ._predict import _load
 
 if TYPE_CHECKING:  # imported when the command runs: other commands start without the SDK
-    from autoai.bench import BenchReport, Step, StepResult
+    from autoai.bench import BenchReport, GenerateReport, Step, StepResult
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_IN_FLIGHT",
     "bench_command",
     "check_processes",
+    "generate_table",
     "parse_duration",
     "parse_levels",
     "report_table",
@@ -221,6 +224,101 @@ def report_table(report: BenchReport) -> Table:
     return table
 
 
+def generate_table(report: GenerateReport) -> Table:
+    """One row per step of the generate mode: QPS, RT, time to first token, tokens/s."""
+    how = "through the SDK" if report.target == "sdk" else "direct"
+    tokens = "the model's default" if report.max_new_tokens is None else report.max_new_tokens
+    table = Table(
+        title=f"autoai bench --generate {report.model} {how} ({report.address})",
+        caption=f"streaming generate calls, closed loop; {report.audio_seconds:g} s clips, "
+        f"max_new_tokens {tokens}, num_beams {report.num_beams}; {report.warmup_s:g} s "
+        f"warmup, {report.duration_s:g} s per step. TTFT: send to first token; tokens/s: "
+        "output tokens of the calls that ended in the window.",
+    )
+    table.add_column("step")
+    columns = ("QPS", "RT p50 ms", "RT p99 ms", "TTFT p50 ms", "TTFT p99 ms", "tokens/s")
+    for name in (*columns, "errors"):
+        table.add_column(name, justify="right", header_style="bold cyan")
+    for step in report.steps:
+        s = step.stats
+        table.add_row(
+            f"c={step.concurrency}" + (" (stopped)" if step.interrupted else ""),
+            f"{s.qps:.1f}",
+            _ms(s.rt.p50 if s.rt else None),
+            _ms(s.rt.p99 if s.rt else None),
+            _ms(s.ttft.p50 if s.ttft else None),
+            _ms(s.ttft.p99 if s.ttft else None),
+            f"{s.tokens_per_s:.0f}",
+            _counts(s.errors),
+        )
+    return table
+
+
+def _generate(
+    target: tuple[str, str | None, str | None, str | None],
+    flags: dict[str, bool],
+    concurrency: str | None,
+    durations: tuple[str, str],
+    request: tuple[float, int, int],
+    as_json: bool,
+) -> None:
+    """The generate mode of ``bench_command``: ``target`` is (model, store, url, version),
+    ``flags`` which predict-mode flags were given (refused here), ``durations`` the warmup and
+    the duration as typed, ``request`` (audio seconds, max_new_tokens, num_beams)."""
+    from autoai.bench import (
+        BenchError,
+        GenerateConfig,
+        Step,
+        map_big_blocks,
+        run_generate,
+        to_generate_document,
+    )
+
+    refused = [flag for flag, given in flags.items() if given]
+    if refused:
+        raise BadUsage(f"--generate does not take {', '.join(refused)}")
+    timing = (parse_duration("--warmup", durations[0]), parse_duration("--duration", durations[1]))
+    if timing[1] <= 0:
+        raise BadUsage(f"--duration {durations[1]!r}: must be > 0")
+    console, err = Console(), Console(stderr=True)
+    counts = parse_levels("--concurrency", concurrency or DEFAULT_CONCURRENCY, integer=True)
+    levels = [int(c) for c in counts]
+    model, store, url, version = target
+    audio_seconds, max_new_tokens, num_beams = request
+    try:
+        config = GenerateConfig(
+            model=model,
+            concurrency=levels,
+            store=store,
+            url=url,
+            version=version,
+            audio_seconds=audio_seconds,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            warmup=timing[0],
+            duration=timing[1],
+        )
+        map_big_blocks()
+        with _Bar(err, [Step(concurrency=c) for c in levels], sum(timing)) as bar:
+            report = run_generate(
+                config,
+                progress=bar,
+                on_interrupt=lambda: err.print("stopping: finishing this step's figures"),
+            )
+    except KeyboardInterrupt:
+        err.print("interrupted before anything was measured", highlight=False)
+        raise typer.Exit(130) from None
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        emit_json(to_generate_document(report))
+    else:
+        console.print(generate_table(report))
+    if report.interrupted:
+        err.print("interrupted: the figures above are those of the steps measured so far")
+        raise typer.Exit(130)
+
+
 def _notes(report: BenchReport) -> list[str]:
     notes = []
     for r in report.steps:
@@ -358,9 +456,29 @@ def bench_command(
             "limit) split evenly; needs concurrency >= N",
         ),
     ] = 1,
+    generate: Annotated[
+        bool,
+        typer.Option(
+            "--generate",
+            help="generate mode, for generative (seq2seq, Whisper-shaped) models: each call is "
+            "a streaming generate of a synthetic clip, closed loop at each --concurrency; "
+            "reports QPS, RT p50/p99, time to first token p50/p99 and tokens/s",
+        ),
+    ] = False,
+    audio_seconds: Annotated[
+        float,
+        typer.Option("--audio-seconds", help="with --generate: each request's clip, seconds"),
+    ] = 5.0,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="with --generate: most tokens per request")
+    ] = 32,
+    num_beams: Annotated[
+        int, typer.Option("--num-beams", help="with --generate: 1 greedy, 2-4 beam search")
+    ] = 1,
 ) -> None:
     """Load MODEL step by step and print QPS and RT as the client saw them next to what the
-    instances' /metrics saw over the same window, and the generator's own CPU."""
+    instances' /metrics saw over the same window, and the generator's own CPU. With --generate:
+    streaming generate calls, and QPS, RT, time to first token and tokens/s."""
     from autoai.bench import BenchConfig, BenchError, map_big_blocks, plot, run, to_document
     from config_store import default_store_url
 
@@ -371,6 +489,19 @@ def bench_command(
             raise BadUsage("give --store or --url, not both")
         if url is None and store is None:
             store = os.environ.get("AUTOAI_STORE_URL") or default_store_url()
+        if generate:
+            flags = {
+                "--rate": rate is not None,
+                "--input": bool(inputs),
+                "--batch": batch != 1,
+                "--json-tensors": not binary,
+                "--plot": plot_path is not None,
+                "--processes": processes != 1,
+            }
+            target = (model, store, url, version)
+            request = (audio_seconds, max_new_tokens, num_beams)
+            _generate(target, flags, concurrency, (warmup, duration), request, as_json)
+            return
         given = _inputs(inputs or [])
         if given is not None and batch != 1:
             raise BadUsage("--batch applies to drawn inputs; with --input the arrays set it")

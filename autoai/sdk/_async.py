@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from eas_client import EasClientError, GenerateChunk, GenerateResult
+
 from ._base import Inputs, Outputs, _BaseModelClient, _Routing
-from ._routes import Route
+from ._routes import Route, RouteTable
 
 __all__ = ["AsyncModelClient"]
 
@@ -36,6 +39,17 @@ class AsyncModelClient(_BaseModelClient):
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
+    async def _prepare(self, model: str) -> None:
+        """Subscribe to ``model`` off the loop on its first call; close retired clients."""
+        sub = self._subscriptions.get(model)
+        if sub is None or not sub.first.is_set():
+            await asyncio.to_thread(self._subscribe, model)
+        if self._retired:
+            for stale in self._due():
+                task = asyncio.get_running_loop().create_task(stale.aclose())
+                self._closing.add(task)  # kept referenced until done, awaited on close
+                task.add_done_callback(self._closing.discard)
+
     async def predict(
         self,
         model: str,
@@ -48,14 +62,7 @@ class AsyncModelClient(_BaseModelClient):
     ) -> Outputs:
         """Run ``model`` on ``inputs`` (see ``ModelClient.predict``: arrays, or text for BYTES
         inputs; BYTES outputs come back as ``str``)."""
-        sub = self._subscriptions.get(model)
-        if sub is None or not sub.first.is_set():
-            await asyncio.to_thread(self._subscribe, model)
-        if self._retired:
-            for stale in self._due():
-                task = asyncio.get_running_loop().create_task(stale.aclose())
-                self._closing.add(task)  # kept referenced until done, awaited on close
-                task.add_done_callback(self._closing.discard)
+        await self._prepare(model)
         routing, route, arrays = self._route(model, inputs, key, version)
         client = self._client(routing.table, route)
         result = self._finish(await client.infer(arrays, outputs, timeout))
@@ -63,6 +70,113 @@ class AsyncModelClient(_BaseModelClient):
         if shadow is not None:
             self._mirror(routing, shadow, arrays, outputs, result)
         return result
+
+    async def generate(
+        self,
+        model: str,
+        audio: object,
+        *,
+        key: str | bytes | None = None,
+        version: str | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> GenerateResult:
+        """Transcribe ``audio``, routed as ``predict``; see ``ModelClient.generate`` (shadow
+        calls are tasks of the caller's loop)."""
+        await self._prepare(model)
+        routing, route = self._generate_route(model, key, version)
+        options: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "timeout_s": timeout_s,
+            "request_id": request_id,
+        }
+        table = routing.table
+        try:
+            result: GenerateResult = await self._client(table, route).generate(audio, **options)
+        except EasClientError as exc:
+            fallback = self._fallback(table, route, exc)
+            if fallback is None:
+                raise
+            result = await self._client(table, fallback).generate(audio, **options)
+        shadow = self._shadow_route(routing, version)
+        if shadow is not None:
+            self._mirror_generate(table, shadow, audio, options, result)
+        return result
+
+    async def generate_stream(
+        self,
+        model: str,
+        audio: object,
+        *,
+        key: str | bytes | None = None,
+        version: str | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[GenerateChunk, None]:
+        """Transcribe ``audio``, the tokens as they come: ``async for chunk in
+        client.generate_stream(model, audio)``; see ``ModelClient.generate_stream``.
+
+        Routing waits for the model's route table without blocking the loop, so here every
+        error, the route's and the arguments' included, is raised by the first ``__anext__``.
+        ``aclose()`` (or ``contextlib.aclosing``) closes the connection at once.
+        """
+        await self._prepare(model)
+        routing, route = self._generate_route(model, key, version)
+        table = routing.table
+        options: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "timeout_s": timeout_s,
+            "request_id": request_id,
+        }
+        handed = False
+        async with contextlib.aclosing(
+            self._client(table, route).generate_stream(audio, **options)
+        ) as stream:
+            try:
+                async for chunk in stream:
+                    handed = True
+                    yield chunk
+                return
+            except EasClientError as exc:
+                fallback = None if handed else self._fallback(table, route, exc)
+                if fallback is None:
+                    raise
+        async with contextlib.aclosing(
+            self._client(table, fallback).generate_stream(audio, **options)
+        ) as stream:
+            async for chunk in stream:
+                yield chunk
+
+    def _mirror_generate(
+        self,
+        table: RouteTable,
+        route: Route,
+        audio: object,
+        options: dict[str, Any],
+        primary: GenerateResult,
+    ) -> None:
+        if len(self._shadow_tasks) >= self._shadow_limit:
+            self._count_shadow(table, route, "dropped")
+            return
+        client = self._client(table, route)
+
+        async def run() -> None:
+            try:
+                shadow: GenerateResult | None = await client.generate(audio, **options)
+            except Exception as exc:
+                log.warning("shadow call to %s %s failed: %s", table.model, route.version, exc)
+                shadow = None
+            self._compare_generated(table, route, primary, shadow)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
 
     def _mirror(
         self,

@@ -1,6 +1,7 @@
 """What ``ModelClient`` and ``AsyncModelClient`` share: the watched route tables, route choice,
 text inputs and outputs, the input check, the per-route clients, the shadow comparison and the
-client-side metrics.
+client-side metrics; for generation (``generate``, ``generate_stream``) the fallback decision
+and the shadow comparison of token sequences.
 
 The call path is a dict lookup (model -> state), one ``RouteSelector.pick`` and one dict lookup
 (route -> client); the store is only touched the first time a model is called (to subscribe) and
@@ -23,7 +24,14 @@ import numpy as np
 
 import blade_aspect
 from config_store import ConfigItem, ConfigStore, ConfigStoreError, open_store
-from eas_client import ClientMetrics
+from eas_client import (
+    ClientMetrics,
+    EasClientError,
+    GenerateResult,
+    NoInstanceAvailable,
+    ServerError,
+    TransportError,
+)
 
 from ._compare import compare_outputs
 from ._errors import InvalidRouteTable, ModelNotFound
@@ -213,6 +221,54 @@ class _BaseModelClient:
         arrays = to_arrays(inputs, routing.strings)
         check_inputs(routing.signature, arrays)
         return routing, route, arrays
+
+    def _generate_route(
+        self, model: str, key: str | bytes | None, version: str | None
+    ) -> tuple[_Routing, Route]:
+        """The routing and the route of a generate call: as ``predict``'s (split, sticky key,
+        pinned version); the audio is checked by ``eas_client``, not against the signature."""
+        routing = self._routing(model)
+        route = routing.table.route(version) if version is not None else routing.selector.pick(key)
+        return routing, route
+
+    def _fallback(self, table: RouteTable, route: Route, error: EasClientError) -> Route | None:
+        """The route to send a failed generate call to instead, counted (or ``None``).
+
+        Only a blade route names one (its ``fallback_version``), and only when the blade
+        service could not answer: no live instance, a transport error or a 5xx after the
+        retries (4xx are about the request and would fail there as well). Streams ask only
+        while no chunk has been handed to the caller.
+        """
+        version = route.blade.fallback_version if route.blade is not None else None
+        if not version or not blade_aspect.is_blade(route):
+            return None
+        unavailable = isinstance(error, NoInstanceAvailable | TransportError) or (
+            isinstance(error, ServerError) and error.status_code >= 500
+        )
+        if not unavailable:
+            return None
+        labels = (table.model, route.version, route.processor, "blade_unavailable")
+        self._metrics.fallbacks.labels(*labels).inc()
+        log.info(
+            "generate on %s %s failed (%s); falling back to version %s",
+            *(table.model, route.version, error, version),
+        )
+        return table.route(version)
+
+    def _compare_generated(
+        self,
+        table: RouteTable,
+        route: Route,
+        primary: GenerateResult,
+        shadow: GenerateResult | None,
+    ) -> None:
+        """Record one shadow comparison of a generate call: agree when the shadow produced the
+        same tokens, disagree otherwise (``shadow`` None: the shadow call failed)."""
+        if shadow is None:
+            outcome = "error"
+        else:
+            outcome = "agree" if shadow.tokens == primary.tokens else "disagree"
+        self._count_shadow(table, route, outcome)
 
     def _finish(self, outputs: Outputs) -> Outputs:
         """What ``predict`` returns: BYTES outputs decoded to ``str`` unless told not to."""

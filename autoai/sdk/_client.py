@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from config_store import ConfigStore
+from eas_client import EasClientError, GenerateChunk, GenerateResult
 
 from ._base import Inputs, Outputs, _BaseModelClient, _Routing
-from ._routes import Route
+from ._routes import Route, RouteTable
 
 __all__ = ["ModelClient"]
 
@@ -104,6 +106,156 @@ class ModelClient(_BaseModelClient):
         if shadow is not None:
             self._mirror(routing, shadow, arrays, outputs, result)
         return result
+
+    def generate(
+        self,
+        model: str,
+        audio: object,
+        *,
+        key: str | bytes | None = None,
+        version: str | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> GenerateResult:
+        """Transcribe ``audio`` with a generative model, routed as ``predict`` is.
+
+        The route table's split (or ``key``, or ``version``) picks the version; the version's
+        client picks the instance and retries elsewhere (``eas_client.EasClient.generate``). A
+        shadow route, when the table has one, gets a mirrored call off the caller's latency,
+        counted as agreeing when it produced the same tokens. A blade route whose service
+        cannot answer falls back to its ``fallback_version``.
+
+        Args:
+            model: the published model name.
+            audio: 1-D float samples in [-1, 1] at the model's rate (16 kHz for Whisper).
+            key, version: as for ``predict``.
+            max_new_tokens, num_beams, timeout_s, request_id: see
+                ``eas_client.EasClient.generate``.
+
+        Returns:
+            ``eas_client.GenerateResult``: tokens, text, finish_reason, output_tokens, timing;
+            its ``model_version`` says which version answered.
+
+        Raises:
+            ModelNotFound, VersionNotFound: as for ``predict``.
+            eas_client.ProtocolError: audio that is not 1-D finite float samples (nothing sent).
+            eas_client.EasClientError: the transport and server errors of
+                ``EasClient.generate``.
+        """
+        if self._retired:
+            for stale in self._due():
+                stale.close()
+        routing, route = self._generate_route(model, key, version)
+        options: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "timeout_s": timeout_s,
+            "request_id": request_id,
+        }
+        table = routing.table
+        try:
+            result: GenerateResult = self._client(table, route).generate(audio, **options)
+        except EasClientError as exc:
+            fallback = self._fallback(table, route, exc)
+            if fallback is None:
+                raise
+            result = self._client(table, fallback).generate(audio, **options)
+        shadow = self._shadow_route(routing, version)
+        if shadow is not None:
+            self._mirror_generate(table, shadow, audio, options, result)
+        return result
+
+    def generate_stream(
+        self,
+        model: str,
+        audio: object,
+        *,
+        key: str | bytes | None = None,
+        version: str | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> Generator[GenerateChunk, None, None]:
+        """Transcribe ``audio``, the tokens as they come; routed as ``generate``.
+
+        ```python
+        with contextlib.closing(client.generate_stream("whisper", audio)) as stream:
+            for chunk in stream:
+                print(chunk.text, end="", flush=True)
+        ```
+        The version is chosen once; the stream may move to another instance of it (or to a
+        blade route's fallback version) only before its first chunk, then stays where it is.
+        Streams are never mirrored to a shadow route. Closing the iterator early closes the
+        connection and the server stops the generation. The route, the version and the
+        arguments are checked here; see ``eas_client.EasClient.generate_stream`` for the rest.
+        """
+        if self._retired:
+            for stale in self._due():
+                stale.close()
+        routing, route = self._generate_route(model, key, version)
+        options: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "timeout_s": timeout_s,
+            "request_id": request_id,
+        }
+        stream = self._client(routing.table, route).generate_stream(audio, **options)
+        return self._follow(stream, routing.table, route, audio, options)
+
+    def _follow(
+        self,
+        stream: Generator[GenerateChunk, None, None],
+        table: RouteTable,
+        route: Route,
+        audio: object,
+        options: dict[str, Any],
+    ) -> Generator[GenerateChunk, None, None]:
+        """``stream``'s chunks; a failure before the first one may go to the fallback route."""
+        with contextlib.closing(stream):
+            handed = False
+            try:
+                for chunk in stream:
+                    handed = True
+                    yield chunk
+                return
+            except EasClientError as exc:
+                fallback = None if handed else self._fallback(table, route, exc)
+                if fallback is None:
+                    raise
+        # yield from closes the fallback's stream when this one is closed
+        yield from self._client(table, fallback).generate_stream(audio, **options)
+
+    def _mirror_generate(
+        self,
+        table: RouteTable,
+        route: Route,
+        audio: object,
+        options: dict[str, Any],
+        primary: GenerateResult,
+    ) -> None:
+        if not self._shadow_slots.acquire(blocking=False):
+            self._count_shadow(table, route, "dropped")
+            return
+        client = self._client(table, route)
+
+        def run() -> None:
+            try:
+                try:
+                    shadow: GenerateResult | None = client.generate(audio, **options)
+                except Exception as exc:
+                    log.warning("shadow call to %s %s failed: %s", table.model, route.version, exc)
+                    shadow = None
+                self._compare_generated(table, route, primary, shadow)
+            finally:
+                self._shadow_slots.release()
+
+        try:
+            self._shadow_pool.submit(run)
+        except RuntimeError:  # closed meanwhile
+            self._shadow_slots.release()
 
     def _mirror(
         self,
