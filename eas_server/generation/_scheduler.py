@@ -3,17 +3,10 @@ sequences join and leave the running batch between steps (as vLLM and TensorRT-L
 batching do). Synchronous and single-threaded: the engine (``_engine``) calls ``admit`` and
 ``decode`` from its one thread; tests call them directly.
 
-Rows and caches. The scheduler owns two buffers of ``capacity`` rows, batch first so that the
-running rows ``[0, n)`` are one contiguous slice handed to the runtime without a copy:
-
-- ``cross``: ``[capacity, L, 2, H, F, D]``, each row's cross-attention keys/values, written once
-  when its request is admitted (the encoder's output);
-- ``self``: ``[capacity, L, 2, H, S, D]``, the decoder's own keys/values, ``S`` a bucket (16, 32,
-  ... up to the positional table) that grows when the longest row needs it and shrinks when it
-  leaves: attention runs over the bucket, entries past a row's position masked by the graph.
-
-A request takes one row (greedy) or ``num_beams`` rows. When one leaves, the last running row
-moves into its place, so the running rows stay ``[0, n)``.
+Rows and caches. A request takes one decoder row (greedy) or ``num_beams`` rows; the running
+rows are ``[0, n)``: when a request leaves, the last running rows move into its place. The rows'
+keys/values live in the runtime's ``Cache`` (``_cache``: numpy on the CPU, device memory for
+blade's CUDA runtime), which also runs the decoder over them.
 
 A step: ``admit`` drops cancelled and expired requests, takes waiting ones while rows are free,
 runs the front end and the encoder on them as one batch, writes their cross rows, runs the
@@ -28,31 +21,26 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from ._cache import Cache, buckets
 from ._search import BeamSearch
 from ._spec import GenerateParams, GenerationSpec
 
-__all__ = ["Event", "Request", "Runtime", "Scheduler", "buckets"]
+__all__ = ["Event", "Request", "Runtime", "Scheduler", "buckets"]  # buckets: from _cache
 
 
 class Runtime(Protocol):
-    """The model's two graphs (``decoder.onnx`` contract in ``_spec``/docs/generation.md)."""
+    """The model: its encoder, and a cache of decoder rows that runs the decoder step."""
 
-    def encode(self, features: np.ndarray) -> np.ndarray:
-        """``[B, n_mels, n_frames]`` -> cross keys/values ``[B, L, 2, H, F, D]``."""
+    def encode(self, features: np.ndarray) -> Any:
+        """``[B, n_mels, n_frames]`` -> the encoder's output for ``Cache.put_cross``."""
         ...
 
-    def decode(
-        self,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        self_cache: np.ndarray,
-        cross_cache: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One decoder step: logits ``[B, T, V]`` and the new keys/values ``[B, L, 2, H, T, D]``."""
+    def new_cache(self, capacity: int, sizes: tuple[int, ...]) -> Cache:
+        """Caches for ``capacity`` rows whose self-attention length is one of ``sizes``."""
         ...
 
 
@@ -102,16 +90,6 @@ class Event:
     error_kind: str | None = None  # "timeout" | "runtime"
 
 
-def buckets(limit: int, smallest: int = 16) -> tuple[int, ...]:
-    """Cache lengths: powers of two from ``smallest``, the last one ``limit``."""
-    sizes: list[int] = []
-    size = smallest
-    while size < limit:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, limit)
-
-
 class Scheduler:
     """Iteration-level batching over ``capacity`` decoder rows.
 
@@ -147,9 +125,7 @@ class Scheduler:
         self._n = 0
         self._positions = np.zeros(capacity, dtype=np.int64)
         self._last = np.zeros(capacity, dtype=np.int64)
-        self._buckets = buckets(spec.max_target_positions)
-        self._cross: np.ndarray | None = None
-        self._self: np.ndarray | None = None
+        self.cache = runtime.new_cache(capacity, buckets(spec.max_target_positions))
         self._prompt = np.asarray(spec.decoder_start, dtype=np.int64)
 
     # ---------------------------------------------------------------------- bookkeeping
@@ -181,9 +157,8 @@ class Scheduler:
             last = self._n - 1
             if row != last:
                 moved = self._owner[last]
-                assert moved is not None and self._cross is not None and self._self is not None
-                self._cross[row] = self._cross[last]
-                self._self[row] = self._self[last]
+                assert moved is not None
+                self.cache.move(last, row)
                 self._positions[row] = self._positions[last]
                 self._last[row] = self._last[last]
                 moved.rows[moved.rows.index(last)] = row
@@ -191,28 +166,6 @@ class Scheduler:
             self._owner[last] = None
             self._n -= 1
         request.rows = []
-
-    def _ensure_buffers(self, cross: np.ndarray) -> None:
-        if self._cross is None:
-            self._cross = np.zeros((self.capacity, *cross.shape[1:]), dtype=cross.dtype)
-            layers, two, heads, _, dim = cross.shape[1:]
-            shape = (self.capacity, layers, two, heads, self._buckets[0], dim)
-            self._self = np.zeros(shape, dtype=cross.dtype)
-
-    def _fit_bucket(self, need: int) -> None:
-        """Grow the self cache to the smallest bucket holding ``need`` entries, or shrink it
-        when the longest row no longer needs the current one."""
-        assert self._self is not None
-        size = next(b for b in self._buckets if b >= need)
-        current = self._self.shape[4]
-        if size == current:
-            return
-        if size < current and need > size // 2 + 1:
-            return  # hysteresis: shrink only when well inside the smaller bucket
-        resized = np.zeros((*self._self.shape[:4], size, self._self.shape[5]), self._self.dtype)
-        keep = min(size, current)
-        resized[: self._n, ..., :keep, :] = self._self[: self._n, ..., :keep, :]
-        self._self = resized
 
     # ---------------------------------------------------------------------------- stages
 
@@ -262,36 +215,25 @@ class Scheduler:
             cross = self.runtime.encode(features)
         except Exception as exc:  # the runtime's failure ends these requests, not the server
             return events + [_failed(r, exc) for r in batch]
-        self._ensure_buffers(cross)
-        assert self._cross is not None and self._self is not None
         start = self._n
         now = self.clock()
         for i, request in enumerate(batch):
             self._alloc(request, request.params.num_beams)
-            self._cross[request.rows] = cross[i]
+            for row in request.rows:
+                self.cache.put_cross(row, cross, i)
             request.started = now
-        rows = slice(start, self._n)
         count = self._n - start
         prompt = np.broadcast_to(self._prompt, (count, self._prompt.size))
-        layers, two, heads, _, dim = self._self.shape[1:]
-        empty = np.zeros((count, layers, two, heads, 0, dim), dtype=self._self.dtype)
+        longest = int(self._positions[:start].max(initial=0))
         try:
-            logits, new_kv = self.runtime.decode(
-                np.ascontiguousarray(prompt),
-                np.zeros(count, dtype=np.int64),
-                empty,
-                self._cross[rows],
-            )
+            self.cache.fit(start, max(longest, self._prompt.size) + 1)
+            last = self.cache.prefill(start, count, prompt)
         except Exception as exc:
             for request in batch:
                 self._release(request)
             return events + [_failed(r, exc) for r in batch]
-        longest = int(self._positions[:start].max(initial=0))
-        self._fit_bucket(max(longest, self._prompt.size) + 1)
-        self._self[rows, ..., : self._prompt.size, :] = new_kv
-        self._positions[rows] = self._prompt.size
+        self._positions[start : self._n] = self._prompt.size
         self.running.extend(batch)
-        last = logits[:, -1, :]
         # logits by request before choosing: a request that ends frees rows and moves others
         chosen = [(r, last[[row - start for row in r.rows]]) for r in batch]
         for request, rows_logits in chosen:
@@ -303,23 +245,17 @@ class Scheduler:
         n = self._n
         if n == 0:
             return []
-        assert self._cross is not None and self._self is not None
-        self._fit_bucket(int(self._positions[:n].max()) + 1)
         positions = self._positions[:n].copy()
         try:
-            logits, new_kv = self.runtime.decode(
-                self._last[:n, None].copy(), positions, self._self[:n], self._cross[:n]
-            )
+            self.cache.fit(n, int(positions.max()) + 1)
+            step = self.cache.step(n, self._last[:n].copy(), positions)
         except Exception as exc:
             failed = [_failed(r, exc) for r in list(self.running)]
             for request in list(self.running):
                 self._release(request)
             return failed
-        rows = np.arange(n)
-        self._self[rows, :, :, :, positions, :] = new_kv[:, :, :, :, 0, :]
         self._positions[:n] += 1
         now = self.clock()
-        step = logits[:, 0, :]
         events: list[Event] = []
         chosen = [(r, step[r.rows]) for r in self.running]  # before rows move (see admit)
         for request, rows_logits in chosen:
@@ -353,11 +289,10 @@ class Scheduler:
         step = search.step(logits[: len(search.live)])
         if step is None:
             return self._finish(request, "")
-        assert self._self is not None
         rows = np.asarray(request.rows)
         sources = rows[step.parents]
         if not np.array_equal(sources, rows):
-            self._self[rows] = self._self[sources]
+            self.cache.reorder(rows, sources)
             self._positions[rows] = self._positions[sources]
         self._last[rows] = step.tokens
         return []

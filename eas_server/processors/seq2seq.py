@@ -20,6 +20,7 @@ import numpy as np
 
 from .._cpu import usable_cores
 from .._errors import ModelLoadError, ProcessorError
+from ..generation._cache import HostCache
 from ..generation._engine import GenerationEngine, GenerationObserver
 from ..generation._mel import LogMel
 from ..generation._scheduler import Scheduler
@@ -92,6 +93,11 @@ class OrtSeq2Seq:
             },
         )
         return np.asarray(logits), np.asarray(new_kv)
+
+    def new_cache(self, capacity: int, sizes: tuple[int, ...]) -> HostCache:
+        """The rows' caches in host memory (ONNX Runtime copies them to the device per step when
+        the session runs on CUDA; blade's runtime keeps them there)."""
+        return HostCache(self.decode, capacity, sizes)
 
 
 def _check_io(session: Any, io: tuple[list[str], list[str]], path: Path) -> None:
