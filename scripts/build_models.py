@@ -21,7 +21,9 @@ skipped unless `--force`. With torch importable (the `models` extra) it builds:
 Only on request (`--only`, torch needed), Whisper-shaped generation bundles, each a directory
 (`encoder.onnx`, `decoder.onnx` with a key/value cache, `generation.json`) exported and checked
 against torch by `scripts/whisper_export.py`, weights from `torch.manual_seed(0)` redrawn at fan-in
-scales (random, not a trained model); `--only whisper` builds both:
+scales (random, not a trained model), and `tokenizer.json`, Whisper's real multilingual vocabulary
+(`scripts/whisper_tokenizer.py`, from the openai-whisper sdist on PyPI; left out with a note when
+it cannot be fetched); `--only whisper` builds both:
 
 - `whisper-tiny/`: openai/whisper-tiny shapes (d_model 384, 4 + 4 layers), about 150 MiB.
 - `whisper-base/`: openai/whisper-base shapes (d_model 512, 6 + 6 layers), about 290 MiB.
@@ -343,6 +345,7 @@ def build_whisper(out: Path, force: bool, name: str) -> None:
     final = out / name
     if not force and (final / "generation.json").is_file():
         print(f"exists   {final}/ (Whisper-shaped bundle, seeded weights; --force rebuilds)")
+        add_whisper_tokenizer(final, force)
         return
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
     tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the renamed directory
@@ -363,6 +366,24 @@ def build_whisper(out: Path, force: bool, name: str) -> None:
         f"built    {final}/ ({name} shapes, torch.manual_seed(0) weights, {size:.0f} MiB, "
         f"{figures['export_s'] + figures['check_s']:.0f} s)"
     )
+    add_whisper_tokenizer(final, force)
+
+
+def add_whisper_tokenizer(bundle: Path, force: bool) -> None:
+    """Whisper's multilingual `tokenizer.json` into `bundle` (the server then answers text too);
+    a printed note, not a failure, when it cannot be built (e.g. PyPI unreachable)."""
+    from whisper_tokenizer import TokenizerBuildError, build_tokenizer  # scripts/, beside this
+
+    path = bundle / "tokenizer.json"
+    if not force and path.is_file():
+        print(f"exists   {path}")
+        return
+    try:
+        build_tokenizer(bundle)
+    except TokenizerBuildError as exc:
+        print(f"note: {bundle.name} has no tokenizer.json (token ids only, no text): {exc}")
+        return
+    print(f"built    {path} (Whisper's multilingual vocabulary, from the openai-whisper sdist)")
 
 
 def main(argv: list[str] | None = None) -> int:
