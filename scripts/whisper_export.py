@@ -5,14 +5,16 @@
 
 Writes into DIR what the "Model directory" of the generation contract lists:
 
-- `encoder.onnx`: `input_features` FP32 [B, n_mels, 3000] -> `cross_cache` FP32 [B, L, 2, H, F, D]:
-  transformers' Whisper encoder, then per decoder layer the cross-attention K (index 0) and V
-  (index 1) projections of its output, heads split (F = 1500 encoder frames).
-- `decoder.onnx`: `tokens` INT64 [B, T], `positions` INT64 [B], `self_cache` FP32
-  [B, L, 2, H, S, D], `cross_cache` -> `logits` FP32 [B, T, V], `new_kv` FP32 [B, L, 2, H, T, D].
-  Token t of row b sits at position positions[b] + t, attends to the cache entries j < positions[b]
-  of its row and causally to the new tokens; the caller writes `new_kv` at
-  [positions[b], positions[b] + T). B, T and S are dynamic (S may be 0); F is fixed.
+- `encoder.onnx`: `input_features` FP32 [B, n_mels, 3000] -> per decoder layer l `cross_k.l`,
+  `cross_v.l` FP32 [B, H, F, D]: transformers' Whisper encoder, then each decoder layer's
+  cross-attention K and V projections of its output, heads split (F = 1500 encoder frames).
+- `decoder.onnx`: `tokens` INT64 [B, T], `positions` INT64 [B], `self_k.l`, `self_v.l` FP32
+  [B, H, S, D], `cross_k.l`, `cross_v.l` -> `logits` FP32 [B, T, V], `new_k.l`, `new_v.l` FP32
+  [B, H, T, D]. Token t of row b sits at position positions[b] + t, attends to the cache entries
+  j < positions[b] of its row and causally to the new tokens; the caller writes the new keys and
+  values at [positions[b], positions[b] + T). B, T and S are dynamic (S may be 0); F is fixed.
+  One tensor per layer (not one stacked cache): ONNX Runtime copies whatever a graph slices, and
+  slicing a stacked cross-attention cache cost 5x the rest of a step at batch 16.
 - `generation.json`: the `GenerationSpec` document (`generation_spec` below, a pure function).
 
 Weights: `torch.manual_seed(seed)`, `WhisperForConditionalGeneration(config)`, then redrawn at
@@ -26,9 +28,11 @@ Python objects that the TorchScript tracer handles badly, and, traced, its mask 
 trace-time shapes (build_models.py saw that with BERT). The wrappers below reuse the model's
 weights and do Whisper's arithmetic (pre-LN, q scaled after its projection, k_proj without bias,
 exact GELU, tied output embedding) with all shapes taken from tensors, so one graph serves every
-B, T and S. Cache entries at or past positions[b] are zeroed before use and masked with -1e9
-(never -inf), so garbage there, NaN included, cannot reach the logits: a row's answer does not
-depend on the rest of the batch.
+B, T and S. Cache entries at or past positions[b] are masked with -1e9 (never -inf), so whatever
+finite values they hold cannot reach the logits: a row's answer does not depend on the rest of
+the batch. They must be finite (NaN times a zero weight is NaN): the server's caches start at
+zero and only ever hold the model's own keys and values. Zeroing them in the graph would allow
+any garbage but cost a tenth of a decoder step at batch 16 on the CPU.
 
 Checks, each a max abs difference that must stay under `MAX_DIFF` (else `ExportCheckFailed` with
 the figures): the ONNX encoder against the torch wrapper; teacher-forced logits of the ONNX pair
@@ -54,6 +58,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from eas_server.generation._spec import cache_names
+
 OPSET = 17
 MAX_DIFF = 1e-3  # fp32 export vs torch; a wrong mask, position or baked shape gives errors of ~0.1
 NEG = -1e9  # additive mask: large and finite, so fp32 softmax never sees inf - inf
@@ -77,9 +83,20 @@ DECODER_START = (50258, 50259, 50359, 50363)
 MAX_NEW_TOKENS = 128
 SAMPLE_RATE, N_FFT, HOP_LENGTH = 16000, 400, 160
 
-ENCODER_INPUTS, ENCODER_OUTPUTS = ["input_features"], ["cross_cache"]
-DECODER_INPUTS = ["tokens", "positions", "self_cache", "cross_cache"]
-DECODER_OUTPUTS = ["logits", "new_kv"]
+ENCODER_INPUTS = ["input_features"]
+
+
+def encoder_outputs(layers: int) -> list[str]:
+    return cache_names(layers, "cross")
+
+
+def decoder_inputs(layers: int) -> list[str]:
+    return ["tokens", "positions", *cache_names(layers, "self"), *cache_names(layers, "cross")]
+
+
+def decoder_outputs(layers: int) -> list[str]:
+    return ["logits", *cache_names(layers, "new")]
+
 
 Array = npt.NDArray[Any]
 
@@ -220,13 +237,12 @@ def _wrappers(model: Any) -> tuple[Any, Any]:
             self.k_proj = nn.ModuleList(layer.encoder_attn.k_proj for layer in decoder.layers)
             self.v_proj = nn.ModuleList(layer.encoder_attn.v_proj for layer in decoder.layers)
 
-        def forward(self, input_features: Any) -> Any:
+        def forward(self, input_features: Any) -> tuple[Any, ...]:
             hidden = self.encoder(input_features=input_features).last_hidden_state
-            per_layer = [
-                torch.stack((split(k(hidden)), split(v(hidden))), dim=1)
-                for k, v in zip(self.k_proj, self.v_proj, strict=True)
-            ]
-            return torch.stack(per_layer, dim=1)  # [B, L, 2, H, F, D]
+            out: list[Any] = []
+            for k, v in zip(self.k_proj, self.v_proj, strict=True):
+                out += [split(k(hidden)), split(v(hidden))]  # cross_k.l, cross_v.l: [B, H, F, D]
+            return tuple(out)
 
     class DecoderStep(nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -242,49 +258,47 @@ def _wrappers(model: Any) -> tuple[Any, Any]:
             self.layer_norm = decoder.layer_norm
             self.embed_scale = float(decoder.embed_scale)
 
-        def forward(
-            self, tokens: Any, positions: Any, self_cache: Any, cross_cache: Any
-        ) -> tuple[Any, Any]:
+        def forward(self, tokens: Any, positions: Any, *caches: Any) -> tuple[Any, ...]:
+            count = len(self.layers)
+            self_kv, cross_kv = caches[: 2 * count], caches[2 * count :]
             # Index ramps from cumsum over tensors of the right shape, not from Python ints:
             # traced, `arange(x.shape[i])` may keep the trace-time length.
             offsets = torch.cumsum(torch.ones_like(tokens), dim=1) - 1  # [B, T]: 0..T-1
-            slots = torch.ones_like(self_cache[:, 0, 0, 0, :, 0], dtype=torch.int64)
+            slots = torch.ones_like(self_kv[0][:, 0, :, 0], dtype=torch.int64)
             slots = torch.cumsum(slots, dim=1) - 1  # [B, S]: 0..S-1
             start = positions.unsqueeze(1)
             valid = slots < start  # [B, S]: the row's cache entries
             causal = offsets.unsqueeze(1) <= offsets.unsqueeze(2)  # [B, T, T]: key t' <= query t
             allowed = torch.cat((valid.unsqueeze(1) & (offsets >= 0).unsqueeze(2), causal), dim=2)
             mask = ((allowed.to(torch.float32) - 1.0) * -NEG).unsqueeze(1)  # [B, 1, T, S + T]
-            # Zero the ignored entries: masked scores alone would let NaN or inf garbage through.
-            keep = valid[:, None, None, None, :, None]
-            cache = torch.where(keep, self_cache, torch.zeros_like(self_cache))
+            cache = self_kv  # entries past a row's position: finite, masked (module docstring)
 
             pos_emb = nn.functional.embedding(start + offsets, self.embed_positions.weight)
             columns = torch.index_select(self.output_embedding, 1, tokens.flatten())
             tok_emb = columns.t().reshape(tokens.shape[0], tokens.shape[1], d_model)
             hidden = tok_emb * self.embed_scale + pos_emb
-            new_kv = []
+            new_kv: list[Any] = []
             for index, layer in enumerate(self.layers):
                 attn = layer.self_attn
                 x = layer.self_attn_layer_norm(hidden)
                 q = split(attn.q_proj(x) * scaling)
                 k, v = split(attn.k_proj(x)), split(attn.v_proj(x))
-                new_kv.append(torch.stack((k, v), dim=1))
-                keys = torch.cat((cache[:, index, 0], k), dim=2)
-                values = torch.cat((cache[:, index, 1], v), dim=2)
+                new_kv += [k, v]
+                keys = torch.cat((cache[2 * index], k), dim=2)
+                values = torch.cat((cache[2 * index + 1], v), dim=2)
                 hidden = hidden + attn.out_proj(attend(q, keys, values, mask))
 
                 cross = layer.encoder_attn
                 x = layer.encoder_attn_layer_norm(hidden)
                 q = split(cross.q_proj(x) * scaling)
-                ctx = attend(q, cross_cache[:, index, 0], cross_cache[:, index, 1], None)
+                ctx = attend(q, cross_kv[2 * index], cross_kv[2 * index + 1], None)
                 hidden = hidden + cross.out_proj(ctx)
 
                 x = layer.final_layer_norm(hidden)
                 hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
             hidden = self.layer_norm(hidden)
             logits = torch.matmul(hidden, self.output_embedding)
-            return logits, torch.stack(new_kv, dim=1)  # [B, T, V], [B, L, 2, H, T, D]
+            return (logits, *new_kv)  # [B, T, V], new_k.l / new_v.l: [B, H, T, D]
 
     return Encoder().eval(), DecoderStep().eval()
 
@@ -318,12 +332,8 @@ def _max_abs(a: Array, b: Array) -> float:
 
 
 def _garbage(rng: np.random.Generator, shape: Iterable[int]) -> Array:
-    """A cache buffer full of what must be ignored: large values, NaN and inf."""
-    out = (rng.standard_normal(tuple(shape)) * 1e4).astype(np.float32)
-    flat = out.reshape(-1)
-    flat[::7] = np.nan
-    flat[3::11] = np.inf
-    return out
+    """A cache buffer full of what must be ignored: large finite values."""
+    return (rng.standard_normal(tuple(shape)) * 1e4).astype(np.float32)
 
 
 class _Pair:
@@ -337,13 +347,32 @@ class _Pair:
         self.decoder = ort.InferenceSession(str(out_dir / "decoder.onnx"), **opts)
 
     def encode(self, features: Array) -> Array:
-        out: Array = self.encoder.run(None, {"input_features": features})[0]
-        return out
+        """Stacked for the checks: [B, L, 2, H, F, D]."""
+        return _stack(self.encoder.run(None, {"input_features": features}))
 
     def decode(self, tokens: Array, positions: Array, cache: Array, cross: Array) -> list[Array]:
-        feed = {"tokens": tokens, "positions": positions, "self_cache": cache, "cross_cache": cross}
-        out: list[Array] = self.decoder.run(None, feed)
-        return out
+        """Caches stacked [B, L, 2, H, S, D] in, the new keys/values stacked out."""
+        layers = cache.shape[1]
+        feed = {"tokens": tokens, "positions": positions}
+        feed.update(_unstack(cache, cache_names(layers, "self")))
+        feed.update(_unstack(cross, cache_names(layers, "cross")))
+        logits, *new = self.decoder.run(None, feed)
+        return [logits, _stack(new)]
+
+
+def _stack(per_layer: list[Array]) -> Array:
+    """[k.0, v.0, k.1, ...] of [B, H, N, D] -> [B, L, 2, H, N, D]."""
+    pairs = [np.stack(per_layer[i : i + 2], axis=1) for i in range(0, len(per_layer), 2)]
+    return np.ascontiguousarray(np.stack(pairs, axis=1))
+
+
+def _unstack(stacked: Array, names: list[str]) -> dict[str, Array]:
+    layers = stacked.shape[1]
+    return {
+        names[2 * layer + kv]: np.ascontiguousarray(stacked[:, layer, kv])
+        for layer in range(layers)
+        for kv in (0, 1)
+    }
 
 
 def _check(model: Any, encoder: Any, out_dir: Path, rng: np.random.Generator) -> dict[str, float]:
@@ -383,7 +412,7 @@ def _check(model: Any, encoder: Any, out_dir: Path, rng: np.random.Generator) ->
 
     cross = pair.encode(features)
     with torch.no_grad():
-        expected_cross = encoder(torch.from_numpy(features)).numpy()
+        expected_cross = _stack([t.numpy() for t in encoder(torch.from_numpy(features))])
     figures["encoder"] = _max_abs(cross, expected_cross)
 
     chunk, steps, scale = 0.0, 0.0, 0.0
@@ -505,35 +534,37 @@ def export_whisper(
 
     encoder, step = _wrappers(model)
     cfg = model.config
-    shape = (cfg.decoder_layers, 2, cfg.decoder_attention_heads)
-    head_dim = cfg.d_model // cfg.decoder_attention_heads
+    layers, heads = cfg.decoder_layers, cfg.decoder_attention_heads
+    head_dim = cfg.d_model // heads
     out_dir.mkdir(parents=True, exist_ok=True)
+    cross_names = encoder_outputs(layers)
     _export(
         encoder,
         (torch.zeros(2, cfg.num_mel_bins, 2 * ENCODER_FRAMES),),
         out_dir / "encoder.onnx",
-        (ENCODER_INPUTS, ENCODER_OUTPUTS),
-        {"input_features": {0: "B"}, "cross_cache": {0: "B"}},
+        (ENCODER_INPUTS, cross_names),
+        {"input_features": {0: "B"}, **{name: {0: "B"} for name in cross_names}},
     )
     example = (  # B 2, T 3, S 5: no size of 1 that the tracer could take for a constant
         torch.tensor([list(DECODER_START[1:])] * 2),
         torch.tensor([1, 3]),
-        torch.zeros(2, *shape, 5, head_dim),
-        torch.zeros(2, *shape, ENCODER_FRAMES, head_dim),
+        *(torch.zeros(2, heads, 5, head_dim) for _ in range(2 * layers)),
+        *(torch.zeros(2, heads, ENCODER_FRAMES, head_dim) for _ in range(2 * layers)),
     )
+    axes: dict[str, dict[int, str]] = {
+        "tokens": {0: "B", 1: "T"},
+        "positions": {0: "B"},
+        "logits": {0: "B", 1: "T"},
+    }
+    axes.update({name: {0: "B", 2: "S"} for name in cache_names(layers, "self")})
+    axes.update({name: {0: "B"} for name in cache_names(layers, "cross")})
+    axes.update({name: {0: "B", 2: "T"} for name in cache_names(layers, "new")})
     _export(
         step,
         example,
         out_dir / "decoder.onnx",
-        (DECODER_INPUTS, DECODER_OUTPUTS),
-        {
-            "tokens": {0: "B", 1: "T"},
-            "positions": {0: "B"},
-            "self_cache": {0: "B", 4: "S"},
-            "cross_cache": {0: "B"},
-            "logits": {0: "B", 1: "T"},
-            "new_kv": {0: "B", 4: "T"},
-        },
+        (decoder_inputs(layers), decoder_outputs(layers)),
+        axes,
     )
     exported = time.perf_counter()
     figures = _check_figures(model, encoder, out_dir, seed) if check else {}

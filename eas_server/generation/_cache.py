@@ -3,12 +3,13 @@ decides which rows run; a ``Cache`` holds the rows' keys and values and runs the
 them, so that a device runtime can keep them on the device (blade's CUDA runtime) while this
 module's ``HostCache`` keeps them in numpy for ONNX Runtime on the CPU.
 
-``HostCache`` holds two buffers of ``capacity`` rows, batch first, so that the running rows
-``[0, n)`` are one contiguous slice handed to the runtime without a copy:
+``HostCache`` holds, per decoder layer, key and value buffers of ``capacity`` rows, batch
+first, so that the running rows ``[0, n)`` are contiguous slices handed to the runtime without a
+copy:
 
-- ``cross``: ``[capacity, L, 2, H, F, D]``, each row's cross-attention keys/values, written once
-  when its request is admitted (the encoder's output);
-- ``self``: ``[capacity, L, 2, H, S, D]``, the decoder's own keys/values, ``S`` a bucket (16, 32,
+- ``cross``: ``[capacity, H, F, D]`` each, the rows' cross-attention keys/values, written once when
+  a request is admitted (the encoder's output);
+- ``self_``: ``[capacity, H, S, D]`` each, the decoder's own keys/values, ``S`` a bucket (16, 32,
   ... up to the positional table) that grows when the longest row needs it and shrinks when it
   leaves: attention runs over the bucket, entries past a row's position masked by the graph.
 """
@@ -22,8 +23,10 @@ import numpy as np
 
 __all__ = ["Cache", "DecodeFn", "HostCache", "buckets"]
 
-DecodeFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""``decoder.onnx``: (tokens, positions, self_cache, cross_cache) -> (logits, new_kv)."""
+Arrays = list[np.ndarray]
+DecodeFn = Callable[[np.ndarray, np.ndarray, Arrays, Arrays], tuple[np.ndarray, Arrays]]
+"""``decoder.onnx``: (tokens, positions, self k/v per layer, cross k/v per layer) -> (logits,
+the new k/v per layer); the k/v lists in ``cache_names`` order."""
 
 
 def buckets(limit: int, smallest: int = 16) -> tuple[int, ...]:
@@ -67,53 +70,68 @@ class HostCache:
         self._decode = decode
         self.capacity = capacity
         self.sizes = sizes
-        self.cross: np.ndarray | None = None
-        self.self_: np.ndarray | None = None
+        self.cross: Arrays = []
+        self.self_: Arrays = []
 
     def put_cross(self, row: int, encoded: Any, index: int) -> None:
-        cross = np.asarray(encoded)
-        if self.cross is None:
-            self.cross = np.zeros((self.capacity, *cross.shape[1:]), dtype=cross.dtype)
-            layers, two, heads, _, dim = cross.shape[1:]
-            shape = (self.capacity, layers, two, heads, self.sizes[0], dim)
-            self.self_ = np.zeros(shape, dtype=cross.dtype)
-        self.cross[row] = cross[index]
+        """``encoded``: the encoder's outputs, one ``[B, H, F, D]`` array per name."""
+        if not self.cross:
+            self.cross = [np.zeros((self.capacity, *a.shape[1:]), a.dtype) for a in encoded]
+            self.self_ = [
+                np.zeros((self.capacity, a.shape[1], self.sizes[0], a.shape[3]), a.dtype)
+                for a in encoded
+            ]
+        for buffer, array in zip(self.cross, encoded, strict=True):
+            buffer[row] = array[index]
+
+    @property
+    def length(self) -> int:
+        """The self-attention bucket now allocated."""
+        return int(self.self_[0].shape[2])
 
     def fit(self, n: int, need: int) -> None:
-        assert self.self_ is not None, "fit() before any row was admitted"
+        assert self.self_, "fit() before any row was admitted"
         size = next(b for b in self.sizes if b >= need)
-        current = self.self_.shape[4]
+        current = self.length
         if size == current or (size < current and need > size // 2 + 1):
             return  # shrink only when well inside the smaller bucket (no back and forth)
-        resized = np.zeros((*self.self_.shape[:4], size, self.self_.shape[5]), self.self_.dtype)
         keep = min(size, current)
-        resized[:n, ..., :keep, :] = self.self_[:n, ..., :keep, :]
+        resized = []
+        for old in self.self_:
+            new = np.zeros((old.shape[0], old.shape[1], size, old.shape[3]), old.dtype)
+            new[:n, :, :keep] = old[:n, :, :keep]
+            resized.append(new)
         self.self_ = resized
 
     def prefill(self, start: int, count: int, prompt: np.ndarray) -> np.ndarray:
-        assert self.cross is not None and self.self_ is not None
         rows = slice(start, start + count)
-        layers, two, heads, _, dim = self.self_.shape[1:]
-        empty = np.zeros((count, layers, two, heads, 0, dim), dtype=self.self_.dtype)
-        logits, new_kv = self._decode(
-            np.ascontiguousarray(prompt), np.zeros(count, np.int64), empty, self.cross[rows]
+        empty = [np.zeros((count, a.shape[1], 0, a.shape[3]), a.dtype) for a in self.self_]
+        logits, new = self._decode(
+            np.ascontiguousarray(prompt),
+            np.zeros(count, np.int64),
+            empty,
+            [a[rows] for a in self.cross],
         )
-        self.self_[rows, ..., : prompt.shape[1], :] = new_kv
+        for buffer, kv in zip(self.self_, new, strict=True):
+            buffer[rows, :, : prompt.shape[1]] = kv
         return np.asarray(logits[:, -1, :])
 
     def step(self, n: int, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        assert self.cross is not None and self.self_ is not None
-        logits, new_kv = self._decode(
-            np.ascontiguousarray(tokens[:, None]), positions, self.self_[:n], self.cross[:n]
+        logits, new = self._decode(
+            np.ascontiguousarray(tokens[:, None]),
+            positions,
+            [a[:n] for a in self.self_],
+            [a[:n] for a in self.cross],
         )
-        self.self_[np.arange(n), :, :, :, positions, :] = new_kv[:, :, :, :, 0, :]
+        rows = np.arange(n)
+        for buffer, kv in zip(self.self_, new, strict=True):
+            buffer[rows, :, positions] = kv[:, :, 0]
         return np.asarray(logits[:, 0, :])
 
     def move(self, src: int, dst: int) -> None:
-        assert self.cross is not None and self.self_ is not None
-        self.cross[dst] = self.cross[src]
-        self.self_[dst] = self.self_[src]
+        for buffer in (*self.cross, *self.self_):
+            buffer[dst] = buffer[src]
 
     def reorder(self, rows: np.ndarray, sources: np.ndarray) -> None:
-        assert self.self_ is not None
-        self.self_[rows] = self.self_[sources]
+        for buffer in self.self_:
+            buffer[rows] = buffer[sources]

@@ -21,6 +21,7 @@ __all__ = [
     "GenerateParams",
     "GenerationError",
     "GenerationSpec",
+    "cache_names",
     "read_spec",
 ]
 
@@ -30,6 +31,15 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 MAX_BEAMS = 4
+
+
+def cache_names(layers: int, kind: str) -> list[str]:
+    """The per-layer key/value tensor names of the graphs, K then V per layer: ``kind`` is
+    ``self`` (decoder inputs ``self_k.0``, ``self_v.0``, ...: ``[B, H, S, D]``), ``cross``
+    (encoder outputs and decoder inputs, ``[B, H, F, D]``) or ``new`` (decoder outputs,
+    ``[B, H, T, D]``). One tensor per layer, not one stacked tensor: ONNX Runtime copies a
+    tensor that a graph slices, and the cross-attention cache is the largest input of a step."""
+    return [f"{kind}_{kv}.{layer}" for layer in range(layers) for kv in ("k", "v")]
 
 
 class GenerationError(ValueError):

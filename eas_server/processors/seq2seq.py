@@ -31,6 +31,7 @@ from ..generation._spec import (
     TOKENIZER_FILE,
     GenerationError,
     GenerationSpec,
+    cache_names,
     read_spec,
 )
 from ._base import Processor, TensorSpec
@@ -39,9 +40,6 @@ from .onnx import _load_error, _ort, session_options
 __all__ = ["OrtSeq2Seq", "Seq2SeqProcessor"]
 
 log = logging.getLogger("eas_server.seq2seq")
-
-ENCODER_IO = (["input_features"], ["cross_cache"])
-DECODER_IO = (["tokens", "positions", "self_cache", "cross_cache"], ["logits", "new_kv"])
 
 
 class OrtSeq2Seq:
@@ -57,8 +55,14 @@ class OrtSeq2Seq:
         self.device = "gpu" if providers[0] == "CUDAExecutionProvider" else "cpu"
         self.encoder = self._session(ort, root / ENCODER_FILE, providers, threads, spinning)
         self.decoder = self._session(ort, root / DECODER_FILE, providers, threads, spinning)
-        _check_io(self.encoder, ENCODER_IO, root / ENCODER_FILE)
-        _check_io(self.decoder, DECODER_IO, root / DECODER_FILE)
+        layers = spec.layers
+        self.self_names = cache_names(layers, "self")
+        self.cross_names = cache_names(layers, "cross")
+        self.new_names = cache_names(layers, "new")
+        _check_io(self.encoder, (["input_features"], self.cross_names), root / ENCODER_FILE)
+        decoder_io = (["tokens", "positions", *self.self_names, *self.cross_names],
+                      ["logits", *self.new_names])  # fmt: skip
+        _check_io(self.decoder, decoder_io, root / DECODER_FILE)
         self.spec = spec
 
     @staticmethod
@@ -72,27 +76,23 @@ class OrtSeq2Seq:
         except Exception as exc:  # onnxruntime raises its own pybind types
             raise ModelLoadError(_load_error(str(path), exc)) from exc
 
-    def encode(self, features: np.ndarray) -> np.ndarray:
-        (cross,) = self.encoder.run(["cross_cache"], {"input_features": features})
-        return np.asarray(cross)
+    def encode(self, features: np.ndarray) -> list[np.ndarray]:
+        """The cross-attention keys/values per layer (``cache_names(L, "cross")`` order)."""
+        out = self.encoder.run(self.cross_names, {"input_features": features})
+        return [np.asarray(a) for a in out]
 
     def decode(
         self,
         tokens: np.ndarray,
         positions: np.ndarray,
-        self_cache: np.ndarray,
-        cross_cache: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        logits, new_kv = self.decoder.run(
-            ["logits", "new_kv"],
-            {
-                "tokens": tokens,
-                "positions": positions,
-                "self_cache": self_cache,
-                "cross_cache": cross_cache,
-            },
-        )
-        return np.asarray(logits), np.asarray(new_kv)
+        self_kv: list[np.ndarray],
+        cross_kv: list[np.ndarray],
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = {"tokens": tokens, "positions": positions}
+        feed.update(zip(self.self_names, self_kv, strict=True))
+        feed.update(zip(self.cross_names, cross_kv, strict=True))
+        logits, *new = self.decoder.run(["logits", *self.new_names], feed)
+        return np.asarray(logits), [np.asarray(a) for a in new]
 
     def new_cache(self, capacity: int, sizes: tuple[int, ...]) -> HostCache:
         """The rows' caches in host memory (ONNX Runtime copies them to the device per step when

@@ -146,8 +146,7 @@ def reference_beam(
     recomputes every beam's logits from scratch (one chunk, no cache, one row at a time)."""
     cross = runtime.encode(features[None])
     prompt = list(spec.decoder_start)
-    layers, two, heads, _, dim = cross.shape[1:]
-    empty = np.zeros((1, layers, two, heads, 0, dim), np.float32)
+    empty = [np.zeros((1, spec.heads, 0, spec.head_dim), np.float32) for _ in cross]
 
     def next_logprobs(tokens: list[int]) -> np.ndarray:
         ids = np.asarray([prompt + tokens], dtype=np.int64)
