@@ -62,6 +62,18 @@ models: install
 	-$(PIP) install -q -e '.[models]'
 	$(PY) scripts/build_models.py
 
+# The Whisper-shaped generation bundles (issue 20): tiny and base shapes with seeded weights, each
+# export checked against torch, with Whisper's multilingual tokenizer.json; into
+# ~/.cache/autoai/models/whisper-{tiny,base}.
+whisper: install
+	-$(PIP) install -q -e '.[models]'
+	$(PY) scripts/build_models.py --only whisper
+
+# Generation on the CPU through the SDK: iteration-level batching vs one request at a time, and
+# the time to first token (benchmarks/generation/cpu.py).
+bench-generation: install whisper
+	$(PY) -m benchmarks.generation.cpu
+
 # `autoai up` (left running, on 127.0.0.1:8080 or a free port; AUTOAI_DEMO_PORT to choose), the
 # example model registered, deployed plain and blade, published 90/10, promoted, rolled back.
 # `$(PY) scripts/demo.py --stop` stops what the last demo left running.
@@ -98,7 +110,7 @@ bench-blade: install models
 # Pipeline bundles (scripts/build_bundles.py): an intent head and a slot-tagging head trained on
 # all-MiniLM-L6-v2 (torch, CPU, seeded, ~2 min on 2 cores) from the utterances of scripts/data,
 # written with their tokenizer, labels and held-back eval sets to ~/.cache/autoai/models/bundles.
-.PHONY: bundles bench-pipeline
+.PHONY: bundles bench-pipeline whisper bench-generation
 bundles: install
 	-$(PIP) install -q -e '.[models]'
 	$(PY) scripts/build_bundles.py

@@ -147,6 +147,12 @@ class Seq2SeqProcessor(Processor):
         self._outputs: list[TensorSpec] = []
 
     def load(self) -> None:
+        # The log-mel projection is numpy's only BLAS call here; with OpenBLAS's own threads
+        # beside ONNX Runtime's on the same cores it ran 4-6x slower under load. One thread
+        # (process-wide: the server's cores belong to the runtime).
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
         root = Path(self.model_path)
         if root.name == GENERATION_SPEC and root.is_file():
             root = root.parent
