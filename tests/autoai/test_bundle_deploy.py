@@ -2,7 +2,11 @@
 (``autoai up``), deployed plain (the ``pipeline`` processor, chosen because the version is a
 bundle) and with blade (still ``pipeline``, serving the derived bundle, the optimizer's record in
 the route), asked in text over OIP JSON and through the SDK (the plain client), answered with
-labels and embeddings; and the deploy plans ``blade_aspect`` makes for bundles."""
+labels and embeddings; and the deploy plans ``blade_aspect`` makes for bundles.
+
+The two blade tests optimize the same bundle with the same options, so they share one blade
+artifact cache (``blade_cache``): the first one runs the optimizer, the second one's deploy finds
+its artifact there, as a repeated deploy does, rather than timing the same candidates again."""
 
 from __future__ import annotations
 
@@ -51,9 +55,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite://{tmp_path / 'store.db'}?lease_ttl=2"
 
 
+@pytest.fixture(scope="module")
+def blade_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``AUTOAI_CACHE`` of this module's control planes; the optimizer's cache is its ``blade``."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def plane(store_url: str, tmp_path: Path) -> Iterator[ControlPlane]:
-    plane = ControlPlane(store_url, tmp_path, free_ports(1)[0])
+def plane(store_url: str, tmp_path: Path, blade_cache: Path) -> Iterator[ControlPlane]:
+    env = {"AUTOAI_CACHE": str(blade_cache)}
+    plane = ControlPlane(store_url, tmp_path, free_ports(1)[0], env=env)
     try:
         yield plane
     finally:
@@ -127,11 +138,11 @@ BLADE_SPEC = {
 
 @pytest.mark.slow
 def test_a_blade_deploy_of_a_bundle_serves_the_derived_bundle_as_a_pipeline(
-    tmp_path: Path,
+    tmp_path: Path, blade_cache: Path
 ) -> None:
     bundle = _bert_bundle(tmp_path)
     plan = blade_aspect.on_deploy(
-        bundle, BLADE_SPEC, output_dir=tmp_path / "derived", cache_dir=tmp_path / "cache"
+        bundle, BLADE_SPEC, output_dir=tmp_path / "derived", cache_dir=blade_cache / "blade"
     )
     assert plan.processor == "pipeline" and plan.report is not None
     if plan.blade is None:  # no candidate beat the plain model on this machine: said so

@@ -85,7 +85,7 @@ def test_flags_and_files(models: dict[str, Path], tmp_path: Path) -> None:
         "trace"
     )
     assert _start("--model", model, "--name", "m", "--processor", "tensorflow") == (
-        "eas-server: unknown processor 'tensorflow'; available: blade, onnx, pipeline"
+        "eas-server: unknown processor 'tensorflow'; available: blade, onnx, pipeline, seq2seq"
     )
     assert _start("--model", model, "--name", "m", "--store", "etcd://x") == (
         "eas-server: --store: unsupported scheme 'etcd'; expected 'zk' or 'sqlite'"
