@@ -103,6 +103,9 @@ class SdkTarget:
             timeout=timeout,
             binary=binary,
             max_connections_per_instance=max(64, max_in_flight),
+            # open_store already waited its connect timeout; while the store is unreachable only
+            # the local snapshot can answer, and it posts its value at once (on another thread)
+            subscribe_timeout=10.0 if store.state == "connected" else 1.0,
         )
         try:
             table = await asyncio.to_thread(client.routes, model)
