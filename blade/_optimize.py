@@ -21,6 +21,8 @@ import numpy as np
 from . import _artifact, _passes
 from ._bundle import ARTIFACT_DIR, SourceBundle, is_bundle, open_bundle
 from ._errors import InvalidTestData, RuntimeNotAvailable
+from ._genartifact import is_generation_bundle
+from ._generation import EncoderFlow, optimize_generation
 from ._hardware import detect_hardware
 from ._inputs import load_test_data, synthesize
 from ._model import ModelInfo, inspect_model
@@ -282,21 +284,27 @@ def optimize(
     eval_set: str | Path | None = None,
     task_tolerance: float = DEFAULT_TASK_TOLERANCE,
 ) -> OptimizeResult:
-    """Optimize an ONNX model, or a pipeline bundle's model, for ``device`` and write a verified
-    artifact.
+    """Optimize an ONNX model, a pipeline bundle's model, or a generation bundle's encoder and
+    decoder, for ``device`` and write a verified artifact.
 
     Args:
-        model: path of the ONNX model, or of a pipeline bundle (a directory with
-            ``pipeline.json``): its model is optimized and a derived bundle is written.
+        model: path of the ONNX model, of a pipeline bundle (a directory with
+            ``pipeline.json``): its model is optimized and a derived bundle is written; or of a
+            generation bundle (``generation.json``): its encoder and decoder step are optimized
+            and judged by teacher-forced logits and greedy-token agreement (``_generation``),
+            and a derived generation bundle is written.
         device: ``cpu`` or ``cuda``.
         test_data: inputs to verify with (npz path or dict of arrays, batch dim first); by default
-            drawn from the signature (and the report says so).
+            drawn from the signature (and the report says so). For a generation bundle: audio
+            clips, one 1-D float32 array per key (default: synthetic clips).
         output_dir: where to write the artifact (default: next to the model, ``<stem>.blade``;
             for a bundle ``<bundle>.blade``, a derived bundle with the artifact in ``blade/``).
         level: ``o1`` (lossless passes; fp16 on GPU) or ``o2`` (adds int8).
         tolerance: overrides the gates: a float is the cosine floor of lossy tiers; a mapping
-            may set ``rel_l2``, ``cosine``, ``top1``.
-        batch_sizes: batch sizes to time; the speedup is taken at their median.
+            may set ``rel_l2``, ``cosine``, ``top1`` (a generation bundle's: ``logits_cosine``,
+            ``logits_max_abs``, ``agree_share``, ``mean_prefix``).
+        batch_sizes: batch sizes to time; the speedup is taken at their median (a generation
+            bundle's: decoder rows of a step).
         shape_buckets: ``[batch, seq]`` shapes for CUDA graphs (default: each batch size at the
             test data's sequence length).
         progress: True prints a line per pass; a callable gets ``(pass, status)``.
@@ -331,6 +339,26 @@ def optimize(
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
     task_tolerance = check_tolerance(task_tolerance)
+    if is_generation_bundle(model):
+        if eval_set is not None:
+            raise InvalidTestData(
+                f"an evaluation set of labelled texts ({eval_set}) scores a pipeline bundle; "
+                f"{model} is a generation bundle, judged on audio clips: pass them as test_data"
+            )
+        flow = EncoderFlow(_gpu_passes if device == "cuda" else _cpu_passes)
+        out, report, speedup = optimize_generation(
+            model,
+            device=device,
+            test_data=test_data,
+            output_dir=output_dir,
+            level=level,
+            tolerance=tolerance,
+            batch_sizes=batch_sizes,
+            progress=progress if callable(progress) else (_print_progress if progress else None),
+            cache_dir=cache_dir,
+            flow=flow,
+        )
+        return OptimizeResult(out, report, speedup)
     if not is_bundle(model):
         if eval_set is not None:
             raise InvalidTestData(

@@ -4,11 +4,19 @@ Importing this module registers it with eas-server (``eas-server --processor bla
 At load it runs the artifact's reference inputs and refuses to start when the outputs disagree
 with the fp32 reference beyond the artifact's gate, so a corrupted or mismatched artifact never
 becomes ready. Metadata and /config show the original model's signature.
+
+A derived generation bundle (``generation.json`` with blade's ``blade.json`` beside it) is served
+by ``BladeSeq2SeqProcessor``: the seq2seq processor's engine (iteration-level batching, the
+generate routes) over blade's runtime (``BladeSeq2Seq``: caches on the device, CUDA graphs per
+bucket, as the bundle says), after the same kind of check: the stored clips' teacher-forced
+logits through the runtime's own caches, under the bundle's gate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,14 +28,18 @@ from eas_server import (
     register_processor,
     usable_cores,
 )
+from eas_server.generation._spec import GENERATION_SPEC, GenerationSpec
 from eas_server.processors.onnx import ort_datatype
+from eas_server.processors.seq2seq import Seq2SeqProcessor
 
 from ._artifact import Artifact
 from ._errors import BladeError
+from ._genartifact import GenerationArtifact, is_generation_bundle
 from ._runtime import BladeRuntime
+from ._seq2seq import BladeSeq2Seq
 from ._verify import check, compare
 
-__all__ = ["BladeProcessor"]
+__all__ = ["BladeProcessor", "BladeSeq2SeqProcessor", "create"]
 
 _NUMPY_TO_ORT = {
     "float32": "tensor(float)",
@@ -155,4 +167,65 @@ class BladeProcessor(Processor):
         self._runtimes = []
 
 
-register_processor("blade", BladeProcessor)
+class BladeSeq2SeqProcessor(Seq2SeqProcessor):
+    """Serve a generation bundle blade derived (see the module docstring); the arguments are
+    ``Seq2SeqProcessor``'s."""
+
+    kind = "blade"
+    backend = "blade"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        workers: int = 1,
+        intra_op_threads: int | None = None,
+        spinning: bool = False,
+        max_batch_size: int = 32,
+        max_queue_size: int = 256,
+    ):
+        super().__init__(
+            model_path,
+            workers=workers,
+            intra_op_threads=intra_op_threads,
+            spinning=spinning,
+            max_batch_size=max_batch_size,
+            max_queue_size=max_queue_size,
+            runtime_factory=self._blade_runtime,
+        )
+        self.artifact: GenerationArtifact | None = None
+
+    def _blade_runtime(
+        self, root: Path, spec: GenerationSpec, threads: int, spinning: bool
+    ) -> BladeSeq2Seq:
+        try:
+            self.artifact = artifact = GenerationArtifact(root)
+            config = artifact.runtime
+            if config.provider == "cpu":
+                config = config.with_threads(threads)
+            runtime = BladeSeq2Seq(artifact.encoder, artifact.decoder, config, spinning=spinning)
+            passed, reason = artifact.verify(runtime)
+        except (BladeError, OSError) as exc:
+            raise ModelLoadError(f"cannot load derived generation bundle {root}: {exc}") from exc
+        except Exception as exc:  # onnxruntime's own errors
+            raise ModelLoadError(f"cannot load derived generation bundle {root}: {exc}") from exc
+        if not passed:
+            raise ModelLoadError(
+                f"derived generation bundle {root} failed its start-up verification "
+                f"({artifact.tier} gate): {reason}"
+            )
+        return runtime
+
+
+def create(model_path: str, **options: Any) -> Processor:
+    """The ``blade`` processor for ``model_path``: ``BladeSeq2SeqProcessor`` for a generation
+    bundle (the directory or its ``generation.json``), else ``BladeProcessor``."""
+    root = Path(model_path)
+    if root.name == GENERATION_SPEC:
+        root = root.parent
+    if is_generation_bundle(root):
+        return BladeSeq2SeqProcessor(model_path, **options)
+    return BladeProcessor(model_path, **options)
+
+
+register_processor("blade", create)

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .._errors import ModelLoadError, ProcessorError
 from ..generation._cache import HostCache
 from ..generation._engine import GenerationEngine, GenerationObserver
 from ..generation._mel import LogMel
-from ..generation._scheduler import Scheduler
+from ..generation._scheduler import Runtime, Scheduler
 from ..generation._spec import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -37,7 +37,7 @@ from ..generation._spec import (
 from ._base import Processor, TensorSpec
 from .onnx import _load_error, _ort, session_options
 
-__all__ = ["OrtSeq2Seq", "Seq2SeqProcessor"]
+__all__ = ["OrtSeq2Seq", "RuntimeFactory", "Seq2SeqProcessor", "ServedRuntime"]
 
 log = logging.getLogger("eas_server.seq2seq")
 
@@ -110,6 +110,20 @@ def _check_io(session: Any, io: tuple[list[str], list[str]], path: Path) -> None
             )
 
 
+class ServedRuntime(Runtime, Protocol):
+    """A scheduler ``Runtime`` the processor serves; ``device`` is ``cpu`` or ``gpu``."""
+
+    device: str
+
+
+RuntimeFactory = Callable[[Path, GenerationSpec, int, bool], ServedRuntime]
+"""(bundle directory, its spec, intra-op threads, spinning) -> the runtime to serve."""
+
+
+def _ort_runtime(root: Path, spec: GenerationSpec, threads: int, spinning: bool) -> OrtSeq2Seq:
+    return OrtSeq2Seq(root, spec, threads=threads, spinning=spinning)
+
+
 class Seq2SeqProcessor(Processor):
     """Serve a generation bundle directory (or its ``generation.json``).
 
@@ -117,6 +131,8 @@ class Seq2SeqProcessor(Processor):
         max_batch_size: decoder rows of the running batch (a beam takes one each).
         max_queue_size: requests waiting to start before QueueFull.
         observer: where the engine reports generation metrics (set before ``load``).
+        runtime_factory: builds the runtime at ``load`` (default: ``OrtSeq2Seq``; blade's
+            processor passes its own for a bundle it optimized).
     """
 
     kind = "seq2seq"
@@ -132,6 +148,7 @@ class Seq2SeqProcessor(Processor):
         spinning: bool = False,
         max_batch_size: int = 32,
         max_queue_size: int = 256,
+        runtime_factory: RuntimeFactory | None = None,
     ):
         super().__init__(
             model_path, workers=1, intra_op_threads=intra_op_threads, spinning=spinning
@@ -143,7 +160,8 @@ class Seq2SeqProcessor(Processor):
         self.observer: GenerationObserver | None = None
         self.engine: GenerationEngine | None = None
         self.spec: GenerationSpec | None = None
-        self.runtime: OrtSeq2Seq | None = None
+        self.runtime: ServedRuntime | None = None
+        self.runtime_factory: RuntimeFactory = runtime_factory or _ort_runtime
         self._outputs: list[TensorSpec] = []
 
     def load(self) -> None:
@@ -161,7 +179,7 @@ class Seq2SeqProcessor(Processor):
         except GenerationError as exc:
             raise ModelLoadError(str(exc)) from None
         threads = self.intra_op_threads or usable_cores()
-        self.runtime = runtime = OrtSeq2Seq(root, spec, threads=threads, spinning=self.spinning)
+        self.runtime = runtime = self.runtime_factory(root, spec, threads, self.spinning)
         detokenize: Callable[[list[int]], str] | None = None
         if (root / TOKENIZER_FILE).is_file():
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
