@@ -205,7 +205,8 @@ class ServerSettings(BaseSettings):
             if (Path(str(data["model"])) / "pipeline.json").is_file():
                 data = {**data, "processor": "pipeline"}
             elif (Path(str(data["model"])) / "generation.json").is_file():
-                data = {**data, "processor": "seq2seq"}
+                blade = (Path(str(data["model"])) / "blade.json").is_file()  # blade's derived one
+                data = {**data, "processor": "blade" if blade else "seq2seq"}
         return data
 
     @field_validator("padding", mode="before")
@@ -278,7 +279,8 @@ class ServerSettings(BaseSettings):
         spinning: ``padding`` (onnx) or the running batch and queue (``seq2seq``, whose engine
         batches decoder steps itself)."""
         options: dict[str, Any] = {} if self.padding == "auto" else {"padding": self.padding}
-        if self.processor == "seq2seq":
+        generative = bool(self.model) and (Path(self.model) / "generation.json").is_file()
+        if self.processor == "seq2seq" or (self.processor == "blade" and generative):
             options.update(max_batch_size=self.max_batch_size, max_queue_size=self.max_queue_size)
         return options
 

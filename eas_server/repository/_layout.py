@@ -103,7 +103,8 @@ def default_processor(path: Path) -> str:
     if (path.is_dir() and (path / _PIPELINE).is_file()) or path.name == _PIPELINE:
         return "pipeline"
     if (path.is_dir() and (path / _GENERATION).is_file()) or path.name == _GENERATION:
-        return "seq2seq"
+        root = path if path.is_dir() else path.parent
+        return "blade" if (root / _BLADE).is_file() else "seq2seq"  # blade's derived bundle
     if path.is_dir() and (path / _BLADE).is_file():
         return "blade"
     return "onnx"

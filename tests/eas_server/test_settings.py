@@ -46,3 +46,20 @@ def test_the_token_is_kept_out_of_repr_and_dumps(
     for shown in (repr(settings), str(settings), settings.model_dump_json()):
         assert TOKEN not in shown
     assert json.loads(settings.model_dump_json())["token"] == "**********"
+
+
+def test_a_generation_bundle_picks_its_processor_and_gets_its_rows(tmp_path: Path) -> None:
+    """``--model DIR`` of a generation bundle serves it with ``seq2seq``, or ``blade`` for
+    blade's derived bundle (``blade.json`` beside ``generation.json``); both get the running
+    batch and the queue from the settings; the layout of a repository picks the same."""
+    from eas_server.repository._layout import default_processor
+
+    plain, derived = tmp_path / "plain", tmp_path / "derived"
+    for folder in (plain, derived):
+        folder.mkdir()
+        (folder / "generation.json").write_text("{}")
+    (derived / "blade.json").write_text("{}")
+    for folder, processor in ((plain, "seq2seq"), (derived, "blade")):
+        settings = ServerSettings(model=str(folder), name="m", max_batch_size=4)
+        assert settings.processor == processor == default_processor(folder)
+        assert settings.processor_options() == {"max_batch_size": 4, "max_queue_size": 256}
