@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import signal
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from eas_client import (
 
 from ._direct import base_url
 from ._errors import BadInput, BenchError, Unreachable
-from ._generator import run_loop
+from ._generator import run_interruptible
 from ._genstats import GenerateReport, GenerateSamples, GenerateStep, summarize_generate
 from ._stats import error_kind
 
@@ -352,31 +351,7 @@ def run_generate(
         BadInput, Unreachable, BenchError: see ``bench_generate`` (nothing was measured).
         KeyboardInterrupt: interrupted before the first call answered.
     """
-    holder: list[GenerateReport] = []
-
-    async def main() -> GenerateReport:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        current = asyncio.current_task()
-
-        def interrupt() -> None:
-            if (stop.is_set() or not holder) and current is not None:
-                current.cancel()
-            stop.set()
-            if on_interrupt is not None:
-                on_interrupt()
-
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGINT, interrupt)  # main thread only
-        try:
-            return await bench_generate(config, stop=stop, progress=progress, report=holder)
-        except asyncio.CancelledError:
-            if not holder:
-                raise KeyboardInterrupt from None
-            holder[0].interrupted = True
-            return holder[0]
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGINT)
-
-    return run_loop(main())
+    return run_interruptible(
+        lambda stop, holder: bench_generate(config, stop=stop, progress=progress, report=holder),
+        on_interrupt,
+    )

@@ -11,8 +11,10 @@ of ``--processes 1``, and each child of a ``ProcessPool`` (``--processes N``) ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -155,3 +157,50 @@ def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
     except ImportError:  # uvloop comes with the server extra; asyncio's loop works, costs more CPU
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+class Interruptible(Protocol):
+    """A report that can say it was cut short."""
+
+    interrupted: bool
+
+
+_R = TypeVar("_R", bound=Interruptible)
+
+
+def run_interruptible(
+    measure: Callable[[asyncio.Event, list[_R]], Awaitable[_R]],
+    on_interrupt: Callable[[], None] | None = None,
+) -> _R:
+    """Run ``measure(stop, holder)`` on a new event loop (``run_loop``) with Ctrl-C handled:
+    the first SIGINT sets ``stop`` (the current window ends, the rest is skipped), a second one,
+    or one before ``measure`` put its report in ``holder``, cancels it. A report that exists is
+    returned with ``interrupted`` set; none yet: KeyboardInterrupt."""
+    holder: list[_R] = []
+
+    async def main() -> _R:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+
+        def interrupt() -> None:
+            if (stop.is_set() or not holder) and current is not None:
+                current.cancel()
+            stop.set()
+            if on_interrupt is not None:
+                on_interrupt()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, interrupt)  # main thread only
+        try:
+            return await measure(stop, holder)
+        except asyncio.CancelledError:
+            if not holder:
+                raise KeyboardInterrupt from None
+            holder[0].interrupted = True
+            return holder[0]
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    return run_loop(main())

@@ -10,8 +10,6 @@ one into "stop now", returning what was measured either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +20,7 @@ from autoai.sdk import Signature
 
 from ._direct import DirectTarget, base_url, fetch_metadata
 from ._errors import BadInput
-from ._generator import run_loop
+from ._generator import run_interruptible
 from ._inputs import check, describe, draw_inputs, given_inputs, signature_from_metadata
 from ._pool import ProcessPool
 from ._protocol import ChildSpec
@@ -255,31 +253,9 @@ def run(
         BadInput, Unreachable: see ``bench`` (nothing was measured).
         GeneratorFailed: see ``bench``.
     """
-    holder: list[BenchReport] = []
-
-    async def main() -> BenchReport:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        current = asyncio.current_task()
-
-        def interrupt() -> None:
-            if (stop.is_set() or not holder) and current is not None:
-                current.cancel()
-            stop.set()
-            if on_interrupt is not None:
-                on_interrupt()
-
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGINT, interrupt)  # main thread only
-        try:
-            return await bench(config, stop=stop, progress=progress, started=started, report=holder)
-        except asyncio.CancelledError:
-            if not holder:
-                raise KeyboardInterrupt from None
-            holder[0].interrupted = True
-            return holder[0]
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGINT)
-
-    return run_loop(main())
+    return run_interruptible(
+        lambda stop, holder: bench(
+            config, stop=stop, progress=progress, started=started, report=holder
+        ),
+        on_interrupt,
+    )
