@@ -276,11 +276,12 @@ class ServerSettings(BaseSettings):
 
     def processor_options(self) -> dict[str, Any]:
         """What ``create_processor`` takes from these settings besides workers, threads and
-        spinning: ``padding`` (onnx) or the running batch and queue (``seq2seq``, whose engine
-        batches decoder steps itself)."""
+        spinning: ``padding`` (onnx), or for a generation bundle, whatever serves it (``seq2seq``,
+        or ``blade`` for its derived bundle), the running batch and the queue: its engine batches
+        decoder steps itself."""
         options: dict[str, Any] = {} if self.padding == "auto" else {"padding": self.padding}
         generative = bool(self.model) and (Path(self.model) / "generation.json").is_file()
-        if self.processor == "seq2seq" or (self.processor == "blade" and generative):
+        if self.processor == "seq2seq" or generative:
             options.update(max_batch_size=self.max_batch_size, max_queue_size=self.max_queue_size)
         return options
 
