@@ -86,13 +86,9 @@ class AsyncModelClient(_BaseModelClient):
         """Transcribe ``audio``, routed as ``predict``; see ``ModelClient.generate`` (shadow
         calls are tasks of the caller's loop)."""
         await self._prepare(model)
-        routing, route = self._generate_route(model, key, version)
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "num_beams": num_beams,
-            "timeout_s": timeout_s,
-            "request_id": request_id,
-        }
+        routing, route, options = self._generate_route(
+            model, key, version, max_new_tokens, num_beams, timeout_s, request_id
+        )
         table = routing.table
         try:
             result: GenerateResult = await self._client(table, route).generate(audio, **options)
@@ -126,14 +122,10 @@ class AsyncModelClient(_BaseModelClient):
         ``aclose()`` (or ``contextlib.aclosing``) closes the connection at once.
         """
         await self._prepare(model)
-        routing, route = self._generate_route(model, key, version)
+        routing, route, options = self._generate_route(
+            model, key, version, max_new_tokens, num_beams, timeout_s, request_id
+        )
         table = routing.table
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "num_beams": num_beams,
-            "timeout_s": timeout_s,
-            "request_id": request_id,
-        }
         handed = False
         async with contextlib.aclosing(
             self._client(table, route).generate_stream(audio, **options)

@@ -223,13 +223,27 @@ class _BaseModelClient:
         return routing, route, arrays
 
     def _generate_route(
-        self, model: str, key: str | bytes | None, version: str | None
-    ) -> tuple[_Routing, Route]:
-        """The routing and the route of a generate call: as ``predict``'s (split, sticky key,
-        pinned version); the audio is checked by ``eas_client``, not against the signature."""
+        self,
+        model: str,
+        key: str | bytes | None,
+        version: str | None,
+        max_new_tokens: int | None,
+        num_beams: int,
+        timeout_s: float | None,
+        request_id: str | None,
+    ) -> tuple[_Routing, Route, dict[str, Any]]:
+        """The routing, the route and the version client's keyword arguments of a generate
+        call: routed as ``predict`` (split, sticky key, pinned version); the audio is checked by
+        ``eas_client``, not against the signature."""
         routing = self._routing(model)
         route = routing.table.route(version) if version is not None else routing.selector.pick(key)
-        return routing, route
+        options: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "timeout_s": timeout_s,
+            "request_id": request_id,
+        }
+        return routing, route, options
 
     def _fallback(self, table: RouteTable, route: Route, error: EasClientError) -> Route | None:
         """The route to send a failed generate call to instead, counted (or ``None``).

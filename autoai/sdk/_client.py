@@ -147,13 +147,9 @@ class ModelClient(_BaseModelClient):
         if self._retired:
             for stale in self._due():
                 stale.close()
-        routing, route = self._generate_route(model, key, version)
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "num_beams": num_beams,
-            "timeout_s": timeout_s,
-            "request_id": request_id,
-        }
+        routing, route, options = self._generate_route(
+            model, key, version, max_new_tokens, num_beams, timeout_s, request_id
+        )
         table = routing.table
         try:
             result: GenerateResult = self._client(table, route).generate(audio, **options)
@@ -195,13 +191,9 @@ class ModelClient(_BaseModelClient):
         if self._retired:
             for stale in self._due():
                 stale.close()
-        routing, route = self._generate_route(model, key, version)
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "num_beams": num_beams,
-            "timeout_s": timeout_s,
-            "request_id": request_id,
-        }
+        routing, route, options = self._generate_route(
+            model, key, version, max_new_tokens, num_beams, timeout_s, request_id
+        )
         stream = self._client(routing.table, route).generate_stream(audio, **options)
         return self._follow(stream, routing.table, route, audio, options)
 
