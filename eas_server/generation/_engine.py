@@ -90,6 +90,9 @@ class GenerationStream:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._tokens: list[int] = []
         self._text = ""
+        self._pieces = detokenize is not None
+        """Whether events carry the text their tokens add (not while ``collect`` reads the
+        stream: it decodes the whole answer once at the end)."""
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
 
@@ -124,7 +127,7 @@ class GenerationStream:
     def _new_text(self) -> str | None:
         """The text the new tokens add (the whole output decoded again, less what was sent:
         a token may complete a character that the previous one started)."""
-        if self._detokenize is None:
+        if self._detokenize is None or not self._pieces:
             return None
         text = self._detokenize(self._tokens)
         if text.endswith("\ufffd"):
@@ -146,6 +149,7 @@ class GenerationStream:
     async def collect(self) -> GenerateResult:
         """Read the stream to its end: the whole answer."""
         reason = ""
+        self._pieces = False  # the text is decoded once, below
         try:
             async for event in self:
                 if event.finish_reason is not None:
